@@ -1,0 +1,1 @@
+"""analysis: load run results, fit scaling laws with uncertainty, draw figures."""

@@ -1,0 +1,1 @@
+"""launch: expand sweeps into runs and execute them (local subprocesses or SkyPilot)."""
