@@ -1,0 +1,266 @@
+"""Load finished runs into one table: the only door from run directories into the fits.
+
+    df = load("sweeps/chinchilla_cpu")        # one row per run (result.json + provenance)
+    df = load("points.csv")                   # or a CSV with n_params, tokens, loss [, flops]
+    cur = load_curves("sweeps/chinchilla_cpu")  # one row per eval point (Chinchilla Approach 1)
+
+A sweep directory holds run directories under `runs/` (or directly, when there is no `runs/`);
+each run directory follows the run-directory contract (config.json, metrics.jsonl, result.json
+written last). A run without result.json is unfinished; `status: failed` is failed; a JSON file
+that does not parse is corrupt. `on_error='warn'` skips such runs with ONE warning that counts
+them by reason and names them; `on_error='raise'` raises `RunLoadError` listing every problem.
+Either way nothing is dropped silently: the skipped runs are also in `df.attrs['skipped']`.
+
+Units: `loss` is nats/token; `tokens` is D; `n_params` total, `n_params_nonembed` Kaplan's N;
+`flops` exact training FLOPs, `flops_6nd` = 6 * n_params * tokens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import warnings
+
+import pandas as pd
+
+ON_ERROR = ("warn", "raise")
+LOSS_SOURCES = {"eval": "final_eval_loss", "train": "final_train_loss"}
+CSV_REQUIRED = ("n_params", "tokens", "loss")
+# result.json keys a finished run must have for the fits to use it.
+RESULT_REQUIRED = ("status", "tokens", "n_params", "final_eval_loss", "final_train_loss")
+PROVENANCE = ("run_dir", "config_hash", "git_sha", "status")
+
+
+class RunLoadError(ValueError):
+    """Raised under on_error='raise' when a run (or CSV row) is unfinished, failed or corrupt."""
+
+
+class _Skips:
+    """Collects (where, reason, detail) for runs/rows that cannot be used; reports them once."""
+
+    def __init__(self, on_error: str, what: str):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error={on_error!r} is not valid; use one of {ON_ERROR}")
+        self.on_error, self.what, self.items = on_error, what, []
+
+    def add(self, where: str, reason: str, detail: str) -> None:
+        self.items.append({"where": where, "reason": reason, "detail": detail})
+
+    def report(self, source: pathlib.Path, n_kept: int) -> None:
+        if not self.items:
+            return
+        counts: dict[str, int] = {}
+        for it in self.items:
+            counts[it["reason"]] = counts.get(it["reason"], 0) + 1
+        summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+        lines = "\n".join(f"  {it['where']}: {it['reason']}: {it['detail']}" for it in self.items)
+        if self.on_error == "raise":
+            raise RunLoadError(
+                f"{source}: {len(self.items)} {self.what} cannot be used ({summary}):\n{lines}\n"
+                "Pass on_error='warn' (CLI: --on-error warn) to skip them with a warning.")
+        warnings.warn(f"{source}: skipped {len(self.items)} {self.what} ({summary}); "
+                      f"kept {n_kept}:\n{lines}", stacklevel=3)
+
+
+def _read_json(path: pathlib.Path):
+    """Parsed JSON, or raise ValueError naming the file and the parse error."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path.name} does not parse as JSON ({e})") from None
+
+
+def run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The run directories of a sweep: SWEEP/runs/*/, else SWEEP/*/ holding contract files."""
+    base = sweep_dir / "runs" if (sweep_dir / "runs").is_dir() else sweep_dir
+    contract = ("result.json", "config.json", "metrics.jsonl")
+    found = sorted(p for p in base.iterdir() if p.is_dir() and any((p / f).exists() for f in contract))
+    if not found and any((sweep_dir / f).exists() for f in contract):
+        return [sweep_dir]  # a single run directory
+    return found
+
+
+def _flatten(prefix: str, d: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in d.items() if not isinstance(v, (dict, list))}
+
+
+def _run_row(run: pathlib.Path, loss_key: str) -> dict:
+    """One table row from a run directory; raises (reason, detail) via _Unusable if unusable."""
+    result_path = run / "result.json"
+    if not result_path.exists():
+        last = _last_step(run)
+        raise _Unusable("unfinished", "no result.json" + (f" (metrics.jsonl reaches step {last})"
+                                                          if last is not None else ""))
+    try:
+        res = _read_json(result_path)
+    except ValueError as e:
+        raise _Unusable("corrupt", str(e)) from None
+    if not isinstance(res, dict):
+        raise _Unusable("corrupt", f"result.json holds a {type(res).__name__}, not an object")
+    if res.get("status") == "failed":
+        raise _Unusable("failed", f"status 'failed': {res.get('error')}")
+    missing = [k for k in RESULT_REQUIRED if k not in res]
+    if missing:
+        raise _Unusable("corrupt", f"result.json lacks keys {missing}")
+    if res["status"] != "ok":
+        raise _Unusable("corrupt", f"status {res['status']!r} (valid: 'ok', 'failed')")
+    loss = res[loss_key]
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        raise _Unusable("failed", f"{loss_key} = {loss!r} is not a finite number")
+    row = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
+    row.update(_flatten("model", res.get("model") or {}))
+    row["loss"] = float(loss)
+    row["run_dir"] = str(run)
+    for k in ("config_hash", "git_sha"):
+        row.setdefault(k, None)
+    return row
+
+
+class _Unusable(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _last_step(run: pathlib.Path) -> int | None:
+    """Step of the last parsable metrics.jsonl row, for 'unfinished' messages."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return None
+    last = None
+    for line in path.read_text().splitlines():
+        try:
+            last = json.loads(line).get("step", last)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    return last
+
+
+def _check_path(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such sweep directory or CSV file")
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise ValueError(f"{path}: expected a sweep directory or a .csv file, got {path.suffix!r}")
+    return path
+
+
+def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
+    """One row per finished run (sweep directory) or per CSV row.
+
+    loss: which final loss becomes the `loss` column for sweeps: 'eval' (held-out, default) or
+    'train' (what Hoffmann et al. fit). Both raw columns are kept. Rows are sorted by
+    (n_params, tokens) so tables and figures are stable.
+    """
+    if loss not in LOSS_SOURCES:
+        raise ValueError(f"loss={loss!r} is not valid; use one of {tuple(LOSS_SOURCES)}")
+    path = _check_path(path)
+    if path.is_file():
+        return _load_csv(path, on_error)
+    skips = _Skips(on_error, "runs")
+    rows = []
+    runs = run_dirs(path)
+    for run in runs:
+        try:
+            rows.append(_run_row(run, LOSS_SOURCES[loss]))
+        except _Unusable as e:
+            skips.add(str(run), e.reason, e.detail)
+    skips.report(path, len(rows))
+    if not rows:
+        raise ValueError(f"{path}: no finished runs to load (found {len(runs)} run directories"
+                         f"{', all skipped' if runs else ''}); expected SWEEP/runs/*/result.json")
+    df = pd.DataFrame(rows).sort_values(["n_params", "tokens"], kind="stable")
+    df = df.reset_index(drop=True)
+    df.attrs["skipped"] = skips.items
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _load_csv(path: pathlib.Path, on_error: str) -> pd.DataFrame:
+    """CSV with n_params, tokens, loss (nats/token) and optional flops; adds flops_6nd."""
+    skips = _Skips(on_error, "CSV rows")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot parse as CSV ({e})") from None
+    missing = [c for c in CSV_REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: CSV lacks required column(s) {missing}; required "
+                         f"{list(CSV_REQUIRED)} (loss in nats/token, tokens = D), optional "
+                         f"'flops'; found columns {list(df.columns)}")
+    numeric = [c for c in (*CSV_REQUIRED, "flops") if c in df.columns]
+    for c in numeric:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    bad = ~(df[numeric].gt(0) & df[numeric].apply(lambda s: s.map(math.isfinite))).all(axis=1)
+    for i in df.index[bad]:
+        vals = {c: df.at[i, c] for c in numeric}
+        skips.add(f"line {i + 2}", "bad value", f"{vals} (need finite numbers > 0)")
+    df = df[~bad].copy()
+    skips.report(path, len(df))
+    if df.empty:
+        raise ValueError(f"{path}: no usable rows (need n_params, tokens, loss > 0)")
+    df["flops_6nd"] = 6.0 * df["n_params"] * df["tokens"]
+    df["run_dir"] = [f"{path}:{i + 2}" for i in df.index]  # file:line, the row's provenance
+    df["config_hash"] = None
+    df["git_sha"] = None
+    df["status"] = "ok"
+    df = df.reset_index(drop=True)
+    df.attrs["skipped"] = skips.items
+    df.attrs["source"] = str(path)
+    return df
+
+
+def load_curves(path, *, on_error: str = "warn") -> pd.DataFrame:
+    """One row per eval point of every finished run: run_dir, step, tokens, flops, loss, bpb,
+    plus the run's n_params, n_params_nonembed and run_tokens (its final D).
+
+    A CSV is returned as by `load` (each row one point; `run_dir` is file:line). A run whose
+    metrics.jsonl is missing, has no eval rows, or has a line that does not parse is skipped or
+    raised under the same policy as `load`.
+    """
+    path = _check_path(path)
+    if path.is_file():
+        return _load_csv(path, on_error)
+    runs = load(path, on_error=on_error)
+    skips = _Skips(on_error, "runs")
+    rows = []
+    for run in runs.itertuples():
+        try:
+            rows += _eval_rows(pathlib.Path(run.run_dir), run)
+        except _Unusable as e:
+            skips.add(run.run_dir, e.reason, e.detail)
+    skips.report(path, len(runs) - len(skips.items))
+    if not rows:
+        raise ValueError(f"{path}: no eval points in any run's metrics.jsonl")
+    df = pd.DataFrame(rows).sort_values(["n_params", "tokens"], kind="stable")
+    df = df.reset_index(drop=True)
+    df.attrs["skipped"] = runs.attrs["skipped"] + skips.items
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _eval_rows(run: pathlib.Path, res) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        raise _Unusable("corrupt", "finished but has no metrics.jsonl")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _Unusable("corrupt", f"metrics.jsonl line {lineno} does not parse ({e})") from None
+        if not isinstance(m, dict) or m.get("split") != "eval":
+            continue
+        if not all(k in m for k in ("step", "tokens", "loss")):
+            raise _Unusable("corrupt", f"metrics.jsonl line {lineno}: eval row lacks step/tokens/loss")
+        rows.append({"run_dir": str(run), "config_hash": res.config_hash, "git_sha": res.git_sha,
+                     "status": res.status, "n_params": res.n_params,
+                     "n_params_nonembed": getattr(res, "n_params_nonembed", None),
+                     "run_tokens": res.tokens, "step": m["step"], "tokens": m["tokens"],
+                     "flops": m.get("flops"), "flops_6nd": 6.0 * res.n_params * m["tokens"],
+                     "loss": m["loss"], "bpb": m.get("bpb")})
+    if not rows:
+        raise _Unusable("corrupt", "metrics.jsonl has no eval rows")
+    return rows
