@@ -1,0 +1,193 @@
+"""Scaling-law figures (matplotlib, Agg): each function draws one figure and writes PNG + PDF.
+
+Inputs are plain arrays, fitted-parameter dicts and callables, so figures know nothing about
+how a fit was made. Every function takes `out` (a path stem: 'figs/isoflop' writes
+figs/isoflop.png and figs/isoflop.pdf) and returns the list of files written.
+
+Units on every axis: parameters N (total unless the caller says non-embedding), tokens D,
+compute C in FLOPs, loss in nats/token.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import colors  # noqa: E402
+
+N_LABEL = "parameters N"
+D_LABEL = "training tokens D"
+C_LABEL = "training compute C (FLOPs)"
+LOSS_LABEL = "loss (nats/token)"
+
+
+def save(fig, out) -> list[pathlib.Path]:
+    """Write `fig` as out.png (150 dpi) and out.pdf; close it; return both paths."""
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def _new(title: str, figsize=(6.4, 4.8), ncols=1):
+    fig, ax = plt.subplots(1, ncols, figsize=figsize, constrained_layout=True)
+    fig.suptitle(title)
+    return fig, ax
+
+
+def isoflop_curves(budgets: Sequence[dict], out, *, title="IsoFLOP curves",
+                   n_label=N_LABEL) -> list[pathlib.Path]:
+    """Loss vs N per compute budget, with each budget's fitted parabola and its minimum.
+
+    Each budget dict: C (FLOPs), n_params, loss (the runs); optional curve_n, curve_loss (the
+    fitted parabola sampled), n_opt, loss_opt (its minimum), and refused (str: why no fit).
+    """
+    fig, ax = _new(title)
+    cs = np.array([b["C"] for b in budgets], float)
+    norm = colors.LogNorm(cs.min(), cs.max()) if cs.min() < cs.max() else None
+    cmap = plt.get_cmap("plasma")
+    for b in budgets:
+        col = cmap(0.85 * norm(b["C"])) if norm else cmap(0.3)
+        label = f"C = {b['C']:.1e}"
+        if b.get("refused"):
+            label += " (no fit: minimum not interior)"
+        ax.scatter(b["n_params"], b["loss"], color=col, s=18, label=label, zorder=3)
+        if b.get("curve_n") is not None:
+            ax.plot(b["curve_n"], b["curve_loss"], color=col, lw=1.2)
+        if b.get("n_opt") is not None:
+            ax.plot(b["n_opt"], b["loss_opt"], marker="*", ms=13, color=col, mec="k", zorder=4)
+    ax.plot([], [], "k*", ms=11, ls="none", label="fitted minimum N_opt(C)")
+    ax.set_xscale("log")
+    ax.set_xlabel(n_label)
+    ax.set_ylabel(LOSS_LABEL)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2 if len(budgets) > 6 else 1)
+    return save(fig, out)
+
+
+def pareto_frontier(c, loss):
+    """Indices of points on the lower-left frontier: no cheaper point has lower loss."""
+    c, loss = np.asarray(c, float), np.asarray(loss, float)
+    order = np.lexsort((loss, c))
+    best, keep = np.inf, []
+    for i in order:
+        if loss[i] < best:
+            best = loss[i]
+            keep.append(i)
+    return np.array(keep, int)
+
+
+def loss_vs_compute(c, loss, out, *, n_params=None, fit_c=None, fit_loss=None,
+                    fit_label="fit", title="Loss vs compute", c_label=C_LABEL) -> list[pathlib.Path]:
+    """Loss vs C (log x) with the empirical frontier; points coloured by N if given."""
+    fig, ax = _new(title)
+    c, loss = np.asarray(c, float), np.asarray(loss, float)
+    if n_params is not None:
+        sc = ax.scatter(c, loss, c=n_params, norm=colors.LogNorm(), cmap="viridis", s=14)
+        fig.colorbar(sc, ax=ax, label=N_LABEL)
+    else:
+        ax.scatter(c, loss, s=14, color="tab:blue", label="runs")
+    f = pareto_frontier(c, loss)
+    ax.plot(c[f], loss[f], "k-", drawstyle="steps-post", lw=1.2, label="frontier (best loss so far)")
+    if fit_c is not None:
+        ax.plot(fit_c, fit_loss, "r--", lw=1.5, label=fit_label)
+    ax.set_xscale("log")
+    ax.set_xlabel(c_label)
+    ax.set_ylabel(LOSS_LABEL)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(fig, out)
+
+
+def loss_contours(predict: Callable, out, *, n_params=None, c=None, loss=None, frontier_c=None,
+                  frontier_n=None, n_range=None, c_range=None, levels=12,
+                  title="Fitted L(N, D) and the efficient frontier") -> list[pathlib.Path]:
+    """Chinchilla Fig. 4 style: log N vs log C, contours of predict(N, D=C/(6N)), the frontier
+    N_opt(C) (arrays frontier_c, frontier_n), and the data points coloured by their loss."""
+    fig, ax = _new(title)
+    if n_range is None:
+        n_range = (np.min(n_params) / 2, np.max(n_params) * 2)
+    if c_range is None:
+        c_range = (np.min(c) / 2, np.max(c) * 2)
+    cg, ng = np.meshgrid(np.geomspace(*c_range, 200), np.geomspace(*n_range, 200))
+    lg = np.asarray(predict(ng, cg / (6 * ng)), float)
+    vmin = np.min(loss) if loss is not None else np.nanmin(lg)
+    vmax = np.max(loss) if loss is not None else np.nanpercentile(lg, 90)
+    norm = colors.Normalize(vmin, vmax)
+    lev = np.linspace(np.nanmin(lg), min(np.nanmax(lg), vmax + 0.5 * (vmax - vmin)), levels)
+    cs = ax.contour(cg, ng, lg, levels=lev, cmap="viridis", norm=norm, linewidths=0.8)
+    ax.clabel(cs, fontsize=6, fmt="%.2f")
+    if n_params is not None:
+        sc = ax.scatter(c, n_params, c=loss, cmap="viridis", norm=norm, s=14, edgecolor="k",
+                        linewidth=0.3, zorder=3, label="runs (colour = loss)")
+        fig.colorbar(sc, ax=ax, label=LOSS_LABEL)
+    if frontier_c is not None:
+        ax.plot(frontier_c, frontier_n, color="tab:red", lw=2, label="efficient frontier N_opt(C)")
+    ax.set(xscale="log", yscale="log", xlim=c_range, ylim=n_range, xlabel=C_LABEL, ylabel=N_LABEL)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return save(fig, out)
+
+
+def allocation(points_c, points_n, points_d, out, *, line_c=None, line_n=None, line_d=None,
+               band_n=None, band_d=None, label="power-law fit", n_label=N_LABEL,
+               title="Compute-optimal allocation") -> list[pathlib.Path]:
+    """Two panels: N_opt(C) and D_opt(C), log-log; points (e.g. isoFLOP minima), the fitted
+    power law, and its CI band ((lo, hi) arrays over line_c) when given."""
+    fig, (an, ad) = _new(title, figsize=(10, 4.4), ncols=2)
+    for ax, pts, line, band, ylabel in ((an, points_n, line_n, band_n, f"optimal {n_label}"),
+                                        (ad, points_d, line_d, band_d, f"optimal {D_LABEL}")):
+        if pts is not None:
+            ax.scatter(points_c, pts, color="k", s=22, zorder=3, label="per-budget optimum")
+        if line is not None:
+            ax.plot(line_c, line, color="tab:blue", lw=1.5, label=label)
+        if band is not None:
+            ax.fill_between(line_c, band[0], band[1], color="tab:blue", alpha=0.2, label="95% CI")
+        ax.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return save(fig, out)
+
+
+def residuals(x, series: dict, out, *, x_label=C_LABEL, title="Fit residuals",
+              log_x=True) -> list[pathlib.Path]:
+    """Residuals log(L_observed / L_predicted) vs x, one marker set per fitted model
+    (series: label -> residual array), and their histograms side by side."""
+    fig, (ax, ah) = _new(title, figsize=(10, 4.4), ncols=2)
+    allr = np.concatenate([np.asarray(r, float) for r in series.values()])
+    bins = np.linspace(allr.min(), allr.max(), 40)
+    for (name, r), m in zip(series.items(), "os^vD"):
+        r = np.asarray(r, float)
+        lab = f"{name} (RMS {np.sqrt(np.mean(r ** 2)):.4f}, mean {np.mean(r):+.4f})"
+        ax.scatter(x, r, s=12, marker=m, alpha=0.7, label=lab)
+        ah.hist(r, bins=bins, alpha=0.5, label=name)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel=x_label, ylabel="residual log(L_obs / L_pred)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ah.axvline(0, color="k", lw=0.8)
+    ah.set(xlabel="residual log(L_obs / L_pred)", ylabel="number of runs")
+    ah.legend(fontsize=7)
+    return save(fig, out)
+
+
+def kaplan(x, loss, out, *, fit_x=None, fit_loss=None, fit_label="fit",
+           x_label="non-embedding parameters N", title="Kaplan power law") -> list[pathlib.Path]:
+    """Loss vs one variable (N, D or C) on log-log axes with the fitted law."""
+    fig, ax = _new(title)
+    ax.scatter(x, loss, s=18, color="tab:blue", label="runs", zorder=3)
+    if fit_x is not None:
+        ax.plot(fit_x, fit_loss, "r-", lw=1.5, label=fit_label)
+    ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel=LOSS_LABEL)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(fig, out)
