@@ -1,0 +1,90 @@
+"""Optimizer: AdamW with global-norm clipping, LR schedules, weight-decay mask, μP LR scaling.
+
+Schedules (all with linear warmup from 0 over `warmup_steps`):
+- cosine: decays from lr to lr·min_lr_ratio over exactly the run's remaining steps — Chinchilla found a
+  cosine cycle longer than the run overestimates the loss of intermediate-length runs, so each run of a
+  sweep gets a schedule matched to its own length.
+- wsd (warmup-stable-decay): constant lr, then a linear decay to the floor over the last
+  `decay_fraction` of the steps, so cooldowns can branch from a shared stable phase.
+- constant: warmup, then lr.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+    lr, floor = optim_cfg.lr, optim_cfg.lr * optim_cfg.min_lr_ratio
+    warmup = optim_cfg.warmup_steps
+    kind = optim_cfg.schedule
+    if kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1), alpha=optim_cfg.min_lr_ratio)
+    elif kind == "wsd":
+        n_decay = max(int(round(optim_cfg.decay_fraction * total_steps)), 1)
+        n_stable = max(total_steps - warmup - n_decay, 0)
+        main = optax.join_schedules(
+            [optax.constant_schedule(lr), optax.linear_schedule(lr, floor, n_decay)], [n_stable])
+    elif kind == "constant":
+        main = optax.constant_schedule(lr)
+    else:
+        raise ValueError(f"optim.schedule={kind!r}: must be cosine, wsd or constant")
+    if warmup == 0:
+        return main
+    # step s of warmup uses lr·(s+1)/warmup so the very first update is not zero.
+    ramp = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else optax.constant_schedule(lr)
+    return optax.join_schedules([ramp, main], [warmup])
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def is_embedding(path) -> bool:
+    return any(name in ("embed", "tok_embed", "embedding", "lm_head", "unembed") for name in _path_names(path))
+
+
+def decay_mask(params, decay_embeddings: bool):
+    """True where weight decay applies: matrices only (no norms/biases), embeddings if asked."""
+    def rule(path, x):
+        if x.ndim < 2:
+            return False
+        return decay_embeddings or not is_embedding(path)
+    return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def mup_lr_multipliers(params, d_model: int, base_d_model: int):
+    """μP for Adam: hidden (matrix, non-embedding) learning rates scale as base_width / width."""
+    ratio = base_d_model / d_model
+
+    def rule(path, x):
+        return ratio if (x.ndim >= 2 and not is_embedding(path)) else 1.0
+    return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def scale_by_tree(multipliers) -> optax.GradientTransformation:
+    """Multiply each update leaf by a fixed per-leaf constant."""
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(config, params, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW(schedule) after global-norm clipping; returns (transform, schedule)."""
+    o = config.optim
+    schedule = make_schedule(o, total_steps)
+    parts = []
+    if o.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(o.clip_norm))
+    parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
+    if o.parametrization == "mup":
+        parts.append(scale_by_tree(mup_lr_multipliers(params, config.model.d_model, o.base_d_model)))
+    if o.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params, o.decay_embeddings)))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts), schedule

@@ -1,0 +1,62 @@
+"""Schedules and the optimizer: warmup, decay over exactly the run, masks, μP multipliers."""
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from scaling import config as cfg_lib
+from scaling.optim import decay_mask, make_optimizer, make_schedule, mup_lr_multipliers
+
+
+def _optim(**kw):
+    o = cfg_lib.load(cfg_lib._BASE).optim
+    o.update(kw)
+    return o
+
+
+def test_cosine_warms_up_then_reaches_floor_at_last_step():
+    o = _optim(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    s = make_schedule(o, total_steps=110)
+    lrs = np.array([float(s(i)) for i in range(110)])
+    np.testing.assert_allclose(lrs[:10], (np.arange(10) + 1) / 10, rtol=1e-6)  # linear, first step > 0
+    assert lrs[0] > 0
+    # cosine from 1 at step 10 to the floor 0.1 at step 110 (the run's end), independent formula:
+    k = np.arange(10, 110)
+    expect = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (k - 10) / 100))
+    np.testing.assert_allclose(lrs[10:], expect, rtol=1e-5)
+    assert float(s(110)) == pytest.approx(0.1)
+
+
+def test_wsd_is_flat_then_decays_over_the_last_fraction():
+    o = _optim(lr=2.0, warmup_steps=5, min_lr_ratio=0.0, decay_fraction=0.2, schedule="wsd")
+    s = make_schedule(o, total_steps=100)
+    lrs = np.array([float(s(i)) for i in range(101)])
+    assert np.all(lrs[5:80] == pytest.approx(2.0))
+    assert np.all(np.diff(lrs[80:]) < 0)
+    assert lrs[100] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_decay_mask_excludes_norms_and_embeddings():
+    params = {"embedding": jnp.zeros((8, 4)), "blocks": {"w": jnp.zeros((4, 4)), "scale": jnp.zeros(4)},
+              "lm_head": jnp.zeros((4, 8))}
+    m = decay_mask(params, decay_embeddings=False)
+    assert m == {"embedding": False, "blocks": {"w": True, "scale": False}, "lm_head": False}
+    assert decay_mask(params, decay_embeddings=True)["embedding"] is True
+
+
+def test_mup_scales_hidden_matrices_only():
+    params = {"embedding": jnp.zeros((8, 4)), "w": jnp.zeros((4, 4)), "scale": jnp.zeros(4)}
+    m = mup_lr_multipliers(params, d_model=512, base_d_model=128)
+    assert m == {"embedding": 1.0, "w": 0.25, "scale": 1.0}
+
+
+def test_adamw_first_step_matches_hand_computation():
+    # AdamW's first update is lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|) + lr * wd * w.
+    c = cfg_lib.load(cfg_lib._BASE)
+    c.optim.update(dict(lr=0.1, warmup_steps=0, weight_decay=0.5, clip_norm=0.0, eps=1e-12, schedule="constant"))
+    params = {"w": jnp.array([[1.0, -2.0], [3.0, 4.0]]), "scale": jnp.array([1.0, 1.0])}
+    grads = {"w": jnp.array([[0.5, -0.1], [2.0, -3.0]]), "scale": jnp.array([1.0, -1.0])}
+    tx, _ = make_optimizer(c, params, total_steps=10)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(upd["w"], -0.1 * (np.sign(grads["w"]) + 0.5 * params["w"]), rtol=1e-5)
+    np.testing.assert_allclose(upd["scale"], -0.1 * np.sign(grads["scale"]), rtol=1e-5)  # no decay
