@@ -1,0 +1,307 @@
+"""Decoder-only transformer in Flax NNX: the one model every scaling run trains.
+
+Architecture (pre-norm, no biases):
+    tokens -> embedding -> n_layers x [x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))]
+           -> RMSNorm -> LM head (tied to the embedding, or its own matrix) -> logits (float32)
+Attention is causal self-attention with RoPE (rotate-half form, over the full head_dim),
+grouped-query heads (n_kv_heads divides n_heads; n_kv_heads == 1 is multi-query) and optional
+QK-norm (RMSNorm with a learned scale on each query/key head vector, before RoPE). The MLP is
+SwiGLU (silu(x W_gate) * (x W_up)) W_down or GELU (gelu(x W_up)) W_down.
+
+Dtypes: parameters are stored in `param_dtype` (float32); matmuls run in `compute_dtype`
+(float32 or bfloat16); the attention softmax, the norms' statistics, the logits and the loss are
+float32.
+
+Logical axis names (sharding metadata on every parameter; the sharding module maps them to mesh
+axes with `nnx.logical_axis_rules`, the model itself never names a mesh axis):
+    'vocab'     vocabulary rows of the embedding / columns of the LM head
+    'embed'     the residual stream, d_model
+    'mlp'       the MLP hidden dimension, d_ff
+    'heads'     query heads, n_heads
+    'kv'        key/value heads, n_kv_heads (== 'heads' for MHA, 1 for MQA: don't shard it then)
+    'head_dim'  the per-head dimension, d_model // n_heads
+Parameters and their axes:
+    embedding                    [vocab, embed]
+    blocks[i].attn_norm.scale    [embed]            blocks[i].mlp_norm.scale [embed]
+    blocks[i].attn.wq            [embed, heads, head_dim]
+    blocks[i].attn.wk / .wv      [embed, kv, head_dim]
+    blocks[i].attn.wo            [heads, head_dim, embed]
+    blocks[i].attn.q_norm/k_norm.scale [head_dim]   (qk_norm only)
+    blocks[i].mlp.w_gate / .w_up [embed, mlp]       (w_gate: swiglu only)
+    blocks[i].mlp.w_down         [mlp, embed]
+    final_norm.scale             [embed]
+    lm_head                      [embed, vocab]     (untied only)
+
+Initialisation: every matrix ~ normal(init_std); the two projections that write into the
+residual stream (attn.wo, mlp.w_down) use init_std / sqrt(2 * n_layers) (GPT-2's scaling, so the
+residual variance at init does not grow with depth); norm scales = 1. All from the seed.
+
+Parametrization: 'standard', or 'mup' (muP, Yang et al. 2022, Tensor Programs V) relative to a
+base width `base_d_model`: hidden matrices (attention and MLP) init std times
+sqrt(base_d_model / d_model); embedding and LM head init unchanged; logits multiplied by
+base_d_model / d_model; attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim).
+The per-layer learning rates of muP are the optimizer's concern (scaling/optim.py).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
+MLP_KINDS = ("swiglu", "gelu")
+DTYPES = ("float32", "bfloat16")
+PARAMETRIZATIONS = ("standard", "mup")
+
+
+def d_ff_of(cfg) -> int:
+    """MLP hidden width: cfg.d_ff if > 0, else the derived rule.
+
+    SwiGLU: 8/3 * d_model rounded UP to a multiple of 64 (keeps params ~ a 4*d GELU MLP, as in
+    LLaMA); GELU: 4 * d_model. One definition, shared by the model and scaling/accounting.py.
+    """
+    if cfg.d_ff > 0:
+        return int(cfg.d_ff)
+    if cfg.mlp == "swiglu":
+        return 64 * math.ceil(8 * cfg.d_model / 3 / 64)
+    if cfg.mlp == "gelu":
+        return 4 * cfg.d_model
+    raise ValueError(f"model.mlp={cfg.mlp!r} is not valid; use one of {MLP_KINDS}")
+
+
+def validate_model_config(cfg) -> None:
+    """Raise ValueError naming the key, its value and what is valid, before anything is built."""
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            hint = " (0 means data.seq_len and must be resolved before the model is built)" \
+                if key == "max_seq_len" else ""
+            raise ValueError(f"model.{key}={v!r} is not valid; it must be a positive integer{hint}")
+    if not isinstance(cfg.d_ff, int) or cfg.d_ff < 0:
+        raise ValueError(f"model.d_ff={cfg.d_ff!r} is not valid; use 0 (derived) or a positive int")
+    if cfg.mlp not in MLP_KINDS:
+        raise ValueError(f"model.mlp={cfg.mlp!r} is not valid; use one of {MLP_KINDS}")
+    for key in ("compute_dtype", "param_dtype"):
+        if cfg[key] not in DTYPES:
+            raise ValueError(f"model.{key}={cfg[key]!r} is not valid; use one of {DTYPES}")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(
+            f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}; "
+            f"d_model must be a multiple of n_heads")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(
+            f"model.n_kv_heads={cfg.n_kv_heads} does not divide model.n_heads={cfg.n_heads}; "
+            f"valid: a divisor of n_heads (n_heads = MHA, 1 = MQA)")
+    head_dim = cfg.d_model // cfg.n_heads
+    if head_dim % 2:
+        raise ValueError(
+            f"head_dim = model.d_model / model.n_heads = {cfg.d_model}/{cfg.n_heads} = {head_dim} "
+            f"is odd; RoPE rotates pairs of dimensions, so head_dim must be even")
+    for key in ("rope_theta", "norm_eps", "init_std"):
+        if not cfg[key] > 0:
+            raise ValueError(f"model.{key}={cfg[key]!r} is not valid; it must be > 0")
+
+
+def _matrix(rngs, shape, std, axes, dtype):
+    """A normal(std) parameter carrying logical axis names for sharding."""
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=axes)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, statistics in float32; scale (init 1) is a learned vector."""
+
+    def __init__(self, dim: int, eps: float, axis_name: str, param_dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis_name,))
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x_BTHK, theta: float):
+    """Rotary position embedding (rotate-half form) over the last axis; positions 0..T-1."""
+    T, K = x_BTHK.shape[1], x_BTHK.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)  # [K/2]
+    angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    cos, sin = jnp.cos(angle_TK)[:, None, :], jnp.sin(angle_TK)[:, None, :]  # [T,1,K/2]
+    x1, x2 = jnp.split(x_BTHK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTHK.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal self-attention with RoPE, grouped-query heads and optional QK-norm."""
+
+    def __init__(self, cfg, *, std: float, out_std: float, attn_scale: float, rngs: nnx.Rngs):
+        D, H, G = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+        K = D // H
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.n_heads, self.n_kv_heads, self.head_dim = H, G, K
+        self.rope_theta, self.attn_scale = float(cfg.rope_theta), attn_scale
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.wq = _matrix(rngs, (D, H, K), std, ("embed", "heads", "head_dim"), pdt)
+        self.wk = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
+        self.wv = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
+        self.wo = _matrix(rngs, (H, K, D), out_std, ("heads", "head_dim", "embed"), pdt)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(K, cfg.norm_eps, "head_dim", pdt)
+            self.k_norm = RMSNorm(K, cfg.norm_eps, "head_dim", pdt)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x_BTD):
+        cdt = self.compute_dtype
+        B, T, _ = x_BTD.shape
+        G, R = self.n_kv_heads, self.n_heads // self.n_kv_heads  # kv heads, queries per kv head
+        q_BTHK = jnp.einsum("btd,dhk->bthk", x_BTD, self.wq[...].astype(cdt))
+        k_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wk[...].astype(cdt))
+        v_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wv[...].astype(cdt))
+        if self.q_norm is not None:
+            q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
+        q_BTHK, k_BTGK = rope(q_BTHK, self.rope_theta), rope(k_BTGK, self.rope_theta)
+        q_BTGRK = q_BTHK.reshape(B, T, G, R, self.head_dim)
+        # Scores and softmax in float32 (preferred_element_type keeps bf16 inputs, f32 output).
+        s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK,
+                             preferred_element_type=jnp.float32) * self.attn_scale
+        causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
+        s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
+        p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(cdt)
+        o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
+        o_BTHK = o_BTGRK.reshape(B, T, self.n_heads, self.head_dim)
+        return jnp.einsum("bthk,hkd->btd", o_BTHK, self.wo[...].astype(cdt))
+
+
+class MLP(nnx.Module):
+    """SwiGLU: (silu(x W_gate) * x W_up) W_down, or GELU: gelu(x W_up) W_down. No biases."""
+
+    def __init__(self, cfg, *, std: float, out_std: float, rngs: nnx.Rngs):
+        D, F = cfg.d_model, d_ff_of(cfg)
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.kind, self.compute_dtype = cfg.mlp, jnp.dtype(cfg.compute_dtype)
+        self.w_gate = _matrix(rngs, (D, F), std, ("embed", "mlp"), pdt) \
+            if cfg.mlp == "swiglu" else None
+        self.w_up = _matrix(rngs, (D, F), std, ("embed", "mlp"), pdt)
+        self.w_down = _matrix(rngs, (F, D), out_std, ("mlp", "embed"), pdt)
+
+    def __call__(self, x_BTD):
+        cdt = self.compute_dtype
+        h_BTF = x_BTD @ self.w_up[...].astype(cdt)
+        if self.kind == "swiglu":
+            h_BTF = jax.nn.silu(x_BTD @ self.w_gate[...].astype(cdt)) * h_BTF
+        else:
+            h_BTF = jax.nn.gelu(h_BTF)
+        return h_BTF @ self.w_down[...].astype(cdt)
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + Attn(RMSNorm(x)), then + MLP(RMSNorm(x))."""
+
+    def __init__(self, cfg, *, std, out_std, attn_scale, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, "embed", pdt)
+        self.attn = Attention(cfg, std=std, out_std=out_std, attn_scale=attn_scale, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, "embed", pdt)
+        self.mlp = MLP(cfg, std=std, out_std=out_std, rngs=rngs)
+
+    def __call__(self, x_BTD):
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD))
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM: `model(tokens_BT int32[B,T]) -> logits_BTV float32`.
+
+    cfg is the `model` ConfigDict of experiments/base.py with max_seq_len resolved (> 0).
+    parametrization: 'standard' or 'mup' (needs base_d_model; see the module docstring).
+    """
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, parametrization: str = "standard",
+                 base_d_model: int | None = None):
+        validate_model_config(cfg)
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization={parametrization!r} is not valid; "
+                             f"use one of {PARAMETRIZATIONS}")
+        D, V, L = cfg.d_model, cfg.vocab_size, cfg.n_layers
+        head_dim = D // cfg.n_heads
+        pdt = jnp.dtype(cfg.param_dtype)
+        std = float(cfg.init_std)
+        if parametrization == "mup":
+            if not base_d_model or base_d_model <= 0:
+                raise ValueError(f"base_d_model={base_d_model!r} is not valid for "
+                                 f"parametrization='mup'; give the positive base width")
+            hidden_std = std * math.sqrt(base_d_model / D)
+            self.logit_mult = base_d_model / D
+            attn_scale = 1.0 / head_dim
+        else:
+            hidden_std, self.logit_mult, attn_scale = std, 1.0, 1.0 / math.sqrt(head_dim)
+        out_std = hidden_std / math.sqrt(2 * L)  # GPT-2: residual-writing projections
+        self.vocab_size, self.max_seq_len = V, cfg.max_seq_len
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.embedding = _matrix(rngs, (V, D), std, ("vocab", "embed"), pdt)
+        self.blocks = nnx.List([Block(cfg, std=hidden_std, out_std=out_std,
+                                      attn_scale=attn_scale, rngs=rngs) for _ in range(L)])
+        self.final_norm = RMSNorm(D, cfg.norm_eps, "embed", pdt)
+        self.lm_head = None if cfg.tie_embeddings else \
+            _matrix(rngs, (D, V), std, ("embed", "vocab"), pdt)
+
+    def __call__(self, tokens_BT):
+        T = tokens_BT.shape[1]
+        if T > self.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.max_seq_len}")
+        cdt = self.compute_dtype
+        x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cdt)  # a gather
+        for block in self.blocks:
+            x_BTD = block(x_BTD)
+        x_BTD = self.final_norm(x_BTD)
+        w_DV = self.embedding[...].T if self.lm_head is None else self.lm_head[...]
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(cdt),
+                                preferred_element_type=jnp.float32)
+        return logits_BTV * self.logit_mult if self.logit_mult != 1.0 else logits_BTV
+
+
+def cross_entropy(logits_BTV, targets_BT, z_loss: float):
+    """Mean next-token NLL (nats/token, float32) + z_loss * mean(logsumexp(logits)^2).
+
+    Returns (loss, aux) with aux = {"nll": mean NLL, "z_loss": the z-loss term (already scaled)}.
+    `loss` is the training objective; aux["nll"] is what gets reported as the loss.
+    """
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    nll = jnp.mean(lse_BT - target_logit_BT)
+    z = z_loss * jnp.mean(lse_BT ** 2)
+    return nll + z, {"nll": nll, "z_loss": z}
+
+
+def full_axis_rules(rules) -> tuple:
+    """`rules` plus (name, None) for each of LOGICAL_AXES it does not map.
+
+    Flax passes an unmapped logical name through as a mesh axis name (and then fails), so
+    every name must appear; the ones left out are replicated.
+    """
+    rules = tuple(tuple(r) for r in (rules or ()))
+    mapped = {name for name, _ in rules}
+    return rules + tuple((name, None) for name in LOGICAL_AXES if name not in mapped)
+
+
+def build_model(cfg, seed: int, mesh=None, rules=None, *, parametrization: str = "standard",
+                base_d_model: int | None = None) -> Transformer:
+    """Build a Transformer deterministically from `seed`.
+
+    mesh None: unsharded (inside `nnx.use_eager_sharding(False)`; annotations stay as metadata).
+    mesh given: built under `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)`, so every
+    parameter is created directly with the sharding its logical axes map to; logical names
+    missing from `rules` are replicated (see full_axis_rules).
+    """
+    def make():
+        return Transformer(cfg, rngs=nnx.Rngs(params=seed), parametrization=parametrization,
+                           base_d_model=base_d_model)
+
+    if mesh is None:
+        with nnx.use_eager_sharding(False):
+            return make()
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(full_axis_rules(rules)):
+        return make()
