@@ -20,7 +20,6 @@ stream does not depend on the number of worker processes.
 import functools
 import math
 
-import grain
 import numpy as np
 
 
@@ -113,6 +112,8 @@ def train_loader(corpus, *, seq_len: int, global_batch: int, num_steps: int, see
             f"split of {corpus.path} has only {available:,} ({windows:,} windows of {seq_len} "
             f"targets; {n:,} tokens). Set data.allow_repeat=True to repeat the data "
             f"({needed / windows:.2f} epochs), or lower train.tokens to <= {available:,}.")
+    import grain  # here, not at module top: grain imports jax (seconds), prepare needs neither
+
     local = global_batch // process_count
     fn = _TrainBatch(corpus, seq_len=seq_len, global_batch=global_batch, local_batch=local,
                      row0=process_index * local, windows=windows, seed=seed)

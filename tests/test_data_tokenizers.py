@@ -1,0 +1,74 @@
+"""Tokenizers: bytes and byte-level BPE round-trip text; specs and tiktoken fail clearly."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from scaling.data import open_corpus, prepare, tokenizers
+
+TEXTS = [
+    "Fellow-Citizens of the Senate and House of Representatives:\n\n  indented\ttab",
+    "Unicode: caf\u00e9, na\u00efve, \u4e2d\u6587, emoji \U0001f600, rtl \u05e9\u05dc\u05d5\u05dd",
+    "",
+    "trailing spaces   \n\n\n",
+]
+
+
+def test_bytes_round_trip():
+    tok = tokenizers.BytesTokenizer()
+    for t in TEXTS:
+        ids = tok.encode(t)
+        assert ids.size == len(t.encode("utf-8")) and (ids < 256).all()
+        assert tok.decode(ids) == t
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bpe")
+    corpus = [("the quick brown fox jumps over the lazy dog. " * 20) + t for t in TEXTS] * 5
+    return tokenizers.BPETokenizer.train(corpus, 300, out), out
+
+
+def test_bpe_round_trip_and_compresses(bpe):
+    tok, out = bpe
+    assert tok.vocab_size == 300 and tok.eot_id is not None
+    for t in TEXTS + ["text never seen in training: \u00fc\u00df \U0001f680 xyzzy"]:
+        assert tok.decode(tok.encode(t)) == t
+    s = "the quick brown fox jumps over the lazy dog. " * 3
+    assert tok.encode(s).size < len(s.encode()) / 2  # merges learned: fewer tokens than bytes
+    again = tokenizers.BPETokenizer.load(out / tokenizers.TOKENIZER_FILE)
+    assert again.sha256 == tok.sha256 and len(tok.sha256) == 64
+    np.testing.assert_array_equal(again.encode(s), tok.encode(s))
+
+
+def test_bpe_corpus_decodes_to_its_documents(tmp_path):
+    docs = [f"Address {i}. The state of the union is strong; caf\u00e9 {i * 7}.\n" * 30
+            for i in range(12)]
+    for i, d in enumerate(docs):
+        (tmp_path / f"{i:02d}.txt").write_text(d)
+    c = prepare(str(tmp_path / "*.txt"), tmp_path / "c", tokenizer="bpe:400", eval_fraction=0.2)
+    m = c.meta
+    assert m["tokenizer"]["file"] == "tokenizer.json" and m["dtype"] == "uint16"
+    assert (c.path / "tokenizer.json").is_file()
+    assert c.vocab_size == m["tokenizer"]["vocab_size"] <= 400
+    tok = open_corpus(c.path).tokenizer()
+    assert tok.sha256 == m["tokenizer"]["sha256"]
+    eot = m["tokenizer"]["eot_id"]
+    ev = np.asarray(c.eval_tokens)
+    pieces = np.split(ev, np.flatnonzero(ev == eot) + 1)[:-1]
+    assert [tok.decode(p[:-1]) for p in pieces] == [docs[i] for i in m["eval"]["document_indices"]]
+    assert m["train"]["bytes_per_token"] > 1.5  # BPE packs several bytes per token
+
+
+def test_bad_specs():
+    for bad in ("bpe", "bpe:abc", "bpe:100", "tiktoken", "sentencepiece:8000", 256):
+        with pytest.raises(ValueError, match="valid: 'bytes', 'bpe:<vocab>'"):
+            tokenizers.parse_spec(bad)
+    assert tokenizers.parse_spec("bpe:8192") == ("bpe", 8192)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tiktoken") is not None,
+                    reason="tiktoken is installed; this checks the message when it is not")
+def test_tiktoken_missing_is_a_clear_error():
+    with pytest.raises(ImportError, match="needs the tiktoken package.*pip install tiktoken"):
+        tokenizers.TiktokenTokenizer("cl100k_base")
