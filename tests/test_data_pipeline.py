@@ -168,3 +168,17 @@ def test_bits_per_byte():
     assert bits_per_byte(1.0, 4.0) == pytest.approx(1 / math.log(2) / 4, rel=1e-12)
     with pytest.raises(ValueError, match="bytes_per_token"):
         bits_per_byte(1.0, 0.0)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_stream(corpus):
+    """Batches are pure functions of their index, so Grain worker processes change nothing."""
+    import absl.flags
+
+    absl.flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+    ref, _ = train_loader(corpus, seq_len=SEQ, global_batch=4, num_steps=6, seed=0)
+    mp, _ = train_loader(corpus, seq_len=SEQ, global_batch=4, num_steps=6, seed=0, num_workers=2)
+    got = list(mp)
+    assert len(got) == 6
+    for a, b in zip(take(ref, 6), got):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
