@@ -119,6 +119,8 @@ def test_load_caches_by_source_tokenizer_seed_and_fraction(tmp_path):
     assert load({**cfg, "corpus": str(c.path)}).meta == c.meta
     with pytest.raises(ValueError, match="data.tokenizer='bpe:512' but the corpus"):
         load({**cfg, "corpus": str(c.path), "tokenizer": "bpe:512"})
+    with pytest.raises(FileNotFoundError, match="data.corpus='/no/such/dir' .* no files match"):
+        load({**cfg, "corpus": "/no/such/dir"})
 
 
 CHILD = """

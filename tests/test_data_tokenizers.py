@@ -67,8 +67,19 @@ def test_bad_specs():
     assert tokenizers.parse_spec("bpe:8192") == ("bpe", 8192)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tiktoken") is not None,
-                    reason="tiktoken is installed; this checks the message when it is not")
-def test_tiktoken_missing_is_a_clear_error():
-    with pytest.raises(ImportError, match="needs the tiktoken package.*pip install tiktoken"):
-        tokenizers.TiktokenTokenizer("cl100k_base")
+def test_tiktoken_needs_package_and_local_file(tmp_path, monkeypatch):
+    """No tiktoken: ImportError naming the fix. tiktoken but an empty cache and no network:
+    FileNotFoundError naming the cache dir. (Where a network exists, it loads: round-trip.)"""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    if importlib.util.find_spec("tiktoken") is None:
+        with pytest.raises(ImportError, match="needs the tiktoken package.*pip install tiktoken"):
+            tokenizers.TiktokenTokenizer("cl100k_base")
+        return
+    with pytest.raises(ValueError, match="unknown tiktoken encoding 'no_such_encoding'"):
+        tokenizers.TiktokenTokenizer("no_such_encoding")
+    try:
+        tok = tokenizers.TiktokenTokenizer("cl100k_base")
+    except FileNotFoundError as e:
+        assert "not available locally" in str(e) and str(tmp_path) in str(e)
+    else:
+        assert tok.decode(tok.encode(TEXTS[1])) == TEXTS[1]

@@ -272,8 +272,12 @@ def load(data_cfg) -> Corpus:
         return open_corpus(out)
     with _file_lock(cache_dir / f".{out.name}.lock"):
         if not (out / META_FILE).is_file():
-            prepare(corpus, out, tokenizer=tokenizer, eval_fraction=eval_fraction, seed=seed,
-                    text_field=text_field)
+            try:
+                prepare(corpus, out, tokenizer=tokenizer, eval_fraction=eval_fraction, seed=seed,
+                        text_field=text_field)
+            except (FileNotFoundError, ValueError) as e:
+                raise type(e)(f"data.corpus={corpus!r} (neither a prepared corpus directory "
+                              f"nor a usable source): {e}") from e
     return open_corpus(out)
 
 
