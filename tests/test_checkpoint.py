@@ -1,0 +1,180 @@
+"""Orbax checkpoints: round trip with a Grain iterator, keep-N, restore onto other meshes,
+and a process killed with SIGKILL in the middle of an async save."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from scaling import sharding as sh
+from scaling.checkpoint import Checkpointer, abstract_of
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def mesh_of(data, fsdp, model, num_devices=0):
+    return sh.make_mesh(dict(data=data, fsdp=fsdp, model=model, num_devices=num_devices))
+
+
+def make_state(mesh):
+    """params sharded FSDP x TP, an AdamW state, a step counter and a typed PRNG key."""
+    w = jax.device_put(jnp.arange(8 * 16, dtype=jnp.float32).reshape(8, 16),
+                       NamedSharding(mesh, P("fsdp", "model")))
+    b = jax.device_put(jnp.linspace(-1, 1, 16), NamedSharding(mesh, P("model")))
+    params = {"w": w, "b": b}
+    opt = optax.adamw(1e-2)
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt_state = opt.init(params)
+    _, opt_state = opt.update(grads, opt_state, params)  # non-trivial moments
+    return {"params": params, "opt_state": opt_state, "step": jnp.int32(7),
+            "rng": jax.random.key(42)}
+
+
+def data_iter():
+    ds = grain.MapDataset.source(np.arange(200, dtype=np.int32)).shuffle(seed=3).batch(4)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+
+
+def assert_trees_equal(a, b):
+    ka, kb = jax.tree.map(jax.random.key_data, a["rng"]), jax.random.key_data(b["rng"])
+    np.testing.assert_array_equal(np.asarray(ka), np.asarray(kb))
+    strip = lambda t: {k: v for k, v in t.items() if k != "rng"}  # noqa: E731
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+                 strip(a), strip(b))
+
+
+def test_round_trip_with_grain_iterator_and_donated_arrays(tmp_path):
+    mesh = mesh_of(2, 2, 2)
+    state = make_state(mesh)
+    expected = jax.tree.map(lambda x: x.copy(), state)
+    abstract = abstract_of(state)
+    it = data_iter()
+    for _ in range(3):
+        next(it)
+    ck = Checkpointer(tmp_path / "ck", every_steps=5, keep=2)
+    assert not ck.save(3, state, it)  # 3 % 5 != 0
+    assert ck.save(5, state, it, meta={"tokens": 1234, "config_hash": "abc"})
+    # training goes on: the iterator advances and the saved buffers are donated (deleted)
+    after_save = [next(it) for _ in range(4)]
+    jax.tree.map(lambda x: x.delete(), state["params"])
+    assert not ck.save(5, expected, it, force=True)  # the final forced save of a saved step
+    ck.close()
+
+    ck2 = Checkpointer(tmp_path / "ck", every_steps=5, keep=2)
+    assert ck2.latest_step() == 5
+    it2 = data_iter()
+    restored, meta = ck2.restore(None, abstract, data_iter=it2)
+    assert meta == {"tokens": 1234, "config_hash": "abc"}
+    assert_trees_equal(restored, expected)
+    assert restored["params"]["w"].sharding == expected["params"]["w"].sharding
+    assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(expected["opt_state"])
+    # the iterator resumes exactly where it was when save() was called
+    for want in after_save:
+        np.testing.assert_array_equal(next(it2), want)
+    ck2.close()
+
+
+def test_save_schedule_keep_n_and_errors(tmp_path):
+    ck = Checkpointer(tmp_path, every_steps=2, keep=2, async_save=False)
+    x = {"x": jnp.zeros(3)}
+    saved = [s for s in range(1, 10) if ck.save(s, x)]
+    assert saved == [2, 4, 6, 8]
+    assert ck.save(9, x, force=True)
+    assert ck.all_steps() == [8, 9]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["8", "9"]
+    with pytest.raises(FileNotFoundError, match=r"checkpoint step 4 not found .* complete steps: \[8, 9\]"):
+        ck.restore(4, abstract_of(x))
+    with pytest.raises(ValueError, match=r"holds no data iterator state"):
+        ck.restore(9, abstract_of(x), data_iter=data_iter())
+    ck.close()
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint"):
+        Checkpointer(tmp_path / "empty", every_steps=1, keep=1).restore(None, abstract_of(x))
+    with pytest.raises(ValueError, match=r"checkpoint.keep=0"):
+        Checkpointer(tmp_path, every_steps=1, keep=0)
+    with pytest.raises(ValueError, match=r"checkpoint.every_steps=-1"):
+        Checkpointer(tmp_path, every_steps=-1, keep=1)
+
+
+@pytest.mark.parametrize("target", [(1, 2, 2, 4), (1, 1, 1, 1)])
+def test_restore_onto_a_smaller_mesh(tmp_path, target):
+    state = make_state(mesh_of(2, 2, 2))  # saved on 8 devices
+    expected = jax.tree.map(lambda x: np.asarray(jax.random.key_data(x)) if
+                            jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x),
+                            state)
+    with Checkpointer(tmp_path, every_steps=1, keep=1) as ck:
+        ck.save(1, state)
+    mesh = mesh_of(*target)  # 4 devices (fsdp=2, model=2) or a single device
+    target_sh = {"params": {"w": NamedSharding(mesh, P("fsdp", "model")),
+                            "b": NamedSharding(mesh, P("model"))}}
+    abstract = abstract_of(make_state(mesh))  # the new run's own layout
+    with Checkpointer(tmp_path, every_steps=1, keep=1) as ck:
+        restored, _ = ck.restore(1, abstract)
+    w = restored["params"]["w"]
+    assert w.sharding == target_sh["params"]["w"]
+    assert {d.id for d in w.sharding.device_set} == {d.id for d in mesh.devices.flat}
+    np.testing.assert_array_equal(np.asarray(w), expected["params"]["w"])
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(restored["rng"])), expected["rng"])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+                 restored["opt_state"], expected["opt_state"])
+
+
+KILLED_SAVER = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp
+    from scaling.checkpoint import Checkpointer
+    ck = Checkpointer(sys.argv[1], every_steps=1, keep=3)
+    ck.save(1, {"w": jnp.arange(4.0)}, meta={"step": 1})
+    ck.wait()
+    n = 4 * 2**20  # 4 arrays x 16 MiB: the write takes a good fraction of a second
+    big = {"w": jnp.zeros(4)} | {f"big{i}": jnp.full((n,), float(i)) for i in range(4)}
+    jax.block_until_ready(big)
+    ck.save(2, big, meta={"step": 2})
+    print("SAVE STARTED", flush=True)
+    ck.wait()
+    print("SAVE DONE", flush=True)
+""")
+
+
+def test_sigkill_during_async_save_restores_previous_complete_checkpoint(tmp_path):
+    ckdir = tmp_path / "ck"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(ckdir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Kill the moment the tmp directory of step 2 appears, i.e. while its files are written.
+    deadline = time.time() + 120
+    tmp_dirs = []
+    while time.time() < deadline and proc.poll() is None:
+        tmp_dirs = [p for p in ckdir.glob("2.orbax-checkpoint-tmp*")] if ckdir.exists() else []
+        if tmp_dirs:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+    assert tmp_dirs, f"never saw step 2's tmp dir; rc={proc.returncode}\n{out.decode()}\n{err.decode()[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert b"SAVE DONE" not in out
+    # the kill really landed mid-save: step 2 exists only as an uncommitted tmp directory
+    assert not (ckdir / "2").exists()
+    assert any(p.exists() for p in tmp_dirs)
+
+    ck = Checkpointer(ckdir, every_steps=1, keep=3)
+    assert ck.latest_step() == 1
+    assert not list(ckdir.glob("2.orbax-checkpoint-tmp*"))  # cleaned up by the new manager
+    state, meta = ck.restore(None, abstract_of({"w": jnp.zeros(4)}))
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(4.0))
+    assert meta == {"step": 1}
+    # and the run can go on saving step 2 for real
+    assert ck.save(2, {"w": jnp.ones(4)}, force=True)
+    ck.close()
+    assert Checkpointer(ckdir, every_steps=1, keep=3).latest_step() == 2
