@@ -21,3 +21,26 @@ def shared_data():
             pytest.fail(msg)
         pytest.skip(msg)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory):
+    """One data.cache_dir for the whole session, so the embedded corpus is prepared once."""
+    return str(tmp_path_factory.mktemp("data_cache"))
+
+
+@pytest.fixture
+def tiny_config(corpus_cache):
+    """A config that trains in seconds on CPU: bytes tokenizer, 2 layers, d=32, one device."""
+    from scaling import config as cfg_lib
+
+    c = cfg_lib.load(cfg_lib._BASE)
+    c.data.cache_dir = corpus_cache
+    c.data.seq_len = 32
+    c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2)
+    c.train.update(batch_size=8, tokens=8 * 32 * 20, log_every=5, eval_every=10, eval_tokens=8 * 32 * 4,
+                   peak_flops=1e11)
+    c.optim.update(warmup_steps=5, lr=3e-3)
+    c.mesh.num_devices = 1
+    c.checkpoint.every_steps = 10
+    return c

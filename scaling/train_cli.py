@@ -1,0 +1,46 @@
+"""`scaling train`: train one model from a config file.
+
+    scaling train --config experiments/base.py --config.model.d_model=64 --workdir runs/x
+    scaling train --config runs/x/config.json --workdir runs/x        # a resolved config (resume)
+
+Multi-host: set SCALING_COORDINATOR / SCALING_NUM_PROCESSES / SCALING_PROCESS_ID, or run under
+SkyPilot or on a TPU pod; see scaling/distributed.py.
+"""
+import argparse
+import sys
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scaling train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a .py file with get_config() or a .json config")
+    parser.add_argument("--workdir", required=True, help="the run directory (created; resumed if it exists)")
+    parser.add_argument("--stop-after-steps", type=int, default=None,
+                        help="checkpoint and exit after this step, as a preemption would (testing resume)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.train.tokens=1e6)")
+
+    from scaling import config as cfg_lib
+    try:
+        config = cfg_lib.load(args.config, rest)
+        cfg_lib.validate(cfg_lib.resolve(config))
+    except cfg_lib.ConfigError as e:
+        print(f"scaling train: {e}", file=sys.stderr)
+        return 2
+
+    from scaling import distributed
+    distributed.initialize_from_env()
+    if config.data.num_workers > 0:  # grain worker processes need parsed absl flags
+        from absl import flags
+        flags.FLAGS.mark_as_parsed()
+
+    from scaling.train import NonFiniteLossError, train
+    try:
+        result = train(config, args.workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
+    except (cfg_lib.ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+        print(f"scaling train: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0 if result.get("status") in ("ok", "stopped") else 1
