@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.corpus = "sotu"  # 'sotu' (embedded) or a prepared corpus directory
     d.tokenizer = "bytes"  # bytes | bpe:<vocab> | tiktoken:<name>
+    d.text_field = "text"  # JSONL / Parquet / HF sources: the field holding the text
     d.cache_dir = "data_cache"  # prepared corpora live here (relative to cwd)
     d.seq_len = 128
     d.seed = 0  # data order; shared by every run of a sweep so shorter runs see a prefix

@@ -10,6 +10,23 @@ import argparse
 import sys
 
 
+def _enable_compilation_cache() -> None:
+    """Reuse compiled steps across runs of a sweep (same shapes): halves a small run's start-up on CPU.
+    JAX_COMPILATION_CACHE_DIR overrides the location; an empty value turns the cache off."""
+    import os
+    import pathlib
+
+    import jax
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if path is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
+        path = str(pathlib.Path(base) / "scaling" / "jax")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scaling train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +48,7 @@ def main(argv: list[str]) -> int:
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
 
+    _enable_compilation_cache()
     from scaling import distributed
     distributed.initialize_from_env()
     if config.data.num_workers > 0:  # grain worker processes need parsed absl flags
