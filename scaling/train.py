@@ -14,6 +14,7 @@ import os
 import pathlib
 import subprocess
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,52 @@ def _check_same_run(run_dir: pathlib.Path, config) -> None:
             "use a new --workdir, or delete the old run directory")
 
 
+class Trainer(NamedTuple):
+    state: dict  # {"params", "opt_state", "step"}, placed with its shardings
+    step_fn: Callable  # (state, inputs_BT, targets_BT) -> (state, {"loss", "grad_norm", "lr"}); donates state
+    eval_fn: Callable  # (params, inputs_BT, targets_BT) -> mean NLL (nats/token)
+    batch_sh: jax.sharding.NamedSharding
+
+
+def make_trainer(config, mesh, rules, steps: int) -> Trainer:
+    """Model, optimizer and jitted steps with explicit in/out shardings (the modern pjit)."""
+    m, t = config.model, config.train
+    model_kwargs = dict(parametrization=config.optim.parametrization, base_d_model=config.optim.base_d_model)
+    with nnx.use_eager_sharding(False):  # shapes + logical names only: nothing allocated or compiled
+        abstract = nnx.eval_shape(lambda: build_model(m, config.seed, **model_kwargs))
+    sharding.validate(abstract, mesh, rules)  # names every parameter that does not divide its axis
+    model = build_model(m, config.seed, mesh, rules, **model_kwargs)
+    graphdef, params = nnx.split(model)
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    tx, schedule = make_optimizer(config, params, steps)
+    repl = sharding.replicated(mesh)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
+                                   transform_non_params=lambda _: repl)
+    state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
+    state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
+             "step": jax.device_put(jnp.zeros((), jnp.int32), repl)}
+    batch_sh = sharding.batch_sharding(mesh)
+
+    def loss_fn(params, inputs_BT, targets_BT):
+        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
+        return cross_entropy(logits_BTV, targets_BT, t.z_loss)
+
+    def train_step(state, inputs_BT, targets_BT):
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], inputs_BT, targets_BT)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+               "step": state["step"] + 1}
+        return new, {"loss": aux["nll"], "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+
+    def eval_step(params, inputs_BT, targets_BT):
+        return loss_fn(params, inputs_BT, targets_BT)[1]["nll"]
+
+    step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh),
+                      out_shardings=(state_sh, repl), donate_argnums=0)
+    eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=repl)
+    return Trainer(state, step_fn, eval_fn, batch_sh)
+
+
 def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool = True) -> dict:
     """Train one model; returns the result dict (also written to run_dir/result.json).
 
@@ -130,11 +177,6 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(mesh)
     sharding.validate_batch(t.batch_size, mesh, jax.process_count())
-    model_kwargs = dict(parametrization=config.optim.parametrization, base_d_model=config.optim.base_d_model)
-    with nnx.use_eager_sharding(False):  # shapes + logical names only, nothing allocated or compiled
-        abstract = nnx.eval_shape(lambda: build_model(m, config.seed, **model_kwargs))
-    sharding.validate(abstract, mesh, rules)
-
     steps = cfg_lib.num_steps(config)
     seq_len, batch = config.data.seq_len, t.batch_size
     tokens_per_step = batch * seq_len
@@ -142,36 +184,9 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
     fpt = accounting.flops_per_token(m, seq_len)
     peak = _peak_flops(config, mesh)
 
-    # --- model, optimizer, shardings -------------------------------------------------------
-    model = build_model(m, config.seed, mesh, rules, **model_kwargs)
-    graphdef, params = nnx.split(model)
-    param_sh = jax.tree.map(lambda x: x.sharding, params)
-    tx, schedule = make_optimizer(config, params, steps)
-    repl = sharding.replicated(mesh)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
-                                   transform_non_params=lambda _: repl)
-    state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
-    state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
-             "step": jax.device_put(jnp.zeros((), jnp.int32), repl)}
-    batch_sh = sharding.batch_sharding(mesh)
-
-    def loss_fn(params, inputs_BT, targets_BT):
-        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
-        return cross_entropy(logits_BTV, targets_BT, t.z_loss)
-
-    def train_step(state, inputs_BT, targets_BT):
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], inputs_BT, targets_BT)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-               "step": state["step"] + 1}
-        return new, {"loss": aux["nll"], "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
-
-    def eval_step(params, inputs_BT, targets_BT):
-        return loss_fn(params, inputs_BT, targets_BT)[1]["nll"]
-
-    step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh),
-                      out_shardings=(state_sh, repl), donate_argnums=0)
-    eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=repl)
+    # --- model, optimizer, shardings, compiled steps ----------------------------------------------
+    tr = make_trainer(config, mesh, rules, steps)
+    state, step_fn, eval_fn, batch_sh = tr.state, tr.step_fn, tr.eval_fn, tr.batch_sh
 
     # --- data ---------------------------------------------------------------------------------
     pi, pc = jax.process_index(), jax.process_count()
