@@ -23,6 +23,12 @@ def small_cfg(**kw):
     return c
 
 
+@nnx.jit
+def forward(model, tokens_BT):
+    """Jitted forward: one compile per config instead of one per eager op (faster tests)."""
+    return model(tokens_BT)
+
+
 def tokens(B, T, V, seed=1):
     return jax.random.randint(jax.random.key(seed), (B, T), 0, V, dtype=jnp.int32)
 
@@ -90,7 +96,7 @@ def test_forward_matches_float64_reference(kw):
         if path[-1] == "scale":
             v[...] = 1 + 0.5 * jax.random.uniform(jax.random.key(len(path)), v[...].shape)
     tok = tokens(2, 12, cfg.vocab_size)
-    got = np.asarray(model(tok))
+    got = np.asarray(forward(model, tok))
     assert got.dtype == np.float32 and got.shape == (2, 12, cfg.vocab_size)
     hd = cfg.d_model // cfg.n_heads
     for b in range(2):
@@ -100,19 +106,20 @@ def test_forward_matches_float64_reference(kw):
 
 
 def test_mup_forward_and_init():
-    cfg = small_cfg(d_model=64, n_heads=4, n_kv_heads=2, mlp="gelu")
-    base = 16
+    cfg = small_cfg(n_kv_heads=2, mlp="gelu")
+    base = 8
     model = build_model(cfg, 0, parametrization="mup", base_d_model=base)
     tok = tokens(1, 10, cfg.vocab_size)
     hd = cfg.d_model // cfg.n_heads
     want = reference_logits(model, cfg, tok[0], 1 / hd, base / cfg.d_model)
-    np.testing.assert_allclose(np.asarray(model(tok))[0], want, atol=1e-5, rtol=1e-4)
-    # Hidden std = init_std * sqrt(base/d) = 0.01; 64*4*16 = 4096 samples of a normal give the
-    # sample std within ~1.1% (1 sigma = 1/sqrt(2n)); 5% is > 4 sigma.
+    np.testing.assert_allclose(np.asarray(forward(model, tok))[0], want, atol=1e-5, rtol=1e-4)
+    # Hidden std = init_std * sqrt(base/d) = 0.01; 32*4*8 = 1024 samples of a normal give the
+    # sample std within 2.2% (1 sigma = 1/sqrt(2n)); 10% is 4.5 sigma, and the two
+    # parametrizations differ by a factor 2 here.
     wq = np.asarray(model.blocks[0].attn.wq[...])
-    assert abs(wq.std() / (cfg.init_std * math.sqrt(base / cfg.d_model)) - 1) < 0.05
-    emb = np.asarray(model.embedding[...])  # embedding init is not width-scaled
-    assert abs(emb.std() / cfg.init_std - 1) < 0.05
+    assert abs(wq.std() / (cfg.init_std * math.sqrt(base / cfg.d_model)) - 1) < 0.1
+    emb = np.asarray(model.embedding[...])  # embedding init is not width-scaled (2048 samples)
+    assert abs(emb.std() / cfg.init_std - 1) < 0.1
     with pytest.raises(ValueError, match="base_d_model"):
         build_model(cfg, 0, parametrization="mup")
     with pytest.raises(ValueError, match="parametrization='sp'"):
@@ -120,26 +127,27 @@ def test_mup_forward_and_init():
 
 
 def test_init_scales_and_determinism():
-    cfg = small_cfg(d_model=64, n_layers=4, d_ff=256)
+    cfg = small_cfg(n_layers=4, d_ff=256)
     a, b, c = build_model(cfg, 0), build_model(cfg, 0), build_model(cfg, 1)
     sa, sb, sc = (jax.tree.leaves(nnx.state(m)) for m in (a, b, c))
     assert all(np.array_equal(x, y) for x, y in zip(sa, sb))
     assert not np.array_equal(sa[0], sc[0])
-    # 64*256 = 16384 samples: sample std within 0.6% (1 sigma); 3% tolerance is 5 sigma.
+    # 32*256 = 8192 samples: sample std within 0.8% (1 sigma = 1/sqrt(2n)); 4% is 5 sigma, and
+    # w_down's std differs from w_up's by sqrt(2*4) = 2.8x.
     w_up = np.asarray(a.blocks[0].mlp.w_up[...])
     w_down = np.asarray(a.blocks[0].mlp.w_down[...])
-    assert abs(w_up.std() / cfg.init_std - 1) < 0.03
-    assert abs(w_down.std() / (cfg.init_std / math.sqrt(2 * cfg.n_layers)) - 1) < 0.03
+    assert abs(w_up.std() / cfg.init_std - 1) < 0.04
+    assert abs(w_down.std() / (cfg.init_std / math.sqrt(2 * cfg.n_layers)) - 1) < 0.04
     assert np.all(np.asarray(a.final_norm.scale[...]) == 1)
 
 
-@pytest.mark.parametrize("V", [64, 256, 1024])
+@pytest.mark.parametrize("V", [64, 1024])
 def test_loss_at_init_is_log_vocab(V):
     # With init_std = 0.02 the logits are ~0 at init, so the predictive distribution is
     # ~uniform and NLL = ln V; 0.1 nats allows for the small random logits.
-    cfg = small_cfg(vocab_size=V, d_model=64)
-    tok = tokens(4, 16, V)
-    _, aux = cross_entropy(build_model(cfg, 0)(tok)[:, :-1], tok[:, 1:], 0.0)
+    cfg = small_cfg(vocab_size=V)
+    tok = tokens(2, 12, V)
+    _, aux = cross_entropy(forward(build_model(cfg, 0), tok)[:, :-1], tok[:, 1:], 0.0)
     assert abs(float(aux["nll"]) - math.log(V)) < 0.1
 
 
@@ -157,22 +165,22 @@ def test_cross_entropy_matches_numpy():
 def test_causality():
     cfg = small_cfg(n_kv_heads=2, qk_norm=True)
     model = build_model(cfg, 0)
-    tok = tokens(1, 16, cfg.vocab_size)
-    t = 9
+    tok = tokens(1, 12, cfg.vocab_size)
+    t = 7
     tok2 = tok.at[0, t].set((tok[0, t] + 1) % cfg.vocab_size)
-    a, b = np.asarray(model(tok)), np.asarray(model(tok2))
+    a, b = np.asarray(forward(model, tok)), np.asarray(forward(model, tok2))
     np.testing.assert_array_equal(a[0, :t], b[0, :t])  # earlier positions: bit-identical
     assert np.abs(a[0, t:] - b[0, t:]).max(axis=-1).min() > 1e-6  # later ones all change
 
 
 def test_bf16_compute_close_to_f32():
-    cfg = small_cfg(d_model=64, qk_norm=True, n_kv_heads=2)
-    tok = tokens(2, 16, cfg.vocab_size)
-    f32 = np.asarray(build_model(cfg, 0)(tok))
+    cfg = small_cfg(qk_norm=True, n_kv_heads=2)
+    tok = tokens(2, 12, cfg.vocab_size)
+    f32 = np.asarray(forward(build_model(cfg, 0), tok))
     cfg.compute_dtype = "bfloat16"
     model = build_model(cfg, 0)
     assert model.blocks[0].attn.wq[...].dtype == jnp.float32  # params stay f32
-    bf16 = model(tok)
+    bf16 = forward(model, tok)
     assert bf16.dtype == jnp.float32  # logits f32
     # bf16 keeps 8 mantissa bits: each rounding is <= 2^-9 = 0.2% relative; a few dozen
     # roundings through 2 layers give ~1% of the logit scale. Allow 5% of the logits' RMS.
@@ -236,6 +244,6 @@ def test_sharded_build_on_2x4_mesh_matches_unsharded():
     tok = jax.device_put(tokens(8, 16, cfg.vocab_size), NamedSharding(mesh, P("fsdp")))
     with jax.set_mesh(mesh):
         got = nnx.jit(lambda m, x: m(x))(sharded, tok)
-    want = build_model(cfg, 0)(tok)
+    want = forward(build_model(cfg, 0), tok)
     # Same params (same seed), different reduction order across shards: f32 roundoff only.
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
