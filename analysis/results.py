@@ -10,6 +10,9 @@ written last). A run without result.json is unfinished; `status: failed` is fail
 that does not parse is corrupt. `on_error='warn'` skips such runs with ONE warning that counts
 them by reason and names them; `on_error='raise'` raises `RunLoadError` listing every problem.
 Either way nothing is dropped silently: the skipped runs are also in `df.attrs['skipped']`.
+When the sweep's manifest SWEEP/sweep.json (written by launch) exists, its planned runs that have
+no directory yet count as unfinished, and each row gets the run's nominal isoFLOP `budget`
+(FLOPs; NaN for grid sweeps).
 
 Units: `loss` is nats/token; `tokens` is D; `n_params` total, `n_params_nonembed` Kaplan's N;
 `flops` exact training FLOPs, `flops_6nd` = 6 * n_params * tokens.
@@ -78,6 +81,18 @@ def run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
     if not found and any((sweep_dir / f).exists() for f in contract):
         return [sweep_dir]  # a single run directory
     return found
+
+
+def _manifest(sweep_dir: pathlib.Path) -> dict:
+    """run_id -> planned-run summary from SWEEP/sweep.json ({} when absent)."""
+    path = sweep_dir / "sweep.json"
+    if not path.exists():
+        return {}
+    man = _read_json(path)
+    try:
+        return {r["run_id"]: r for r in man["runs"]}
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: expected {{'runs': [{{'run_id': ..., 'budget': ...}}, ...]}}") from None
 
 
 def _flatten(prefix: str, d: dict) -> dict:
@@ -160,11 +175,18 @@ def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
     skips = _Skips(on_error, "runs")
     rows = []
     runs = run_dirs(path)
+    planned = _manifest(path)
     for run in runs:
         try:
-            rows.append(_run_row(run, LOSS_SOURCES[loss]))
+            row = _run_row(run, LOSS_SOURCES[loss])
         except _Unusable as e:
             skips.add(str(run), e.reason, e.detail)
+            continue
+        if planned:
+            row["budget"] = (planned.get(run.name) or {}).get("budget")
+        rows.append(row)
+    for run_id in sorted(set(planned) - {r.name for r in runs}):
+        skips.add(str(path / "runs" / run_id), "unfinished", "planned in sweep.json, not started")
     skips.report(path, len(rows))
     if not rows:
         raise ValueError(f"{path}: no finished runs to load (found {len(runs)} run directories"

@@ -156,3 +156,16 @@ def test_csv_missing_column_names_it(tmp_path):
     p.write_text("n_params,D,loss\n1e6,2e7,3.0\n")
     with pytest.raises(ValueError, match=r"lacks required column\(s\) \['tokens'\].*found columns"):
         results.load(p)
+
+
+def test_manifest_budget_and_not_started(tmp_path):
+    """sweep.json (launch's manifest): budgets join by run id; planned-but-absent runs are counted."""
+    s = tmp_path / "s"
+    _write_run(s, "C1e13-a", _result(10, 20, 2.0))
+    _write_run(s, "C1e13-b", _result(20, 10, 2.1))
+    (s / "sweep.json").write_text(json.dumps({"runs": [
+        {"run_id": "C1e13-a", "budget": 1e13}, {"run_id": "C1e13-b", "budget": 1e13},
+        {"run_id": "C3e13-c", "budget": 3e13}]}))
+    with pytest.warns(UserWarning, match="(?s)1 unfinished.*C3e13-c: unfinished: planned in sweep.json"):
+        df = results.load(s)
+    assert list(df.budget) == [1e13, 1e13]
