@@ -241,10 +241,18 @@ def test_d_ff_rule():
     assert d_ff_of(small_cfg(d_ff=100)) == 100
 
 
-def test_gqa_with_all_kv_heads_is_mha_structure():
-    cfg = small_cfg(n_kv_heads=4)
-    attn = build_model(cfg, 0).blocks[0].attn
-    assert attn.wk[...].shape == attn.wq[...].shape == attn.wv[...].shape == (32, 4, 8)
+def test_gqa_equals_mha_with_shared_kv_heads():
+    """GQA (4 query heads, 2 kv heads) == MHA whose kv heads 2g, 2g+1 both copy GQA kv head g."""
+    gqa = build_model(small_cfg(n_kv_heads=2), 0)
+    mha = build_model(small_cfg(n_kv_heads=4), 1)
+    assert mha.blocks[0].attn.wk[...].shape == mha.blocks[0].attn.wq[...].shape == (32, 4, 8)
+    gqa_params = dict(nnx.to_flat_state(nnx.state(gqa)))
+    for path, v in nnx.to_flat_state(nnx.state(mha)):
+        src = gqa_params[path][...]
+        v[...] = jnp.repeat(src, 2, axis=1) if path[-1] in ("wk", "wv") else src
+    tok = tokens(2, 12, 64)
+    np.testing.assert_allclose(np.asarray(forward(mha, tok)), np.asarray(forward(gqa, tok)),
+                               atol=1e-6)  # same math, f32 roundoff only
 
 
 def test_sharded_build_on_2x4_mesh_matches_unsharded():
