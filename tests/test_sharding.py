@@ -157,7 +157,9 @@ def single_device_run():
                       [BATCH_BT] * N_STEPS)
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8)])
+# (8,1,1), (1,8,1) and (2,2,2) are covered end to end through train() in test_train_sharded.py;
+# here the pure tensor-parallel mesh, where GQA's 2 kv heads must be replicated over 8 devices.
+@pytest.mark.parametrize("shape", [(1, 1, 8)])
 def test_sharded_steps_match_single_device(shape, single_device_run):
     ref_losses, ref_state = single_device_run
     mesh = sh.make_mesh(dict(zip(("data", "fsdp", "model"), shape), num_devices=0))
