@@ -27,8 +27,8 @@ from scaling.model import d_ff_of
 # substrings of jax's `device.device_kind`; the first match in this order wins, so the more
 # specific names come first ("tpu v5 lite" before "tpu v5", "h100 pcie" before "h100").
 PEAK_FLOPS = {
-    "tpu v2": 45e12,
-    "tpu v3": 123e12,
+    "tpu v2": 22.5e12,       # 45e12 per chip; v2/v3 expose each of a chip's 2 cores as a device
+    "tpu v3": 61.5e12,       # 123e12 per chip (v4 and later: one device per chip)
     "tpu v4": 275e12,
     "tpu v5 lite": 197e12,   # v5e
     "tpu v5e": 197e12,
@@ -38,9 +38,11 @@ PEAK_FLOPS = {
     "tpu v6e": 918e12,
     "v100": 125e12,          # fp16 tensor cores (no bf16 on V100)
     "a100": 312e12,
-    "a10g": 70e12,
+    "l40s": 362e12,
+    "l40": 181e12,
     "l4": 121e12,
     "h100 pcie": 756e12,
+    "h100 nvl": 835e12,
     "h100": 989e12,          # SXM
     "gh200": 989e12,
     "h200": 989e12,

@@ -136,6 +136,7 @@ def test_train_and_6n_relations():
     ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12),
     ("TPU v6 lite", 918e12), ("NVIDIA A100-SXM4-80GB", 312e12),
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12),
     ("cpu", None),
 ])
 def test_peak_flops_lookup(kind, peak):
