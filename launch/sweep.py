@@ -1,0 +1,355 @@
+"""Expand a sweep config into runs (RunSpecs) with stable ids, and print the plan before paying for it.
+
+A sweep config is an experiments/*.py file whose get_config() returns the base training config plus
+two data-only sections (they are stripped from every run's config):
+
+  sweep   what to run: kind 'grid' (model shapes x token counts D) or 'isoflop' (FLOP budgets C x
+          model shapes, D = C / FLOPs-per-token under a named convention), replicate seeds, the
+          shape ladder (target N -> n_layers, d_model, n_heads by an aspect-ratio rule) and the
+          per-size hyperparameter rules (lr and batch as power laws, warmup as a fraction).
+  cloud   where to run it on SkyPilot (see launch/skypilot.py); absent for local-only sweeps.
+
+Identity: a run's id is a readable prefix plus the first 8 hex digits of the hash of its resolved
+config's canonical JSON (scaling.config.config_hash), e.g. `C1e13-L2-d64-D1.2M-3fa1c2d9`. Same config
+-> same id -> same run directory SWEEP_DIR/runs/<id>, which is what makes a rerun resume.
+
+All parameter and FLOP counts come from scaling.accounting (never recounted here):
+  N = n_params (total), N_ne = n_params_nonembed (Kaplan's N), D = tokens, C = exact training FLOPs
+  (3 x forward, incl. attention and LM head), C_6nd = 6 * N * D.
+"""
+import dataclasses
+import math
+
+import ml_collections
+
+from scaling import config as cfg_lib
+
+SWEEP_KINDS = ("grid", "isoflop")
+FLOP_CONVENTIONS = ("6nd", "exact")  # 6nd: C = 6 * N_total * D;  exact: C = accounting train FLOPs
+N_KINDS = ("total", "nonembed")
+NON_RUN_SECTIONS = ("sweep", "cloud")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One planned run: its id, its resolved config (what the trainer gets) and the planned N, D, C."""
+    run_id: str
+    config: ml_collections.ConfigDict
+    n_params: int  # total parameters
+    n_params_nonembed: int  # Kaplan's N
+    n_params_embed: int
+    tokens: int  # D, exactly steps * batch_size * seq_len
+    flops: float  # exact training FLOPs (accounting.run_flops()["flops"])
+    flops_6nd: float  # 6 * n_params * tokens
+    flops_6nd_nonembed: float
+    budget: float | None  # isoflop: the target C this run belongs to; grid: None
+    seed: int
+    steps: int
+
+    @property
+    def shape(self) -> str:
+        m = self.config.model
+        return f"L{m.n_layers} d{m.d_model} h{m.n_heads}"
+
+    def summary(self) -> dict:
+        """Plain-data description (for sweep.json and status tables)."""
+        m = self.config.model
+        return {"run_id": self.run_id, "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
+                "n_params": self.n_params, "n_params_nonembed": self.n_params_nonembed,
+                "n_params_embed": self.n_params_embed, "tokens": self.tokens, "flops": self.flops,
+                "flops_6nd": self.flops_6nd, "flops_6nd_nonembed": self.flops_6nd_nonembed,
+                "budget": self.budget, "seed": self.seed, "steps": self.steps,
+                "batch_size": self.config.train.batch_size, "seq_len": self.config.data.seq_len,
+                "lr": self.config.optim.lr}
+
+
+def sweep_defaults() -> ml_collections.ConfigDict:
+    """A `sweep` section holding every key expand() reads, with neutral defaults; configs set the rest.
+
+    kind: 'grid' (shapes x tokens) | 'isoflop' (budgets x shapes). budgets: C in FLOPs (isoflop).
+    flop_convention: '6nd' (D = C / (6 N_total)) | 'exact' (D = C / exact train FLOPs per token).
+    tokens: D values (grid). seeds: replicates. tokens_per_param: (lo, hi) filter on D / N_total, ()
+    = keep all. min_steps: drop points with fewer optimizer steps.
+    shapes: n_targets (target N, of kind n_kind 'total' | 'nonembed'), aspect (d_model = aspect *
+    n_layers), head_dim (fixed; n_heads = d_model / head_dim), gqa_group (n_kv_heads = n_heads /
+    gqa_group), max_layers, explicit ((n_layers, d_model) pairs run as well).
+    rules: lr = lr_ref * (N_nonembed / n_ref) ** lr_exponent (lr_ref 0: keep optim.lr); batch =
+    batch_ref * (D / batch_d_ref) ** batch_exponent rounded to batch_multiple, capped at batch_max
+    (batch_ref 0: keep train.batch_size); warmup_steps = warmup_fraction * steps (0: keep);
+    eval_every = eval_every_fraction * steps (0: keep).
+    est_flops_per_s, overhead_s: the local plan's time estimate per run (C / FLOP/s + overhead).
+    """
+    s = ml_collections.ConfigDict()
+    s.kind = "isoflop"
+    s.budgets = ()
+    s.flop_convention = "6nd"
+    s.tokens = ()
+    s.seeds = (0,)
+    s.tokens_per_param = ()
+    s.min_steps = 1
+    s.shapes = h = ml_collections.ConfigDict()
+    h.n_targets = ()
+    h.n_kind = "total"
+    h.aspect = 64.0
+    h.head_dim = 64
+    h.gqa_group = 1
+    h.max_layers = 64
+    h.explicit = ()
+    s.rules = r = ml_collections.ConfigDict()
+    r.n_ref = 1e8
+    r.lr_ref = 0.0
+    r.lr_exponent = 0.0
+    r.batch_ref = 0
+    r.batch_d_ref = 1e9
+    r.batch_exponent = 0.0
+    r.batch_multiple = 8
+    r.batch_max = 0
+    r.warmup_fraction = 0.0
+    r.eval_every_fraction = 0.0
+    s.est_flops_per_s = 1e10
+    s.overhead_s = 10.0
+    return s
+
+
+def load_sweep(path) -> ml_collections.ConfigDict:
+    """Load a sweep config file (.py with get_config()); error if it defines no `sweep` section."""
+    cfg = cfg_lib.load_py(path)
+    if "sweep" not in cfg:
+        raise ValueError(f"{path}: get_config() has no 'sweep' section, so it is a single-run config; "
+                         f"train it with `scaling train --config {path}`, or add config.sweep (see "
+                         "experiments/demo_cpu.py)")
+    return cfg
+
+
+def _fmt_si(x: float) -> str:
+    """2_000_000 -> '2M', 1_250_000 -> '1.25M', 65536 -> '65.5k' (3 significant digits)."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _fmt_flops(c: float) -> str:
+    """1e13 -> '1e13', 3e18 -> '3e18', 2.5e14 -> '2.5e14'."""
+    mant, exp = f"{c:.2e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+def _shape_model(base_model, n_layers: int, d_model: int, shapes) -> ml_collections.ConfigDict:
+    if d_model % shapes.head_dim:
+        raise ValueError(f"sweep.shapes: d_model={d_model} is not a multiple of sweep.shapes.head_dim="
+                         f"{shapes.head_dim}")
+    n_heads = d_model // shapes.head_dim
+    if n_heads % shapes.gqa_group:
+        raise ValueError(f"sweep.shapes.gqa_group={shapes.gqa_group} does not divide n_heads={n_heads} "
+                         f"(d_model={d_model} / head_dim={shapes.head_dim})")
+    m = ml_collections.ConfigDict(base_model.to_dict())
+    m.n_layers, m.d_model, m.n_heads = int(n_layers), int(d_model), int(n_heads)
+    m.n_kv_heads = n_heads // shapes.gqa_group
+    m.d_ff = 0  # derived from d_model by scaling.model.d_ff_of (resolve fills it)
+    return m
+
+
+def ladder(base, shapes) -> list[ml_collections.ConfigDict]:
+    """Model configs for sweep.shapes: explicit (n_layers, d_model) pairs and/or the target-N ladder.
+
+    Ladder rule: d_model = aspect * n_layers, rounded to a multiple of head_dim (n_heads = d_model /
+    head_dim, so head_dim is fixed across sizes); for each target N (total or non-embedding, as
+    sweep.shapes.n_kind says) take the n_layers in [1, max_layers] whose counted N (accounting) is
+    closest in log. Two targets landing on one shape is an error (the ladder is too fine).
+    """
+    from scaling import accounting  # lazy: it imports JAX; launch.local needs only RunSpec
+
+    if shapes.n_kind not in N_KINDS:
+        raise ValueError(f"sweep.shapes.n_kind={shapes.n_kind!r}: must be one of {N_KINDS}")
+    models = [_shape_model(base.model, L, d, shapes) for L, d in shapes.explicit]
+    if shapes.n_targets and not shapes.aspect > 0:
+        raise ValueError(f"sweep.shapes.aspect={shapes.aspect!r}: must be > 0 (d_model = aspect * n_layers)")
+    key = "total" if shapes.n_kind == "total" else "nonembedding"
+    candidates = []
+    for L in range(1, shapes.max_layers + 1):
+        d = max(shapes.head_dim, shapes.head_dim * round(shapes.aspect * L / shapes.head_dim))
+        m = _shape_model(base.model, L, d, shapes)
+        candidates.append((accounting.param_counts(cfg_lib.resolve(_wrap_full(base, m)).model)[key], m))
+    for target in shapes.n_targets:
+        if not target > 0:
+            raise ValueError(f"sweep.shapes.n_targets: {target!r} is not a positive parameter count")
+        n, m = min(candidates, key=lambda c: abs(math.log(c[0] / target)))
+        if abs(math.log(n / target)) > math.log(2):
+            raise ValueError(f"sweep.shapes.n_targets: no shape with aspect={shapes.aspect}, head_dim="
+                             f"{shapes.head_dim}, n_layers<={shapes.max_layers} is within 2x of N={target:g} "
+                             f"(closest: {n} at L{m.n_layers} d{m.d_model}); change aspect or max_layers")
+        models.append(m)
+    seen = set()
+    for m in models:
+        if (m.n_layers, m.d_model) in seen:
+            raise ValueError(f"sweep.shapes: the shape L{m.n_layers} d{m.d_model} appears twice (two "
+                             "n_targets round to it, or it is also in explicit); space the targets further apart")
+        seen.add((m.n_layers, m.d_model))
+    if not models:
+        raise ValueError("sweep.shapes: no shapes; set sweep.shapes.n_targets or sweep.shapes.explicit")
+    return models
+
+
+def _hparams(run, counts: dict, tokens_raw: float, rules) -> None:
+    """Apply sweep.rules to `run` in place (lr from N_ne; batch from D) before D is rounded."""
+    n_ne = counts["nonembedding"]
+    if rules.lr_ref:
+        run.optim.lr = float(rules.lr_ref * (n_ne / rules.n_ref) ** rules.lr_exponent)
+    if rules.batch_ref:
+        b = rules.batch_ref * (tokens_raw / rules.batch_d_ref) ** rules.batch_exponent
+        b = max(rules.batch_multiple, rules.batch_multiple * round(b / rules.batch_multiple))
+        run.train.batch_size = int(min(b, rules.batch_max)) if rules.batch_max else int(b)
+
+
+def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dropped: list | None):
+    """Round D to whole steps, set warmup/eval from the step count, resolve, count; None if too short."""
+    from scaling import accounting
+
+    tokens_per_step = run.train.batch_size * run.data.seq_len
+    steps = int(tokens_raw // tokens_per_step)
+    m = run.model
+    if steps < min_steps:
+        if dropped is not None:
+            dropped.append(f"L{m.n_layers} d{m.d_model} at D={tokens_raw:.3g}"
+                           + (f" (C={budget:.3g})" if budget else "")
+                           + f": {steps} steps < sweep.min_steps={min_steps}")
+        return None
+    run.train.tokens = steps * tokens_per_step
+    if rules.warmup_fraction:
+        run.optim.warmup_steps = max(1, min(steps - 1, round(rules.warmup_fraction * steps)))
+    if rules.eval_every_fraction:
+        run.train.eval_every = max(1, round(rules.eval_every_fraction * steps))
+    run.seed = int(seed)
+    run = cfg_lib.resolve(run)
+    cfg_lib.validate(run)
+    counts = accounting.param_counts(run.model)
+    fl = accounting.run_flops(run.model, run.data.seq_len, run.train.tokens)
+    prefix = (f"C{_fmt_flops(budget)}-" if budget else "") + \
+        f"L{m.n_layers}-d{m.d_model}-D{_fmt_si(run.train.tokens)}"
+    return RunSpec(run_id=f"{prefix}-{cfg_lib.config_hash(run)[:8]}", config=run,
+                   n_params=int(counts["total"]), n_params_nonembed=int(counts["nonembedding"]),
+                   n_params_embed=int(counts["embedding"]), tokens=int(run.train.tokens),
+                   flops=float(fl["flops"]), flops_6nd=float(fl["flops_6nd"]),
+                   flops_6nd_nonembed=float(fl["flops_6nd_nonembed"]), budget=budget, seed=int(seed),
+                   steps=steps)
+
+
+def run_config(cfg) -> ml_collections.ConfigDict:
+    """The training part of a sweep config (sweep/cloud sections removed), as a fresh ConfigDict."""
+    d = cfg.to_dict()
+    for key in NON_RUN_SECTIONS:
+        d.pop(key, None)
+    return ml_collections.ConfigDict(d)
+
+
+def expand(cfg, dropped: list | None = None) -> list[RunSpec]:
+    """Sweep config -> RunSpecs, in a deterministic order (budget or D, then size, then seed).
+
+    dropped: if a list is given, a reason is appended for every grid point left out (fewer than
+    sweep.min_steps steps, or tokens/param outside sweep.tokens_per_param).
+    """
+    from scaling import accounting
+
+    sw = cfg.sweep
+    if sw.kind not in SWEEP_KINDS:
+        raise ValueError(f"sweep.kind={sw.kind!r}: must be one of {SWEEP_KINDS}")
+    if not sw.seeds:
+        raise ValueError("sweep.seeds is empty; give at least one seed, e.g. (0,)")
+    base = run_config(cfg)
+    models = ladder(base, sw.shapes)
+    lo, hi = sw.tokens_per_param if sw.tokens_per_param else (0, 0)
+    points = []  # (model, tokens_raw, budget)
+    if sw.kind == "grid":
+        if not sw.tokens:
+            raise ValueError("sweep.kind='grid' needs sweep.tokens (token counts D), e.g. (1e6, 2e6, 4e6)")
+        points = [(m, float(d), None) for d in sw.tokens for m in models]
+    else:
+        if not sw.budgets:
+            raise ValueError("sweep.kind='isoflop' needs sweep.budgets (FLOPs), e.g. (1e13, 3e13, 1e14)")
+        if sw.flop_convention not in FLOP_CONVENTIONS:
+            raise ValueError(f"sweep.flop_convention={sw.flop_convention!r}: must be one of {FLOP_CONVENTIONS} "
+                             "('6nd': C = 6 * n_params * D; 'exact': C = exact training FLOPs per token * D)")
+        for c in sw.budgets:
+            for m in models:
+                resolved = cfg_lib.resolve(_wrap_full(base, m)).model
+                fpt = accounting.flops_per_token(resolved, base.data.seq_len)
+                per_token = fpt["6n_total"] if sw.flop_convention == "6nd" else fpt["train"]
+                points.append((m, float(c) / per_token, float(c)))
+    specs = []
+    for m, tokens_raw, budget in points:
+        counts = accounting.param_counts(cfg_lib.resolve(_wrap_full(base, m)).model)
+        ratio = tokens_raw / counts["total"]
+        if (lo and ratio < lo) or (hi and ratio > hi):
+            if dropped is not None:
+                dropped.append(f"L{m.n_layers} d{m.d_model} at D={tokens_raw:.3g}"
+                               + (f" (C={budget:.3g})" if budget else "")
+                               + f": D/N={ratio:.3g} outside sweep.tokens_per_param=({lo}, {hi})")
+            continue
+        for seed in sw.seeds:
+            run = _wrap_full(base, m)
+            _hparams(run, counts, tokens_raw, sw.rules)
+            spec = _finish(run, tokens_raw, budget, seed, sw.rules, sw.min_steps, dropped)
+            if spec is not None:
+                specs.append(spec)
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"the sweep expands to duplicate runs {dup}: two grid points resolve to the same "
+                         "config (e.g. the same D after rounding to whole steps); remove one")
+    return specs
+
+
+def _wrap_full(base, model_cfg) -> ml_collections.ConfigDict:
+    run = ml_collections.ConfigDict(base.to_dict())
+    run.model = ml_collections.ConfigDict(model_cfg.to_dict())
+    return run
+
+
+def _fmt_time(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.1f}m"
+    if s < 86400 * 2:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def est_time_s(spec: RunSpec, flops_per_s: float, overhead_s: float = 0.0) -> float:
+    """Estimated wall time of one run: exact FLOPs / sustained FLOP/s + fixed per-run overhead."""
+    return overhead_s + spec.flops / flops_per_s
+
+
+def plan_table(specs: list[RunSpec], backend_flops_per_s: float, overhead_s: float = 0.0,
+               parallel: int = 1) -> str:
+    """Text table, one row per run, plus totals. Time = overhead_s + C / backend_flops_per_s.
+
+    backend_flops_per_s is the sustained training throughput of ONE run on the backend (FLOP/s,
+    exact-FLOP convention); parallel runs share the total only for the wall-time total.
+    """
+    if not backend_flops_per_s > 0:
+        raise ValueError(f"backend_flops_per_s={backend_flops_per_s!r}: must be > 0")
+    head = ("run_id", "shape", "N", "N_nonemb", "D", "D/N", "steps", "C(exact)", "C(6ND)", "est.time")
+    rows = [head]
+    for s in specs:
+        rows.append((s.run_id, s.shape, _fmt_si(s.n_params), _fmt_si(s.n_params_nonembed), _fmt_si(s.tokens),
+                     f"{s.tokens / s.n_params:.3g}", str(s.steps), f"{s.flops:.3g}", f"{s.flops_6nd:.3g}",
+                     _fmt_time(est_time_s(s, backend_flops_per_s, overhead_s))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    total_c = sum(s.flops for s in specs)
+    total_t = sum(est_time_s(s, backend_flops_per_s, overhead_s) for s in specs)
+    lines.append("")
+    lines.append(f"{len(specs)} runs, {len({(s.config.model.n_layers, s.config.model.d_model) for s in specs})} "
+                 f"shapes; total C = {total_c:.3g} FLOPs (exact), {sum(s.flops_6nd for s in specs):.3g} (6ND); "
+                 f"total D = {_fmt_si(sum(s.tokens for s in specs))} tokens")
+    lines.append(f"est. time at {backend_flops_per_s:.3g} FLOP/s per run + {overhead_s:g}s/run: "
+                 f"{_fmt_time(total_t)} sequential"
+                 + (f", ~{_fmt_time(total_t / parallel)} with --parallel {parallel}" if parallel > 1 else ""))
+    lines.append("units: N = total params, N_nonemb = non-embedding (Kaplan), D = training tokens, "
+                 "C = training FLOPs")
+    return "\n".join(lines)

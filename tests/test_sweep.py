@@ -1,0 +1,231 @@
+"""launch.sweep: deterministic expansion, stable ids, ladder and hyperparameter rules, plan table.
+
+The N, D, C checks compare against scaling.accounting on each run's resolved config and against
+the model actually built (parameter count of the NNX model); the slow test at the end runs the
+real trainer on two tiny runs and compares what result.json records with the plan.
+"""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+from flax import nnx
+
+from launch import cli, local, sweep
+from scaling import accounting
+from scaling import config as cfg_lib
+from scaling.model import build_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO = REPO / "experiments" / "demo_cpu.py"
+
+
+def tiny_sweep(kind="isoflop") -> ml_collections.ConfigDict:
+    c = sweep.load_sweep(DEMO)
+    c.sweep.kind = kind
+    c.sweep.budgets = (2e10, 6e10)
+    c.sweep.tokens = (40_960, 81_920)
+    c.sweep.shapes.n_targets = (30e3, 95e3)
+    c.sweep.min_steps = 5
+    return c
+
+
+def test_expansion_is_deterministic_and_ids_derive_from_config():
+    a, b = sweep.expand(tiny_sweep()), sweep.expand(tiny_sweep())
+    assert [s.run_id for s in a] == [s.run_id for s in b]
+    assert [s.config.to_dict() for s in a] == [s.config.to_dict() for s in b]
+    for s in a:
+        assert s.run_id.endswith(cfg_lib.config_hash(s.config)[:8])
+        m = s.config.model
+        assert s.run_id.startswith(f"C{sweep._fmt_flops(s.budget)}-L{m.n_layers}-d{m.d_model}-D")
+        assert "sweep" not in s.config and "cloud" not in s.config
+        assert cfg_lib.resolve(s.config).to_dict() == s.config.to_dict()  # already resolved
+    assert len({s.run_id for s in a}) == len(a) == 4
+
+
+def test_ids_are_stable_across_processes():
+    """The id is a content hash (sha256 of canonical JSON), not Python's per-process hash()."""
+    code = ("import sys; sys.path.insert(0, %r); from tests.test_sweep import tiny_sweep; "
+            "from launch import sweep; print(' '.join(s.run_id for s in sweep.expand(tiny_sweep())))" % str(REPO))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={"PYTHONHASHSEED": "123", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == [s.run_id for s in sweep.expand(tiny_sweep())]
+
+
+def test_ids_change_when_the_config_changes():
+    base = {s.run_id for s in sweep.expand(tiny_sweep())}
+    c = tiny_sweep()
+    c.optim.weight_decay = 0.05  # a base key: every run changes
+    assert not base & {s.run_id for s in sweep.expand(c)}
+    c = tiny_sweep()
+    c.sweep.seeds = (0, 1)  # replicates: the seed-0 runs keep their ids, seed-1 runs are new
+    ids = [s.run_id for s in sweep.expand(c)]
+    assert len(ids) == 8 and base < set(ids)
+    c = tiny_sweep()
+    c.sweep.rules.lr_exponent = -0.5  # a rule: runs whose lr changes get new ids
+    changed = {s.run_id for s in sweep.expand(c)} - base
+    assert changed  # (the N = n_ref run could keep its lr; the others must not)
+
+
+def test_isoflop_tokens_follow_the_named_convention():
+    for convention in ("6nd", "exact"):
+        c = tiny_sweep()
+        c.sweep.flop_convention = convention
+        for s in sweep.expand(c):
+            m, T = s.config.model, s.config.data.seq_len
+            step_tokens = s.config.train.batch_size * T
+            fpt = accounting.flops_per_token(m, T)
+            per_token = fpt["6n_total"] if convention == "6nd" else fpt["train"]
+            # D is C / per_token rounded DOWN to whole steps: within one step of the budget
+            assert 0 <= s.budget - per_token * s.tokens < per_token * step_tokens
+            assert s.tokens % step_tokens == 0 and s.steps == s.tokens // step_tokens
+
+
+def test_plan_numbers_match_accounting_and_the_built_model():
+    for s in sweep.expand(tiny_sweep("grid")):
+        counts = accounting.param_counts(s.config.model)
+        fl = accounting.run_flops(s.config.model, s.config.data.seq_len, s.tokens)
+        assert (s.n_params, s.n_params_nonembed, s.n_params_embed) == (
+            counts["total"], counts["nonembedding"], counts["embedding"])
+        assert (s.flops, s.flops_6nd, s.flops_6nd_nonembed) == (fl["flops"], fl["flops_6nd"],
+                                                                fl["flops_6nd_nonembed"])
+        assert s.flops_6nd == 6 * s.n_params * s.tokens
+        assert s.tokens == s.config.train.tokens
+        with nnx.use_eager_sharding(False):  # independent check: count the real model's parameters
+            model = nnx.eval_shape(lambda: build_model(s.config.model, 0))
+        built = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        assert built == s.n_params
+
+
+def test_ladder_rule_and_hyperparameter_rules():
+    c = tiny_sweep("grid")
+    c.sweep.shapes.n_targets = (30e3, 95e3, 230e3)
+    c.sweep.rules.lr_exponent = -0.5
+    c.sweep.rules.batch_ref = 16
+    c.sweep.rules.batch_d_ref = 40_960
+    c.sweep.rules.batch_exponent = 1.0
+    specs = sweep.expand(c)
+    h, r = c.sweep.shapes, c.sweep.rules
+    for s in specs:
+        m = s.config.model
+        assert m.d_model == h.head_dim * round(h.aspect * m.n_layers / h.head_dim)
+        assert m.n_heads == m.d_model // h.head_dim and m.n_kv_heads == m.n_heads
+        assert s.config.optim.lr == pytest.approx(r.lr_ref * (s.n_params_nonembed / r.n_ref) ** -0.5, rel=1e-12)
+        # batch = 16 * (D / 40960) rounded to a multiple of 8: 16 at D=40960, 32 at D=81920
+        assert s.config.train.batch_size == (16 if s.tokens <= 40_960 else 32)
+        assert s.config.optim.warmup_steps == max(1, round(r.warmup_fraction * s.steps))
+    # each target N picks the closest shape on the ladder (in log N)
+    for target, s in zip(h.n_targets, [s for s in specs if s.tokens == specs[0].tokens]):
+        for L in range(1, 8):
+            other = ml_collections.ConfigDict(s.config.model.to_dict())
+            other.n_layers, other.d_model = L, max(h.head_dim, h.head_dim * round(h.aspect * L / h.head_dim))
+            other.n_heads = other.n_kv_heads = other.d_model // h.head_dim
+            other.d_ff = 0
+            other.d_ff = cfg_lib.resolve(ml_collections.ConfigDict({"model": other.to_dict(),
+                                                                    "data": {"seq_len": 64}})).model.d_ff
+            n = accounting.param_counts(other)["total"]
+            assert abs(math.log(s.n_params / target)) <= abs(math.log(n / target)) + 1e-12
+
+
+def test_filters_report_dropped_points():
+    c = tiny_sweep()
+    c.sweep.tokens_per_param = (1.0, 1e9)
+    c.sweep.min_steps = 20
+    dropped = []
+    specs = sweep.expand(c, dropped)
+    assert len(specs) + len(dropped) == 4 and dropped
+    assert all("min_steps" in d or "tokens_per_param" in d for d in dropped)
+    for s in specs:
+        assert s.steps >= 20 and s.tokens / s.n_params >= 1.0
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("kind", "random", "sweep.kind='random'"),
+    ("flop_convention", "6n", "sweep.flop_convention='6n'"),
+    ("budgets", (), "needs sweep.budgets"),
+    ("seeds", (), "sweep.seeds is empty"),
+])
+def test_bad_sweep_values_are_named(key, value, match):
+    c = tiny_sweep()
+    with c.sweep.ignore_type():
+        c.sweep[key] = value
+    with pytest.raises(ValueError, match=match):
+        sweep.expand(c)
+
+
+def test_bad_shapes_are_named():
+    c = tiny_sweep()
+    c.sweep.shapes.n_targets = (30e3, 31e3)
+    with pytest.raises(ValueError, match="appears twice"):
+        sweep.expand(c)
+    c.sweep.shapes.n_targets = (1e12,)
+    with pytest.raises(ValueError, match="within 2x of N=1e\\+12"):
+        sweep.expand(c)
+    with pytest.raises(ValueError, match="no 'sweep' section"):
+        sweep.load_sweep(REPO / "experiments" / "base.py")
+
+
+def test_shipped_demo_sweep_shape():
+    """The demo: >= 12 runs, >= 3 budgets, >= 3 shapes per budget, each budget's shapes spanning >= 4x in N."""
+    specs = sweep.expand(sweep.load_sweep(DEMO))
+    assert len(specs) >= 12
+    budgets = sorted({s.budget for s in specs})
+    assert len(budgets) >= 3
+    for c in budgets:
+        n = sorted(s.n_params for s in specs if s.budget == c)
+        assert len(n) >= 3 and n[-1] / n[0] >= 4
+
+
+def test_plan_table_and_cli_dry_run(capsys):
+    specs = sweep.expand(tiny_sweep())
+    table = sweep.plan_table(specs, 1e9, overhead_s=5.0, parallel=2)
+    for s in specs:
+        row = next(ln for ln in table.splitlines() if ln.startswith(s.run_id))
+        assert sweep._fmt_si(s.n_params) in row and sweep._fmt_si(s.tokens) in row and f"{s.flops:.3g}" in row
+    total_t = sum(5.0 + s.flops / 1e9 for s in specs)
+    assert f"{sweep._fmt_time(total_t)} sequential" in table
+    with pytest.raises(ValueError, match="backend_flops_per_s"):
+        sweep.plan_table(specs, 0)
+    assert cli.sweep_main([str(DEMO), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "run_id" in out and "total C" in out and "sequential" in out
+    assert cli.sweep_main(["nope.py", "--dry-run"]) == 2
+    assert "sweep config nope.py not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_real_trainer_records_the_planned_numbers(tmp_path, capsys, monkeypatch):
+    """Two tiny runs through `scaling sweep` with the real trainer; result.json must match the plan."""
+    monkeypatch.setenv("XLA_FLAGS", "")  # the trainer subprocesses: 1 CPU device, not the tests' 8
+    cfg_path = tmp_path / "tiny.py"
+    cfg_path.write_text(
+        "from experiments.demo_cpu import get_config as demo\n"
+        "def get_config():\n"
+        "    c = demo()\n"
+        "    c.data.cache_dir = %r\n"
+        "    c.sweep.budgets = (2e10,)\n"
+        "    c.sweep.shapes.n_targets = (30e3, 95e3)\n"
+        "    c.sweep.min_steps = 5\n"
+        "    c.train.peak_flops = 1e11\n"
+        "    return c\n" % str(tmp_path / "data_cache"))
+    specs = sweep.expand(sweep.load_sweep(cfg_path))
+    assert len(specs) == 2
+    sweep_dir = tmp_path / "sw"
+    rc = cli.sweep_main([str(cfg_path), "--sweep-dir", str(sweep_dir)])
+    assert rc == 0, capsys.readouterr()
+    for s in specs:
+        r = local.read_result(local.run_dir_of(sweep_dir, s.run_id))
+        assert r["status"] == "ok"
+        assert (r["n_params"], r["n_params_nonembed"], r["n_params_embed"]) == (
+            s.n_params, s.n_params_nonembed, s.n_params_embed)
+        assert r["tokens"] == s.tokens and r["step"] == s.steps
+        # flops are floats in JSON: equal to float precision
+        for key in ("flops", "flops_6nd", "flops_6nd_nonembed"):
+            assert r[key] == pytest.approx(getattr(s, key), rel=1e-12)
+        assert r["config_hash"][:8] == s.run_id[-8:], (r["config_hash"], s.run_id)
+    assert cli.status_main([str(sweep_dir)]) == 0
+    assert "2 done, 0 running, 0 failed, 0 pending (of 2)" in capsys.readouterr().out
