@@ -15,13 +15,15 @@ Conventions (units named everywhere):
   is two matmuls per forward matmul); "6n" = 6 x nonembedding params (Kaplan's C = 6ND per
   token); "6n_total" = 6 x total params.
 - MFU = achieved model FLOP/s (tokens/s x train FLOPs/token) / peak FLOP/s of the devices used.
+
+Pure Python (JAX is imported only inside measure_cpu_peak), so the launcher and the analysis
+can count parameters and FLOPs of a config without loading JAX. scaling/model.py imports d_ff_of
+from here: one definition of the MLP width.
 """
+import math
 import time
 
-import jax
-import jax.numpy as jnp
-
-from scaling.model import d_ff_of
+MLP_KINDS = ("swiglu", "gelu")
 
 # Per-device dense (no sparsity) bf16 peak FLOP/s from vendor datasheets. Keys are lowercase
 # substrings of jax's `device.device_kind`; the first match in this order wins, so the more
@@ -48,6 +50,21 @@ PEAK_FLOPS = {
     "h200": 989e12,
     "b200": 2250e12,
 }
+
+
+def d_ff_of(cfg) -> int:
+    """MLP hidden width: cfg.d_ff if > 0, else the derived rule.
+
+    SwiGLU: 8/3 * d_model rounded UP to a multiple of 64 (keeps params ~ a 4*d GELU MLP, as in
+    LLaMA); GELU: 4 * d_model.
+    """
+    if cfg.d_ff > 0:
+        return int(cfg.d_ff)
+    if cfg.mlp == "swiglu":
+        return 64 * math.ceil(8 * cfg.d_model / 3 / 64)
+    if cfg.mlp == "gelu":
+        return 4 * cfg.d_model
+    raise ValueError(f"model.mlp={cfg.mlp!r} is not valid; use one of {MLP_KINDS}")
 
 
 def param_counts(cfg) -> dict:
@@ -106,10 +123,14 @@ def peak_flops_for(device) -> float | None:
     return None
 
 
-def measure_cpu_peak(dtype=jnp.float32, n: int = 1024, seconds: float = 0.5) -> float:
+def measure_cpu_peak(dtype="float32", n: int = 1024, seconds: float = 0.5) -> float:
     """FLOP/s of a jitted n x n x n matmul on the default device: best of repeated timings
     for about `seconds` after a warm-up (compile + one run). The CPU stand-in for a datasheet
     peak, so MFU on CPU means "fraction of what this machine's matmul reaches"."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(dtype)
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()  # compile + warm-up

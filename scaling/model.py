@@ -41,6 +41,9 @@ base width `base_d_model`: hidden matrices (attention and MLP) init std times
 sqrt(base_d_model / d_model); embedding and LM head init unchanged; logits multiplied by
 base_d_model / d_model; attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim).
 The per-layer learning rates of muP are the optimizer's concern (scaling/optim.py).
+
+`d_ff_of` (the MLP width rule) is defined in scaling/accounting.py, which must stay JAX-free,
+and re-exported here.
 """
 import math
 
@@ -48,25 +51,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scaling.accounting import MLP_KINDS, d_ff_of  # noqa: F401  (d_ff_of: re-exported here)
+
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
-MLP_KINDS = ("swiglu", "gelu")
 DTYPES = ("float32", "bfloat16")
 PARAMETRIZATIONS = ("standard", "mup")
-
-
-def d_ff_of(cfg) -> int:
-    """MLP hidden width: cfg.d_ff if > 0, else the derived rule.
-
-    SwiGLU: 8/3 * d_model rounded UP to a multiple of 64 (keeps params ~ a 4*d GELU MLP, as in
-    LLaMA); GELU: 4 * d_model. One definition, shared by the model and scaling/accounting.py.
-    """
-    if cfg.d_ff > 0:
-        return int(cfg.d_ff)
-    if cfg.mlp == "swiglu":
-        return 64 * math.ceil(8 * cfg.d_model / 3 / 64)
-    if cfg.mlp == "gelu":
-        return 4 * cfg.d_model
-    raise ValueError(f"model.mlp={cfg.mlp!r} is not valid; use one of {MLP_KINDS}")
 
 
 def validate_model_config(cfg) -> None:

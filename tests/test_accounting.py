@@ -1,6 +1,8 @@
 """Tests for scaling/accounting.py: counts vs the instantiated model, exact FLOPs vs XLA's cost
 analysis and Chinchilla's appendix-F formula, MFU helpers."""
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,23 @@ def test_param_counts_equal_model_leaves(kw):
     got = accounting.param_counts(cfg)
     assert got == {"total": sum(sizes.values()), "embedding": embedding,
                    "nonembedding": sum(sizes.values()) - embedding}
+
+
+def test_d_ff_rule():
+    assert accounting.d_ff_of(cfg_of(d_model=128)) == 384      # 341.3 -> 384
+    assert accounting.d_ff_of(cfg_of(d_model=96)) == 256       # 256 exactly
+    assert accounting.d_ff_of(cfg_of(d_model=100)) == 320      # 266.7 -> 320
+    assert accounting.d_ff_of(cfg_of(d_model=128, mlp="gelu")) == 512
+    assert accounting.d_ff_of(cfg_of(d_ff=100)) == 100
+    assert d_ff_of is accounting.d_ff_of  # one definition, re-exported by scaling.model
+    with pytest.raises(ValueError, match="model.mlp='relu'"):
+        accounting.d_ff_of(cfg_of(mlp="relu"))
+
+
+def test_import_does_not_load_jax():
+    # The launcher and analysis count params/FLOPs of many configs: keep that import light.
+    code = "import sys, scaling.accounting; assert 'jax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_tied_embedding_counted_once():

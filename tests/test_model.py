@@ -11,8 +11,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.base import get_config
-from scaling.model import (build_model, cross_entropy, d_ff_of, full_axis_rules,
-                           validate_model_config)
+from scaling.model import build_model, cross_entropy, full_axis_rules, validate_model_config
 
 
 def small_cfg(**kw):
@@ -231,14 +230,6 @@ def test_sequence_longer_than_max_seq_len_raises():
     cfg = small_cfg(max_seq_len=8)
     with pytest.raises(ValueError, match="max_seq_len=8"):
         build_model(cfg, 0)(tokens(1, 9, cfg.vocab_size))
-
-
-def test_d_ff_rule():
-    assert d_ff_of(small_cfg(d_model=128)) == 384      # 341.3 -> 384
-    assert d_ff_of(small_cfg(d_model=96)) == 256       # 256 exactly
-    assert d_ff_of(small_cfg(d_model=100)) == 320      # 266.7 -> 320
-    assert d_ff_of(small_cfg(d_model=128, mlp="gelu")) == 512
-    assert d_ff_of(small_cfg(d_ff=100)) == 100
 
 
 def test_gqa_equals_mha_with_shared_kv_heads():
