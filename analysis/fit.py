@@ -171,8 +171,8 @@ def _minimize_batch(law, theta0_BP, logx_NI, logy_BN, w_BN, delta, *, max_iter=1
 
 
 def _bucket(n: int) -> int:
-    """Padded size: a power of two up to 512, then a multiple of 512 (fewer recompiles)."""
-    return 1 << max(n - 1, 1).bit_length() if n <= 512 else -(-n // 512) * 512
+    """Padded size: a power of two up to 256, then a multiple of 256 (fewer recompiles)."""
+    return 1 << max(n - 1, 1).bit_length() if n <= 256 else -(-n // 256) * 256
 
 
 def _solve(law, theta0_BP, logx_NI, logy_BN, w_BN, delta, max_iter):
