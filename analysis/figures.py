@@ -38,7 +38,7 @@ def save(fig, out) -> list[pathlib.Path]:
 
 def _new(title: str, figsize=(6.4, 4.8), ncols=1):
     fig, ax = plt.subplots(1, ncols, figsize=figsize, constrained_layout=True)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=11)
     return fig, ax
 
 
@@ -121,7 +121,7 @@ def loss_contours(predict: Callable, out, *, n_params=None, c=None, loss=None, f
     vmin = np.min(loss) if loss is not None else np.nanmin(lg)
     vmax = np.max(loss) if loss is not None else np.nanpercentile(lg, 90)
     norm = colors.Normalize(vmin, vmax)
-    lev = np.linspace(np.nanmin(lg), min(np.nanmax(lg), vmax + 0.5 * (vmax - vmin)), levels)
+    lev = np.linspace(max(np.nanmin(lg), vmin - 0.1 * (vmax - vmin)), vmax, levels)
     cs = ax.contour(cg, ng, lg, levels=lev, cmap="viridis", norm=norm, linewidths=0.8)
     ax.clabel(cs, fontsize=6, fmt="%.2f")
     if n_params is not None:
@@ -131,28 +131,33 @@ def loss_contours(predict: Callable, out, *, n_params=None, c=None, loss=None, f
     if frontier_c is not None:
         ax.plot(frontier_c, frontier_n, color="tab:red", lw=2, label="efficient frontier N_opt(C)")
     ax.set(xscale="log", yscale="log", xlim=c_range, ylim=n_range, xlabel=C_LABEL, ylabel=N_LABEL)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return save(fig, out)
 
 
-def allocation(points_c, points_n, points_d, out, *, line_c=None, line_n=None, line_d=None,
-               band_n=None, band_d=None, label="power-law fit", n_label=N_LABEL,
-               title="Compute-optimal allocation") -> list[pathlib.Path]:
-    """Two panels: N_opt(C) and D_opt(C), log-log; points (e.g. isoFLOP minima), the fitted
-    power law, and its CI band ((lo, hi) arrays over line_c) when given."""
+def allocation(points_c, points_n, points_d, out, *, lines=(), n_label=N_LABEL,
+               points_label="per-budget optimum", title="Compute-optimal allocation"
+               ) -> list[pathlib.Path]:
+    """Two panels: N_opt(C) and D_opt(C), log-log: points (e.g. isoFLOP minima) and fitted lines.
+
+    lines: dicts with c, n, d (arrays over c), label, and optional band_n, band_d ((lo, hi)
+    arrays over c, drawn as shaded CIs) and ci_label.
+    """
     fig, (an, ad) = _new(title, figsize=(10, 4.4), ncols=2)
-    for ax, pts, line, band, ylabel in ((an, points_n, line_n, band_n, f"optimal {n_label}"),
-                                        (ad, points_d, line_d, band_d, f"optimal {D_LABEL}")):
+    for ax, pts, key, ylabel in ((an, points_n, "n", f"optimal {n_label}"),
+                                 (ad, points_d, "d", f"optimal {D_LABEL}")):
         if pts is not None:
-            ax.scatter(points_c, pts, color="k", s=22, zorder=3, label="per-budget optimum")
-        if line is not None:
-            ax.plot(line_c, line, color="tab:blue", lw=1.5, label=label)
-        if band is not None:
-            ax.fill_between(line_c, band[0], band[1], color="tab:blue", alpha=0.2, label="95% CI")
+            ax.scatter(points_c, pts, color="k", s=22, zorder=3, label=points_label)
+        for line, col in zip(lines, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
+            ax.plot(line["c"], line[key], color=col, lw=1.5, label=line["label"])
+            band = line.get(f"band_{key}")
+            if band is not None:
+                ax.fill_between(line["c"], band[0], band[1], color=col, alpha=0.2,
+                                label=line.get("ci_label", "95% CI"))
         ax.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel=ylabel)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     return save(fig, out)
 
 
@@ -167,7 +172,7 @@ def residuals(x, series: dict, out, *, x_label=C_LABEL, title="Fit residuals",
         r = np.asarray(r, float)
         lab = f"{name} (RMS {np.sqrt(np.mean(r ** 2)):.4f}, mean {np.mean(r):+.4f})"
         ax.scatter(x, r, s=12, marker=m, alpha=0.7, label=lab)
-        ah.hist(r, bins=bins, alpha=0.5, label=name)
+        ah.hist(r, bins=bins, alpha=0.35, histtype="stepfilled", edgecolor="k", lw=0.5, label=name)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel=x_label, ylabel="residual log(L_obs / L_pred)")
     if log_x:

@@ -41,9 +41,10 @@ def test_isoflop_and_allocation(tmp_path, grid):
     n = np.array([b["n_opt"] for b in grid])
     line_c = np.geomspace(1e17, 1e21, 20)
     line_n = 0.1 * line_c**0.5
-    _check(figures.allocation(c, n, c / (6 * n), tmp_path / "alloc", line_c=line_c, line_n=line_n,
-                              line_d=line_c / (6 * line_n), band_n=(line_n / 2, line_n * 2),
-                              band_d=(line_c / (12 * line_n), line_c / (3 * line_n))))
+    line = {"c": line_c, "n": line_n, "d": line_c / (6 * line_n), "label": "fit",
+            "band_n": (line_n / 2, line_n * 2), "band_d": (line_c / (12 * line_n), line_c / (3 * line_n))}
+    plain = {"c": line_c, "n": line_n * 2, "d": line_c / (12 * line_n), "label": "other"}
+    _check(figures.allocation(c, n, c / (6 * n), tmp_path / "alloc", lines=[line, plain]))
 
 
 def test_loss_contours_compute_residuals_kaplan(tmp_path, grid):
