@@ -10,7 +10,8 @@ background thread), so training continues while the previous checkpoint is writt
 arrays passed to `save` may be donated or deleted as soon as it returns. A step directory is
 only complete once Orbax has renamed it from `<step>.orbax-checkpoint-tmp*` and written
 `commit_success.txt`; a process killed mid-save leaves a tmp directory that `latest_step()`
-ignores and the next Checkpointer deletes (cleanup_tmp_directories).
+ignores and the next Checkpointer deletes (cleanup_tmp_directories, in the background;
+its first save waits for it).
 
 Restore goes straight into the target shardings: pass an abstract state whose leaves are
 `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (see `abstract_of`), built for whatever
@@ -24,6 +25,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 STATE, DATA, META = "state", "data", "meta"
 
@@ -52,7 +54,8 @@ class Checkpointer:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"checkpoint.keep={keep!r}: must be a positive int "
                              f"(the number of newest checkpoints kept)")
-        self.directory = os.path.abspath(os.fspath(directory))
+        path = epath.Path(directory)  # local paths and object stores (gs://...) alike
+        self.directory = path if "://" in os.fspath(directory) else path.resolve()
         self.every_steps, self.keep = every_steps, keep
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -121,8 +124,7 @@ class Checkpointer:
         return out[STATE], dict(out[META] or {})
 
     def _item_names(self, step: int) -> list[str]:
-        step_dir = os.path.join(self.directory, str(step))
-        return [n for n in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, n))]
+        return [p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()]
 
     # ------------------------------------------------------------------ lifecycle
 

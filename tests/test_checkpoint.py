@@ -129,16 +129,23 @@ def test_restore_onto_a_smaller_mesh(tmp_path, target):
 
 
 KILLED_SAVER = textwrap.dedent("""
-    import sys
-    import jax, jax.numpy as jnp
+    import pathlib, sys, time
+    import grain, jax, jax.numpy as jnp, numpy as np
     from scaling.checkpoint import Checkpointer
-    ck = Checkpointer(sys.argv[1], every_steps=1, keep=3)
-    ck.save(1, {"w": jnp.arange(4.0)}, meta={"step": 1})
+    ckdir, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+    it = iter(grain.MapDataset.source(np.arange(40)).batch(4).to_iter_dataset())
+    next(it)
+    ck = Checkpointer(ckdir, every_steps=1, keep=3)
+    ck.save(1, {"w": jnp.arange(4.0)}, it, meta={"step": 1})
     ck.wait()
-    n = 4 * 2**20  # 4 arrays x 16 MiB: the write takes a good fraction of a second
-    big = {"w": jnp.zeros(4)} | {f"big{i}": jnp.full((n,), float(i)) for i in range(4)}
-    jax.block_until_ready(big)
-    ck.save(2, big, meta={"step": 2})
+    real_get_state = it.get_state
+    def stuck_get_state():  # the save of step 2 hangs here, mid-way, until the process is killed
+        marker.write_text("inside the save of step 2")
+        time.sleep(600)
+        return real_get_state()
+    it.get_state = stuck_get_state
+    big = {"w": jnp.zeros(4), "big": jnp.ones((2**20,))}  # 4 MiB of array files being written too
+    ck.save(2, big, it, meta={"step": 2})
     print("SAVE STARTED", flush=True)
     ck.wait()
     print("SAVE DONE", flush=True)
@@ -146,35 +153,38 @@ KILLED_SAVER = textwrap.dedent("""
 
 
 def test_sigkill_during_async_save_restores_previous_complete_checkpoint(tmp_path):
-    ckdir = tmp_path / "ck"
+    """SIGKILL lands while step 2 is being saved: deterministically, because the child's data
+    iterator blocks inside the save (its state is one of the checkpoint's items) and tells us
+    so through a marker file; by then Orbax has created step 2's tmp directory."""
+    ckdir, marker = tmp_path / "ck", tmp_path / "inside_save"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(ckdir)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(ckdir), str(marker)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Kill the moment the tmp directory of step 2 appears, i.e. while its files are written.
-    deadline = time.time() + 120
-    tmp_dirs = []
-    while time.time() < deadline and proc.poll() is None:
-        tmp_dirs = [p for p in ckdir.glob("2.orbax-checkpoint-tmp*")] if ckdir.exists() else []
-        if tmp_dirs:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.01)
+    tmp_dirs = list(ckdir.glob("2.orbax-checkpoint-tmp*"))
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
-    assert tmp_dirs, f"never saw step 2's tmp dir; rc={proc.returncode}\n{out.decode()}\n{err.decode()[-3000:]}"
+    assert marker.exists(), f"child never reached the save: rc={proc.returncode}\n{err.decode()[-3000:]}"
     assert proc.returncode == -signal.SIGKILL
     assert b"SAVE DONE" not in out
-    # the kill really landed mid-save: step 2 exists only as an uncommitted tmp directory
+    # the kill landed mid-save: step 2 exists only as an uncommitted tmp directory
+    assert tmp_dirs and all(p.exists() for p in tmp_dirs)
     assert not (ckdir / "2").exists()
-    assert any(p.exists() for p in tmp_dirs)
 
     ck = Checkpointer(ckdir, every_steps=1, keep=3)
     assert ck.latest_step() == 1
-    assert not list(ckdir.glob("2.orbax-checkpoint-tmp*"))  # cleaned up by the new manager
-    state, meta = ck.restore(None, abstract_of({"w": jnp.zeros(4)}))
+    it = iter(grain.MapDataset.source(np.arange(40)).batch(4).to_iter_dataset())
+    state, meta = ck.restore(None, abstract_of({"w": jnp.zeros(4)}), data_iter=it)
     np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(4.0))
     assert meta == {"step": 1}
+    np.testing.assert_array_equal(next(it), [4, 5, 6, 7])  # step 1 was saved after one batch
     # and the run can go on saving step 2 for real
     assert ck.save(2, {"w": jnp.ones(4)}, force=True)
     ck.close()
+    # the new manager deleted the partial directory (in the background; saves wait for it)
+    assert not list(ckdir.glob("*.orbax-checkpoint-tmp*"))
     assert Checkpointer(ckdir, every_steps=1, keep=3).latest_step() == 2

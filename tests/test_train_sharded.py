@@ -140,27 +140,33 @@ TWO_PROCESS_MESH = dict(data=2, fsdp=2, model=2)
 CHILD = """
 import sys
 from scaling.train_cli import main
-sys.exit(main(["--config", sys.argv[1], "--workdir", sys.argv[2], "--quiet"]))
+sys.exit(main(["--config", CONFIG, "--workdir", RUN, "--quiet"] + EXTRA))
 """
 
 
 @pytest.mark.slow
-def test_two_process_run_matches_single_process(full_runs, corpus_cache, tmp_path):
+def test_two_process_run_resumes_and_matches_single_process(full_runs, corpus_cache, tmp_path):
     """Two CPU processes x 4 devices = the same 8-device (2,2,2) mesh as the single-process
-    run; each process feeds its half of every batch. Same curve to float tolerance (the
-    cross-process all-reduces run in gloo, in another order than XLA's in-process ones)."""
+    run; each process feeds its half of every batch. The job is preempted after step 10 and
+    relaunched (both processes restore their shards and their own data-iterator position).
+    Same curve as one process to float tolerance (the cross-process all-reduces run in gloo,
+    in another order than XLA's in-process ones)."""
     cfg_path = tmp_path / "config.json"
     config = sharded_config(corpus_cache, **TWO_PROCESS_MESH)
     cfg_path.write_text(json.dumps(config.to_dict()))
     run = tmp_path / "two"
-    script = CHILD.replace("sys.argv[1]", repr(str(cfg_path))).replace("sys.argv[2]", repr(str(run)))
-    run_processes(script, n=2, devices_per_process=4, timeout=400)
+    script = CHILD.replace("CONFIG", repr(str(cfg_path))).replace("RUN", repr(str(run)))
+    run_processes(script.replace("EXTRA", "['--stop-after-steps', '10']"), n=2,
+                  devices_per_process=4, timeout=400)
+    assert not (run / "result.json").exists()
+    # both processes wrote their Grain iterator position into the checkpoint
+    data_dir = run / "checkpoints" / "10" / "data"
+    assert sorted(p.name for p in data_dir.glob("*.json")) == ["process_0-of-2.json",
+                                                               "process_1-of-2.json"]
+    run_processes(script.replace("EXTRA", "[]"), n=2, devices_per_process=4, timeout=400)
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "ok" and result["process_count"] == 2 and result["num_devices"] == 8
     full = full_runs["(2,2,2)"]
+    assert [r[0] for r in curve(run)] == list(range(1, STEPS + 1))
     np.testing.assert_allclose(losses(run), losses(full), rtol=RTOL)
     np.testing.assert_allclose(losses(run, "eval"), losses(full, "eval"), rtol=RTOL)
-    # both processes wrote their Grain iterator position into the checkpoints
-    step_dir = run / "checkpoints" / str(STEPS) / "data"
-    assert sorted(p.name for p in step_dir.glob("*.json")) == ["process_0-of-2.json",
-                                                               "process_1-of-2.json"]
