@@ -188,7 +188,7 @@ def _fit_kaplan(df, args, out) -> dict:
                      n_bootstrap=args.bootstrap, seed=args.seed)
     _print_fit(result)
     xs = np.geomspace(x.min() / 1.5, x.max() * 1.5, 100)
-    files = figures.kaplan(x, loss, out / "kaplan", fit_x=xs, fit_loss=result.predict(**{var: xs}),
+    files = figures.kaplan(x, loss, out / "kaplan", used=keep, fit_x=xs, fit_loss=result.predict(**{var: xs}),
                            fit_label=law.formula, x_label=label, title=f"Kaplan {law.formula}")
     resid = np.log(loss[keep] / result.predict(**{var: x[keep]}))
     files += figures.residuals(x[keep], {law.formula: resid}, out / "residuals", x_label=label)

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib import colors  # noqa: E402
+from matplotlib import colors, ticker  # noqa: E402
 
 N_LABEL = "parameters N"
 D_LABEL = "training tokens D"
@@ -185,14 +185,23 @@ def residuals(x, series: dict, out, *, x_label=C_LABEL, title="Fit residuals",
     return save(fig, out)
 
 
-def kaplan(x, loss, out, *, fit_x=None, fit_loss=None, fit_label="fit",
+def kaplan(x, loss, out, *, used=None, fit_x=None, fit_loss=None, fit_label="fit",
            x_label="non-embedding parameters N", title="Kaplan power law") -> list[pathlib.Path]:
-    """Loss vs one variable (N, D or C) on log-log axes with the fitted law."""
+    """Loss vs one variable (N, D or C) on log-log axes with the fitted law. `used`: indices of
+    the points the fit used (the rest are drawn hollow as 'not fitted')."""
     fig, ax = _new(title)
-    ax.scatter(x, loss, s=18, color="tab:blue", label="runs", zorder=3)
+    x, loss = np.asarray(x, float), np.asarray(loss, float)
+    mask = np.zeros(len(x), bool)
+    mask[np.arange(len(x)) if used is None else np.asarray(used, int)] = True
+    ax.scatter(x[mask], loss[mask], s=20, color="tab:blue", label="runs used in the fit", zorder=3)
+    if (~mask).any():
+        ax.scatter(x[~mask], loss[~mask], s=20, facecolor="none", edgecolor="gray",
+                   label="runs not fitted (not the best loss at their x)")
     if fit_x is not None:
         ax.plot(fit_x, fit_loss, "r-", lw=1.5, label=fit_label)
     ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel=LOSS_LABEL)
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.1f"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return save(fig, out)

@@ -58,7 +58,7 @@ def test_loss_contours_compute_residuals_kaplan(tmp_path, grid):
                                    fit_loss=2 + fc**-0.05))
     _check(figures.residuals(c, {"a": np.log(loss / _law(n, c / (6 * n))), "b": loss * 0.01},
                              tmp_path / "res"))
-    _check(figures.kaplan(n, loss, tmp_path / "kaplan", fit_x=n, fit_loss=loss))
+    _check(figures.kaplan(n, loss, tmp_path / "kaplan", used=[0, 3, 5], fit_x=n, fit_loss=loss))
 
 
 def test_pareto_frontier():
