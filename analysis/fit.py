@@ -18,12 +18,14 @@ an independent optimiser used as a cross-check in tests and in benchmarks/fit.py
 
 Public API (stable):
 - `fit(law, inputs, loss, *, weights=None, delta=1e-3, starts=None, n_bootstrap=0, seed=0,
-  ci=0.95, check=True, max_iter=500) -> Fit`. `inputs`: mapping (dict or DataFrame) with one
+  ci=0.95, check=True, max_iter=300) -> Fit`. `inputs`: mapping (dict or DataFrame) with one
   column per `law.inputs` (e.g. "N", "D"), in raw units (they are logged here); `loss`:
   nats/token (or any positive loss); `starts`: [S, P] fit-space starts (default the law's grid).
 - `fit_scipy(law, inputs, loss, *, weights=None, delta=1e-3, starts=None, check=True) -> Fit`.
 - `bootstrap(result, inputs, loss, *, n_resamples=1000, seed=0, ci=0.95, weights=None) -> Fit`:
   percentile CIs from refits on resampled points (a copy of `result` with `ci`, `boot_*`).
+- `fit_datasets(law, inputs, loss_RN, *, starts=None, weights_RN=None, delta=1e-3) ->
+  (theta_RP, objective_R)`: many data sets on shared inputs in one vmapped solve.
 - `objective(law, theta, inputs, loss, *, weights=None, delta=1e-3) -> float`.
 - `check_identifiable(law, inputs, loss)`: raises ValueError when the data cannot identify
   the law (fewer than P + 2 points, an input with no variation, inputs collinear in log space,
@@ -69,19 +71,23 @@ def _objective(law: Law, theta_P, logx_NI, logy_N, w_N, delta):
 def _two_loop(g, S_MP, Y_MP, rho_M, n_valid):
     """L-BFGS direction −H·g; rows 0.. of S/Y are the newest..oldest pairs (n_valid of them)."""
     m = S_MP.shape[0]
-    q = g
-    alphas = []
-    for i in range(m):  # newest -> oldest
-        a_i = jnp.where(i < n_valid, rho_M[i] * jnp.dot(S_MP[i], q), 0.0)
-        q = q - a_i * Y_MP[i]
-        alphas.append(a_i)
+    valid_M = jnp.arange(m) < n_valid
+
+    def newest_to_oldest(i, carry):
+        q, alpha_M = carry
+        a_i = jnp.where(valid_M[i], rho_M[i] * jnp.dot(S_MP[i], q), 0.0)
+        return q - a_i * Y_MP[i], alpha_M.at[i].set(a_i)
+
+    q, alpha_M = jax.lax.fori_loop(0, m, newest_to_oldest, (g, jnp.zeros_like(rho_M)))
     sy, yy = jnp.dot(S_MP[0], Y_MP[0]), jnp.dot(Y_MP[0], Y_MP[0])
     gamma = jnp.where(n_valid > 0, sy / jnp.where(yy > 0, yy, 1.0), 1.0)
-    r = gamma * q
-    for i in reversed(range(m)):  # oldest -> newest
+
+    def oldest_to_newest(j, r):
+        i = m - 1 - j
         b_i = rho_M[i] * jnp.dot(Y_MP[i], r)
-        r = r + jnp.where(i < n_valid, alphas[i] - b_i, 0.0) * S_MP[i]
-    return -r
+        return r + jnp.where(valid_M[i], alpha_M[i] - b_i, 0.0) * S_MP[i]
+
+    return -jax.lax.fori_loop(0, m, oldest_to_newest, gamma * q)
 
 
 def _lbfgs(value_and_grad, theta0, *, max_iter, memory, gtol, ftol, max_backtracks):
@@ -348,7 +354,7 @@ def objective(law: Law, theta, inputs: Mapping, loss, *, weights=None, delta=DEF
 
 
 def fit(law: Law, inputs: Mapping, loss, *, weights=None, delta=DEFAULT_DELTA, starts=None,
-        n_bootstrap=0, seed=0, ci=0.95, check=True, max_iter=500) -> Fit:
+        n_bootstrap=0, seed=0, ci=0.95, check=True, max_iter=300) -> Fit:
     """Multi-start L-BFGS fit of `law` (vmapped over starts, float64); optional bootstrap CIs."""
     if check:
         check_identifiable(law, inputs, loss, weights)
@@ -368,7 +374,7 @@ def fit(law: Law, inputs: Mapping, loss, *, weights=None, delta=DEFAULT_DELTA, s
 
 
 def bootstrap(result: Fit, inputs: Mapping, loss, *, n_resamples=1000, seed=0, ci=0.95,
-              weights=None, starts=None, max_iter=500) -> Fit:
+              weights=None, starts=None, max_iter=300) -> Fit:
     """Percentile bootstrap: refit on `n_resamples` resamples of the points (with replacement).
 
     A resample is a vector of multinomial counts used as weights, so all refits are one vmapped
@@ -401,6 +407,35 @@ def bootstrap(result: Fit, inputs: Mapping, loss, *, n_resamples=1000, seed=0, c
     out = dataclasses.replace(result, ci_level=ci, ci=cis, boot_theta=boot_theta,
                               boot_params=boot_params, boot_starts=starts)
     return out
+
+
+def fit_datasets(law: Law, inputs: Mapping, loss_RN, *, starts=None, weights_RN=None,
+                 delta=DEFAULT_DELTA, max_iter=300) -> tuple[np.ndarray, np.ndarray]:
+    """Fit R data sets that share the inputs (synthetic studies, simulation): one vmapped solve
+    of R × S problems. loss_RN: [R, N]; weights_RN: [R, N] or None; starts: [S, P] shared by
+    all data sets or [R, S, P] per data set (default: the law's grid). No identifiability check.
+    Returns (theta_RP, objective_R), each data set's best over the S starts."""
+    loss_RN = np.asarray(loss_RN, dtype=np.float64)
+    if loss_RN.ndim != 2:
+        raise ValueError(f"loss_RN must be [R, N], got shape {loss_RN.shape}")
+    R, n = loss_RN.shape
+    logx, _, _ = _prepare(law, inputs, loss_RN[0], None)
+    if not (np.isfinite(loss_RN).all() and (loss_RN > 0).all()):
+        raise ValueError("loss_RN must be finite and > 0")
+    w = np.ones((R, n)) if weights_RN is None else np.asarray(weights_RN, dtype=np.float64)
+    if starts is not None and np.ndim(starts) == 3:
+        if np.shape(starts)[0] != R:
+            raise ValueError(f"per-data-set starts must be [R={R}, S, P], got {np.shape(starts)}")
+        theta0_RSP = np.stack([_starts(law, s) for s in starts])
+    else:
+        theta0_RSP = np.broadcast_to(_starts(law, starts), (R,) + _starts(law, starts).shape)
+    K = theta0_RSP.shape[1]
+    theta, f, _, _ = _solve(law, theta0_RSP.reshape(R * K, -1), logx,
+                            np.repeat(np.log(loss_RN), K, axis=0), np.repeat(w, K, axis=0),
+                            delta, max_iter)
+    theta, f = theta.reshape(R, K, -1), np.where(np.isfinite(f), f, np.inf).reshape(R, K)
+    best = np.argmin(f, axis=1)
+    return theta[np.arange(R), best], f[np.arange(R), best]
 
 
 @functools.lru_cache(maxsize=None)
