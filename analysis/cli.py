@@ -124,7 +124,7 @@ def _print_fit(result) -> None:
 
 
 def _fit_chinchilla(df, args, out) -> dict:
-    from analysis import chinchilla, figures, laws, reproduce
+    from analysis import chinchilla, figures, kaplan, laws, reproduce
     law = laws.chinchilla()
     result = chinchilla.approach3({"N": df.n_params, "D": df.tokens}, df.loss,
                                   starts=_starts(law, args.n_starts), n_bootstrap=args.bootstrap,
@@ -151,6 +151,7 @@ def _fit_chinchilla(df, args, out) -> dict:
     files += figures.residuals(c_data, {"L(N, D) fit": resid}, out / "residuals",
                                x_label="compute C = 6ND (FLOPs)")
     files += figures.loss_vs_compute(c_data, df.loss, out / "loss_vs_compute", n_params=df.n_params,
+                                     frontier=kaplan.frontier(c_data, df.loss),
                                      c_label="compute C = 6ND (FLOPs)")
     files += figures.allocation(None, None, None, out / "allocation", lines=[line])
     return {"fit": result.to_dict(), "allocation": scaling.to_dict(), "budgets": rows,
@@ -165,7 +166,7 @@ def _best_per_x(x, loss):
 
 
 def _fit_kaplan(df, args, out) -> dict:
-    from analysis import figures, fit, laws
+    from analysis import figures, kaplan, laws
     var, label = KAPLAN_X[args.law]
     law = laws.get(args.law + ("+e" if args.irreducible else ""))
     if var == "N":
@@ -177,15 +178,16 @@ def _fit_kaplan(df, args, out) -> dict:
         col = {"D": "tokens", "C": "flops" if "flops" in df.columns else "flops_6nd"}[var]
     x, loss = df[col].to_numpy(dtype=float), df.loss.to_numpy(dtype=float)
     if var == "C":
-        from analysis.figures import pareto_frontier
-        keep = pareto_frontier(x, loss)
+        c_f, l_f = kaplan.frontier(x, loss)
+        keep = np.flatnonzero(np.isin(x, c_f) & np.isin(loss, l_f))
         how = "on the compute frontier"
     else:
         keep = _best_per_x(x, loss)
         how = f"best loss per distinct {col}"
     print(f"{args.law}: fitting {len(keep)} of {len(df)} runs ({how}); x = {col}")
-    result = fit.fit(law, {var: x[keep]}, loss[keep], starts=_starts(law, args.n_starts),
-                     n_bootstrap=args.bootstrap, seed=args.seed)
+    result = kaplan.fit_power_law(var, x[keep], loss[keep], irreducible=args.irreducible,
+                                  starts=_starts(law, args.n_starts), n_bootstrap=args.bootstrap,
+                                  seed=args.seed)
     _print_fit(result)
     xs = np.geomspace(x.min() / 1.5, x.max() * 1.5, 100)
     files = figures.kaplan(x, loss, out / "kaplan", used=keep, fit_x=xs, fit_loss=result.predict(**{var: xs}),
@@ -196,7 +198,7 @@ def _fit_kaplan(df, args, out) -> dict:
 
 
 def _fit_isoflop(df, args, out) -> dict:
-    from analysis import chinchilla, figures, reproduce
+    from analysis import chinchilla, figures, kaplan, reproduce
     c = df.flops_6nd.to_numpy(dtype=float)
     if "budget" in df.columns and df.budget.notna().all():
         labels, src = df.budget.to_numpy(dtype=float), "the sweep's nominal budgets"
@@ -218,6 +220,7 @@ def _fit_isoflop(df, args, out) -> dict:
     files += figures.allocation(scaling.points["C"], scaling.points["N_opt"], scaling.points["D_opt"],
                                 out / "allocation", lines=[line])
     files += figures.loss_vs_compute(c, df.loss, out / "loss_vs_compute", n_params=df.n_params,
+                                     frontier=kaplan.frontier(c, df.loss),
                                      c_label="compute C = 6ND (FLOPs)")
     return {"allocation": scaling.to_dict(), "budgets": rows, "files": files}
 

@@ -72,21 +72,10 @@ def isoflop_curves(budgets: Sequence[dict], out, *, title="IsoFLOP curves",
     return save(fig, out)
 
 
-def pareto_frontier(c, loss):
-    """Indices of points on the lower-left frontier: no cheaper point has lower loss."""
-    c, loss = np.asarray(c, float), np.asarray(loss, float)
-    order = np.lexsort((loss, c))
-    best, keep = np.inf, []
-    for i in order:
-        if loss[i] < best:
-            best = loss[i]
-            keep.append(i)
-    return np.array(keep, int)
-
-
-def loss_vs_compute(c, loss, out, *, n_params=None, fit_c=None, fit_loss=None,
+def loss_vs_compute(c, loss, out, *, frontier=None, n_params=None, fit_c=None, fit_loss=None,
                     fit_label="fit", title="Loss vs compute", c_label=C_LABEL) -> list[pathlib.Path]:
-    """Loss vs C (log x) with the empirical frontier; points coloured by N if given."""
+    """Loss vs C (log x); points coloured by N if given; `frontier` = (C_f, loss_f), the
+    empirical compute frontier (analysis.kaplan.frontier), drawn as a staircase."""
     fig, ax = _new(title)
     c, loss = np.asarray(c, float), np.asarray(loss, float)
     if n_params is not None:
@@ -94,8 +83,9 @@ def loss_vs_compute(c, loss, out, *, n_params=None, fit_c=None, fit_loss=None,
         fig.colorbar(sc, ax=ax, label=N_LABEL)
     else:
         ax.scatter(c, loss, s=14, color="tab:blue", label="runs")
-    f = pareto_frontier(c, loss)
-    ax.plot(c[f], loss[f], "k-", drawstyle="steps-post", lw=1.2, label="frontier (best loss so far)")
+    if frontier is not None:
+        ax.plot(frontier[0], frontier[1], "k-", drawstyle="steps-post", lw=1.2,
+                label="frontier (lowest loss at <= C)")
     if fit_c is not None:
         ax.plot(fit_c, fit_loss, "r--", lw=1.5, label=fit_label)
     ax.set_xscale("log")

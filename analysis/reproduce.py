@@ -28,7 +28,7 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, figures, fit, laws
+from analysis import chinchilla, figures, fit, kaplan, laws
 
 # ===================== published numbers (quoted from the papers; never computed) ==============
 # Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556).
@@ -219,6 +219,7 @@ def run_chinchilla(data, out, *, starts=None, n_bootstrap=1000, seed=0) -> dict:
         title="Our L(N, D) refit on the Epoch points (Chinchilla Fig. 4 style)")
     files += residual_figure(pts, ours, out / "residuals")
     files += figures.loss_vs_compute(df.flops, df.loss, out / "loss_vs_compute",
+                                     frontier=kaplan.frontier(df.flops, df.loss),
                                      n_params=df.n_params, title="Epoch Chinchilla points")
     summary = {
         "data": str(data), "n_points": len(df), "n_fit_approach3": len(pts),

@@ -54,19 +54,9 @@ def test_loss_contours_compute_residuals_kaplan(tmp_path, grid):
     fc = np.geomspace(1e17, 1e21, 10)
     _check(figures.loss_contours(_law, tmp_path / "contours", n_params=n, c=c, loss=loss,
                                  frontier_c=fc, frontier_n=0.1 * fc**0.5))
-    _check(figures.loss_vs_compute(c, loss, tmp_path / "lvc", n_params=n, fit_c=fc,
+    _check(figures.loss_vs_compute(c, loss, tmp_path / "lvc", frontier=(c[:3], loss[:3]),
+                                   n_params=n, fit_c=fc,
                                    fit_loss=2 + fc**-0.05))
     _check(figures.residuals(c, {"a": np.log(loss / _law(n, c / (6 * n))), "b": loss * 0.01},
                              tmp_path / "res"))
     _check(figures.kaplan(n, loss, tmp_path / "kaplan", used=[0, 3, 5], fit_x=n, fit_loss=loss))
-
-
-def test_pareto_frontier():
-    c = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
-    loss = np.array([5.0, 6.0, 4.0, 4.5, 3.0, 3.0])
-    # brute force: a point is on the frontier iff no point with c <= its c has lower loss
-    # (ties in loss keep the cheapest).
-    expect = [i for i in range(len(c))
-              if not any((c[j] <= c[i]) and (loss[j] < loss[i] or (loss[j] == loss[i] and c[j] < c[i]))
-                         for j in range(len(c)) if j != i)]
-    assert sorted(figures.pareto_frontier(c, loss)) == expect == [0, 2, 4]
