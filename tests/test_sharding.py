@@ -178,3 +178,16 @@ def test_sharded_steps_match_single_device(shape, single_device_run):
     assert wq.sharding.spec == expected
     n_split = {(8, 1, 1): 1, (1, 8, 1): 8, (2, 2, 2): 4, (1, 1, 8): 8}[shape]
     assert wq.addressable_shards[0].data.size == wq.size // n_split
+
+
+def test_validate_abstract_arrays_with_shardings():
+    """Leaves may also be ShapeDtypeStructs/arrays carrying a NamedSharding (e.g. a restore
+    target), checked against their own specs."""
+    from jax.sharding import NamedSharding
+    mesh = sh.make_mesh(mesh_cfg(data=2, model=4))
+    tree = {"ok": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(mesh, P("model"))),
+            "bad": {"w": jax.ShapeDtypeStruct((6, 4), jnp.float32,
+                                              sharding=NamedSharding(mesh, P(None, ("data", "model"))))}}
+    with pytest.raises(ValueError, match=r"1 parameter\(s\).*\n  bad/w: dim 1 has size 4, not divisible by "
+                                         r"mesh axis 'data'=2 x 'model'=4 \(= 8\)"):
+        sh.validate(tree, mesh, ())
