@@ -15,6 +15,8 @@ Laws (what each fits, which columns):
   kaplan-d     L(D) = (D_c/D)^alpha_D               D = tokens
   kaplan-c     L(C) = (C_c/C)^alpha_C               C = flops (exact; flops_6nd if absent)
   isoflop      Approach 2: per-budget parabolas     C = flops_6nd, budgets from sweep.json
+  approach1    Approach 1: min-loss envelope of the  every eval point of every run (metrics.jsonl;
+               training curves                      a CSV needs a 'run' column), C = 6 N tokens
 For kaplan-* the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):
 the compute frontier), as Kaplan et al. did; the count used is printed.
 """
@@ -27,7 +29,7 @@ import sys
 
 import numpy as np
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop")
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop", "approach1")
 KAPLAN_X = {"kaplan-n": ("N", "non-embedding parameters N"), "kaplan-d": ("D", "training tokens D"),
             "kaplan-c": ("C", "training compute C (FLOPs)")}
 
@@ -225,6 +227,35 @@ def _fit_isoflop(df, args, out) -> dict:
     return {"allocation": scaling.to_dict(), "budgets": rows, "files": files}
 
 
+def _fit_approach1(curves, args, out) -> dict:
+    from analysis import chinchilla, figures, kaplan
+    if "run" not in curves.columns:  # sweep dirs: the run directory identifies a curve
+        if curves.run_dir.str.contains(r"\.csv:\d+$").any():
+            raise ValueError("approach1 on a CSV needs a 'run' column naming each point's training "
+                             "run (one curve per run); columns: n_params, tokens, loss, run")
+        curves = curves.assign(run=curves.run_dir)
+    c = curves.flops_6nd.to_numpy(dtype=float)
+    scaling = chinchilla.approach1(curves.run.to_numpy(), curves.n_params, curves.tokens, c,
+                                   curves.loss)
+    print(f"approach1: {len(curves)} eval points from {curves.run.nunique()} runs "
+          f"({curves.n_params.nunique()} sizes); envelope on {len(scaling.points['C'])} C values")
+    budgets = _budgets_for_table(c)
+    rows = _allocation_rows(budgets, scaling.n_opt(budgets), scaling.d_opt(budgets))
+    _print_allocation(scaling, rows)
+    pts = {k: np.asarray(v)[:: max(1, len(v) // 60)] for k, v in scaling.points.items()}
+    c_line = np.geomspace(c.min(), budgets[-1], 100)
+    line = {"c": c_line, "n": scaling.n_opt(c_line), "d": scaling.d_opt(c_line),
+            "label": f"power law (a = {scaling.a:.3f}, b = {scaling.b:.3f})"}
+    files = figures.allocation(pts["C"], pts["N_opt"], pts["D_opt"], out / "allocation",
+                               lines=[line], points_label="envelope (every few grid points)",
+                               title="Approach 1: compute-optimal N and D from the loss envelope")
+    files += figures.loss_vs_compute(c, curves.loss, out / "loss_vs_compute",
+                                     frontier=kaplan.frontier(c, curves.loss), n_params=curves.n_params,
+                                     c_label="compute C = 6 N tokens (FLOPs)",
+                                     title="Training curves (eval points) and their envelope")
+    return {"allocation": scaling.to_dict(), "budgets": rows, "files": files}
+
+
 def fit_main(argv: list[str]) -> int:
     """`scaling fit`: returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
     try:
@@ -232,17 +263,21 @@ def fit_main(argv: list[str]) -> int:
         if args.bootstrap < 0 or args.bootstrap == 1:
             raise ValueError(f"--bootstrap={args.bootstrap}: use 0 (no CIs) or >= 2 resamples")
         from analysis import results
-        df = results.load(args.path, on_error=args.on_error, loss=args.loss)
+        if args.law == "approach1":
+            df = results.load_curves(args.path, on_error=args.on_error)
+        else:
+            df = results.load(args.path, on_error=args.on_error, loss=args.loss)
         out = args.out or _default_out(pathlib.Path(args.path), args.law)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"{args.path}: {len(df)} runs loaded"
+        print(f"{args.path}: {len(df)} {'eval points' if args.law == 'approach1' else 'runs'} loaded"
               + (f" ({len(df.attrs['skipped'])} skipped, see warning)" if df.attrs["skipped"] else ""))
-        run = {"chinchilla": _fit_chinchilla, "isoflop": _fit_isoflop}.get(args.law, _fit_kaplan)
+        run = {"chinchilla": _fit_chinchilla, "isoflop": _fit_isoflop,
+               "approach1": _fit_approach1}.get(args.law, _fit_kaplan)
         summary = run(df, args, out)
     except (ValueError, FileNotFoundError) as e:
         print(f"scaling fit: error: {e}", file=sys.stderr)
         return 2
-    summary = {"law": args.law, "source": str(args.path), "argv": list(argv), "n_runs": len(df),
+    summary = {"law": args.law, "source": str(args.path), "argv": list(argv), "n_rows": len(df),
                "skipped": df.attrs["skipped"], "loss": args.loss, **summary}
     summary["files"] = [str(f) for f in summary["files"]] + [str(out / "fit.json")]
     (out / "fit.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
