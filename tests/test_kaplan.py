@@ -8,12 +8,13 @@ from analysis import kaplan
 @pytest.mark.parametrize("var", ["N", "D", "C"])
 def test_recovers_published_exponents(var):
     (xc_name, x_c), (al_name, alpha) = kaplan.KAPLAN_2020[var].items()
-    x = np.geomspace(1e5, 1e9, 25) if var != "C" else np.geomspace(1e-5, 1e1, 25)
+    x = np.geomspace(1e5, 1e9, 30) if var != "C" else np.geomspace(1e-5, 1e1, 30)
     rng = np.random.default_rng(0)
     L = (x_c / x) ** alpha * np.exp(0.005 * rng.standard_normal(x.shape))
-    r = kaplan.fit_power_law(var, x, L, n_bootstrap=200)
-    lo, hi = r.ci[al_name]
-    assert lo < alpha < hi
+    r = kaplan.fit_power_law(var, x, L, n_bootstrap=200 if var == "N" else 0)
+    if var == "N":  # one bootstrap is enough here; coverage is tested in test_fit.py
+        lo, hi = r.ci[al_name]
+        assert lo < alpha < hi
     # 0.5% noise over 4-6 decades: the slope is determined to ~0.002 (CI half-width).
     assert r.params[al_name] == pytest.approx(alpha, abs=3e-3)
     assert np.log(r.params[xc_name]) == pytest.approx(np.log(x_c), rel=0.05)
