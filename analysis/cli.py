@@ -23,9 +23,11 @@ the compute frontier), as Kaplan et al. did; the count used is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
+import warnings
 
 import numpy as np
 
@@ -256,8 +258,27 @@ def _fit_approach1(curves, args, out) -> dict:
     return {"allocation": scaling.to_dict(), "budgets": rows, "files": files}
 
 
+@contextlib.contextmanager
+def _plain_warnings():
+    """Warnings (skipped runs, dropped budgets) print as 'warning: ...' lines, not source lines."""
+    with warnings.catch_warnings():
+        warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
+        try:
+            yield
+        finally:
+            warnings.formatwarning = _FORMATWARNING
+
+
+_FORMATWARNING = warnings.formatwarning
+
+
 def fit_main(argv: list[str]) -> int:
     """`scaling fit`: returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    with _plain_warnings():
+        return _fit_main(argv)
+
+
+def _fit_main(argv: list[str]) -> int:
     try:
         args = _fit_parser().parse_args(argv)
         if args.bootstrap < 0 or args.bootstrap == 1:
@@ -287,6 +308,11 @@ def fit_main(argv: list[str]) -> int:
 
 def reproduce_main(argv: list[str]) -> int:
     """`scaling reproduce chinchilla --data PATH [--out DIR]`."""
+    with _plain_warnings():
+        return _reproduce_main(argv)
+
+
+def _reproduce_main(argv: list[str]) -> int:
     p = _Parser(prog="scaling reproduce", description="reproduce a paper's fits from its data")
     p.add_argument("paper", choices=("chinchilla",), help="which reproduction")
     p.add_argument("--data", required=True, type=pathlib.Path,

@@ -59,8 +59,9 @@ def isoflop_curves(budgets: Sequence[dict], out, *, title="IsoFLOP curves",
         if b.get("refused"):
             label += " (no fit: minimum not interior)"
         ax.scatter(b["n_params"], b["loss"], color=col, s=18, label=label, zorder=3)
-        if b.get("curve_n") is not None:
-            ax.plot(b["curve_n"], b["curve_loss"], color=col, lw=1.2)
+        if b.get("curve_n") is not None:  # a refused budget's parabola is drawn dashed
+            ax.plot(b["curve_n"], b["curve_loss"], color=col, lw=1.2,
+                    ls="--" if b.get("refused") else "-")
         if b.get("n_opt") is not None:
             ax.plot(b["n_opt"], b["loss_opt"], marker="*", ms=13, color=col, mec="k", zorder=4)
     ax.plot([], [], "k*", ms=11, ls="none", label="fitted minimum N_opt(C)")
