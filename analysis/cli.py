@@ -15,8 +15,8 @@ Laws (what each fits, which columns):
   kaplan-d     L(D) = (D_c/D)^alpha_D               D = tokens
   kaplan-c     L(C) = (C_c/C)^alpha_C               C = flops (exact; flops_6nd if absent)
   isoflop      Approach 2: per-budget parabolas     C = flops_6nd, budgets from sweep.json
-  approach1    Approach 1: min-loss envelope of the  every eval point of every run (metrics.jsonl;
-               training curves                      a CSV needs a 'run' column), C = 6 N tokens
+  approach1    Approach 1: envelope of the curves   every eval point of every run (metrics.jsonl;
+                                                    a CSV needs a 'run' column), C = 6 N tokens
 For kaplan-* the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):
 the compute frontier), as Kaplan et al. did; the count used is printed.
 """
@@ -51,7 +51,7 @@ def _law_name(s: str) -> str:
 
 
 def _fit_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="scaling fit", description=__doc__.split("\n\n")[2],
+    p = _Parser(prog="scaling fit", description=__doc__.split("\n\n", 2)[2],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="sweep directory (SWEEP/runs/*/result.json) or CSV "
                                 "(n_params, tokens, loss [, flops, budget])")
@@ -280,7 +280,7 @@ def fit_main(argv: list[str]) -> int:
 
 def _fit_main(argv: list[str]) -> int:
     try:
-        args = _fit_parser().parse_args(argv)
+        args = _fit_parser().parse_args(argv)  # -h/--help exits 0 via SystemExit
         if args.bootstrap < 0 or args.bootstrap == 1:
             raise ValueError(f"--bootstrap={args.bootstrap}: use 0 (no CIs) or >= 2 resamples")
         from analysis import results
