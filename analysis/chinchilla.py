@@ -188,14 +188,17 @@ def approach1(run, N, tokens, flops, loss, *, n_grid=1500, c_range=None) -> Opti
 
 
 def group_budgets(C, rel_tol=0.1) -> np.ndarray:
-    """Budget label per point: points whose C lie within a factor (1 + rel_tol) of their sorted
-    neighbour share a budget (digitised or rounded budgets are not exactly equal)."""
+    """Budget label per point, for budgets that are nominally equal but not exactly (digitised,
+    rounded): going up in C, a point joins the current budget if its C is within a factor
+    (1 + rel_tol) of that budget's smallest C, else starts a new one. Labels 0, 1, ... by C."""
     logc = np.log(np.asarray(C, dtype=np.float64))
-    order = np.argsort(logc)
-    new = np.r_[True, np.diff(logc[order]) > np.log1p(rel_tol)]
-    label_sorted = np.cumsum(new) - 1
+    order = np.argsort(logc, kind="stable")
     labels = np.empty(len(logc), dtype=int)
-    labels[order] = label_sorted
+    label, first = -1, -np.inf
+    for i in order:
+        if logc[i] > first + np.log1p(rel_tol):
+            label, first = label + 1, logc[i]
+        labels[i] = label
     return labels
 
 

@@ -128,3 +128,11 @@ def test_epoch_approach3_allocation(shared_data):
     with pytest.raises(ValueError, match="needs a 'chinchilla' fit"):
         chinchilla.scaling_from_fit(fit.fit(laws.kaplan("N"), dict(N=np.geomspace(1, 1e3, 30)),
                                             np.geomspace(3, 2, 30)))
+
+
+def test_group_budgets():
+    C = np.array([1e19, 1.05e19, 0.98e19, 3e19, 3.2e19, 1e20])
+    np.testing.assert_array_equal(chinchilla.group_budgets(C), [0, 0, 0, 1, 1, 2])
+    # A chain of points each within 10% of the next is not one budget: spans are capped.
+    chain = 1e19 * 1.08 ** np.arange(6)
+    assert len(set(chinchilla.group_budgets(chain))) == 3
