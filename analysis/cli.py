@@ -143,8 +143,8 @@ def _fit_chinchilla(df, args, out) -> dict:
     line = {"c": c_line, "n": n_line, "d": d_line, "label": f"Approach 3 frontier (a = {scaling.a:.3f})"}
     bands = (None, None)
     if result.boot_params is not None:
-        bands = reproduce._bootstrap_band(result.boot_params, budgets, result.ci_level)
-        line["band_n"], line["band_d"] = reproduce._bootstrap_band(result.boot_params, c_line,
+        bands = reproduce.bootstrap_band(result.boot_params, budgets, result.ci_level)
+        line["band_n"], line["band_d"] = reproduce.bootstrap_band(result.boot_params, c_line,
                                                                     result.ci_level)
     rows = _allocation_rows(budgets, n_opt, d_opt, *bands)
     _print_allocation(scaling, rows)

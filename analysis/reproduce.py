@@ -167,7 +167,7 @@ def isoflop_budget_dicts(C, N, loss, labels, scaling) -> list[dict]:
     return out
 
 
-def _bootstrap_band(boot_params: dict, C, ci=0.95):
+def bootstrap_band(boot_params: dict, C, ci=0.95):
     """(lo, hi) of N_opt(C) and D_opt(C) over bootstrap parameter samples."""
     ok = (boot_params["alpha"] > 0) & (boot_params["beta"] > 0)
     bp = {k: np.asarray(v)[ok][:, None] for k, v in boot_params.items()}
@@ -205,7 +205,7 @@ def run_chinchilla(data, out, *, starts=None, n_bootstrap=1000, seed=0) -> dict:
     n_h, d_h = chinchilla.compute_optimal(HOFFMANN_2022_APPROACH3, c_line)
     line3 = {"c": c_line, "n": n3, "d": d3, "label": f"Approach 3, our refit (a = {a3.a:.3f})"}
     if ours.boot_params is not None:
-        line3["band_n"], line3["band_d"] = _bootstrap_band(ours.boot_params, c_line)
+        line3["band_n"], line3["band_d"] = bootstrap_band(ours.boot_params, c_line)
     line2 = {"c": c_line, "n": a2.n_opt(c_line), "d": a2.d_opt(c_line),
              "label": f"Approach 2 power law (a = {a2.a:.3f})"}
     line_h = {"c": c_line, "n": n_h, "d": d_h, "label": "Approach 3, Hoffmann et al. reported "
