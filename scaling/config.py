@@ -25,6 +25,11 @@ ENUMS = {
 }
 
 
+# Sections that change how a run executes, not what it computes (up to float tolerance): a run may
+# resume on another mesh, and they are left out of the run's identity (config_hash).
+EXECUTION_SECTIONS = ("mesh", "checkpoint")
+
+
 class ConfigError(ValueError):
     """A config key holds a value that cannot work; the message names key, value and what is valid."""
 
@@ -207,6 +212,7 @@ def validate(config) -> None:
 
 
 def config_hash(config) -> str:
-    """Stable short hash of a resolved config (its canonical JSON)."""
-    blob = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    """Stable short hash of a resolved config's canonical JSON, execution sections excluded."""
+    science = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS}
+    blob = json.dumps(science, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scaling import accounting, data, sharding
+from scaling import accounting, data, distributed, sharding
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer
 from scaling.metrics import MetricsWriter, Progress
@@ -82,8 +82,8 @@ def _check_same_run(run_dir: pathlib.Path, config) -> None:
     path = run_dir / "config.json"
     if not path.exists():
         return
-    old = json.loads(path.read_text())
-    new = config.to_dict()
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in cfg_lib.EXECUTION_SECTIONS}
+    new = {k: v for k, v in config.to_dict().items() if k not in cfg_lib.EXECUTION_SECTIONS}
     if old != new:
         diff = sorted(f"{s}.{k}" for s in new for k in (new[s] if isinstance(new[s], dict) else [None])
                       if isinstance(new[s], dict) and old.get(s, {}).get(k) != new[s].get(k))
@@ -175,8 +175,11 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
         raise cfg_lib.ConfigError(f"model.vocab_size={m.vocab_size} but the corpus' tokenizer has "
                                   f"{corpus.vocab_size} tokens; set --config.model.vocab_size={corpus.vocab_size}")
     mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(mesh)
-    sharding.validate_batch(t.batch_size, mesh, jax.process_count())
+    rules = sharding.logical_rules(mesh, m)  # kv heads that don't divide 'model' are replicated
+    sharding.validate_batch(t.batch_size, mesh)
+    # Which rows of each global batch this process feeds, read off the sharding (usually
+    # (process_index, process_count); fewer shards when a 'model' axis spans processes).
+    shard, n_shards = distributed.process_batch_slice(sharding.batch_sharding(mesh), t.batch_size)
     steps = cfg_lib.num_steps(config)
     seq_len, batch = config.data.seq_len, t.batch_size
     tokens_per_step = batch * seq_len
@@ -189,14 +192,13 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
     state, step_fn, eval_fn, batch_sh = tr.state, tr.step_fn, tr.eval_fn, tr.batch_sh
 
     # --- data ---------------------------------------------------------------------------------
-    pi, pc = jax.process_index(), jax.process_count()
     loader, data_info = data.train_loader(
         corpus, seq_len=seq_len, global_batch=batch, num_steps=steps, seed=config.data.seed,
-        process_index=pi, process_count=pc, allow_repeat=config.data.allow_repeat,
+        process_index=shard, process_count=n_shards, allow_repeat=config.data.allow_repeat,
         num_workers=config.data.num_workers)
     data_iter = iter(loader)
     eval_set = data.eval_batches(corpus, seq_len=seq_len, batch_size=batch, n_tokens=t.eval_tokens)
-    rows = slice(pi * batch // pc, (pi + 1) * batch // pc)
+    rows = slice(shard * batch // n_shards, (shard + 1) * batch // n_shards)
 
     def to_global(local_BT):
         return jax.make_array_from_process_local_data(batch_sh, np.asarray(local_BT, np.int32))
