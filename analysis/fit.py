@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Mapping
 
 import jax
@@ -330,7 +331,15 @@ def _summarise(law, theta_SP, f_S, conv_S, n_points, delta, method) -> Fit:
     f_S = np.where(np.isfinite(f_S), f_S, np.inf)
     best = int(np.argmin(f_S))
     f_best = float(f_S[best])
-    at_best = int(np.sum(f_S <= f_best + 1e-9 * max(abs(f_best), 1e-300)))
+    if not np.isfinite(f_best):
+        raise ValueError(f"law {law.name!r}: the objective is not finite from any start; check "
+                         f"the inputs' units and the starts")
+    at_best_S = f_S <= f_best + 1e-9 * max(abs(f_best), 1e-300)
+    at_best = int(np.sum(at_best_S))
+    if not np.any(at_best_S & np.asarray(conv_S, dtype=bool)):
+        warnings.warn(f"law {law.name!r} ({method}): no start reaching the best objective "
+                      f"{f_best:.6g} met the convergence tolerance (max_iter too small?)",
+                      stacklevel=3)
     return Fit(law=law, theta=np.asarray(theta_SP[best], dtype=np.float64), objective=f_best,
                n_points=n_points, n_starts=len(f_S), n_converged=int(np.sum(conv_S)),
                n_at_best=at_best, delta=delta, method=method)

@@ -210,3 +210,21 @@ def test_fit_runs_in_float64_without_changing_the_process_default():
     # float32 would leave ~1e-7 relative error in the exponent; float64 recovers it to ~1e-10.
     assert r.params["alpha_N"] == pytest.approx(0.076, rel=1e-8)
     assert jnp.ones(3).dtype == jnp.float32  # training code keeps its float32 default
+
+
+def test_large_delta_is_least_squares_and_weights_are_counts():
+    rng = np.random.default_rng(4)
+    N = np.geomspace(1e6, 1e9, 30)
+    L = (8.8e13 / N) ** 0.076 * np.exp(0.01 * rng.standard_normal(30))
+    law = laws.kaplan("N")
+    # δ far above every residual: Huber = r²/2, and log L = a − α log N is linear, so the fit
+    # is ordinary least squares, solved independently by np.polyfit.
+    r = fit.fit(law, dict(N=N), L, delta=10.0)
+    slope, intercept = np.polyfit(np.log(N), np.log(L), 1)
+    np.testing.assert_allclose(r.theta, [intercept, -slope], rtol=1e-7)
+    # Integer weights are the same as repeating points.
+    w = rng.integers(0, 3, size=30)
+    rw = fit.fit(law, dict(N=N), L, weights=w)
+    rr = fit.fit(law, dict(N=np.repeat(N, w)), np.repeat(L, w))
+    assert rw.objective == pytest.approx(rr.objective, rel=1e-9)
+    np.testing.assert_allclose(rw.theta, rr.theta, rtol=1e-6)
