@@ -72,7 +72,7 @@ def _fit_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _starts(law, k: int):
+def starts_subset(law, k: int):
     if k < 0:
         raise ValueError(f"--n-starts={k}: must be >= 0 (0: the full default grid)")
     grid = law.start_grid()
@@ -127,11 +127,13 @@ def _print_fit(result) -> None:
         print(f"  {k:>8} = {v:.6g}{_ci_str((result.ci or {}).get(k))}")
 
 
-def _fit_chinchilla(df, args, out) -> dict:
+def fit_chinchilla(df, args, out) -> dict:
+    """Approach 3 on df (n_params, tokens, loss): prints, draws into `out`, returns a JSON-ready dict.
+    `args` needs n_starts, bootstrap, seed (as parsed by `scaling fit`; analysis.report builds one)."""
     from analysis import chinchilla, figures, kaplan, laws, reproduce
     law = laws.chinchilla()
     result = chinchilla.approach3({"N": df.n_params, "D": df.tokens}, df.loss,
-                                  starts=_starts(law, args.n_starts), n_bootstrap=args.bootstrap,
+                                  starts=starts_subset(law, args.n_starts), n_bootstrap=args.bootstrap,
                                   seed=args.seed)
     _print_fit(result)
     scaling = chinchilla.scaling_from_fit(result)
@@ -169,7 +171,8 @@ def _best_per_x(x, loss):
     return order[first]
 
 
-def _fit_kaplan(df, args, out) -> dict:
+def fit_kaplan(df, args, out) -> dict:
+    """Kaplan L(N|D|C) (args.law kaplan-n|d|c; args.irreducible adds E); same contract as fit_chinchilla."""
     from analysis import figures, kaplan, laws
     var, label = KAPLAN_X[args.law]
     law = laws.get(args.law + ("+e" if args.irreducible else ""))
@@ -190,7 +193,7 @@ def _fit_kaplan(df, args, out) -> dict:
         how = f"best loss per distinct {col}"
     print(f"{args.law}: fitting {len(keep)} of {len(df)} runs ({how}); x = {col}")
     result = kaplan.fit_power_law(var, x[keep], loss[keep], irreducible=args.irreducible,
-                                  starts=_starts(law, args.n_starts), n_bootstrap=args.bootstrap,
+                                  starts=starts_subset(law, args.n_starts), n_bootstrap=args.bootstrap,
                                   seed=args.seed)
     _print_fit(result)
     xs = np.geomspace(x.min() / 1.5, x.max() * 1.5, 100)
@@ -201,7 +204,8 @@ def _fit_kaplan(df, args, out) -> dict:
     return {"fit": result.to_dict(), "x_column": col, "n_used": int(len(keep)), "files": files}
 
 
-def _fit_isoflop(df, args, out) -> dict:
+def fit_isoflop(df, args, out) -> dict:
+    """Approach 2 over the sweep's isoFLOP budgets (args.drop_noninterior); same contract as fit_chinchilla."""
     from analysis import chinchilla, figures, kaplan, reproduce
     c = df.flops_6nd.to_numpy(dtype=float)
     if "budget" in df.columns and df.budget.notna().all():
@@ -292,8 +296,8 @@ def _fit_main(argv: list[str]) -> int:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{args.path}: {len(df)} {'eval points' if args.law == 'approach1' else 'runs'} loaded"
               + (f" ({len(df.attrs['skipped'])} skipped, see warning)" if df.attrs["skipped"] else ""))
-        run = {"chinchilla": _fit_chinchilla, "isoflop": _fit_isoflop,
-               "approach1": _fit_approach1}.get(args.law, _fit_kaplan)
+        run = {"chinchilla": fit_chinchilla, "isoflop": fit_isoflop,
+               "approach1": _fit_approach1}.get(args.law, fit_kaplan)
         summary = run(df, args, out)
     except (ValueError, FileNotFoundError) as e:
         print(f"scaling fit: error: {e}", file=sys.stderr)
@@ -326,7 +330,7 @@ def _reproduce_main(argv: list[str]) -> int:
         args = p.parse_args(argv)
         from analysis import laws, reproduce
         s = reproduce.run_chinchilla(args.data, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                                     starts=_starts(laws.chinchilla(), args.n_starts))
+                                     starts=starts_subset(laws.chinchilla(), args.n_starts))
     except (ValueError, FileNotFoundError) as e:
         print(f"scaling reproduce: error: {e}", file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ def extrapolation(df, *, n_starts: int = 0) -> dict:
     held = df.budget == budgets[-1]
     train = df[~held]
     from analysis import cli
-    starts = cli._starts(laws.chinchilla(), n_starts)
+    starts = cli.starts_subset(laws.chinchilla(), n_starts)
     f = chinchilla.approach3({"N": train.n_params, "D": train.tokens}, train.loss, starts=starts)
     test = df[held].sort_values("n_params")
     pred = f.predict(N=test.n_params.to_numpy(float), D=test.tokens.to_numpy(float))
@@ -192,7 +192,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
 
     # Approach 3
     blocks.append(("h2", "Chinchilla Approach 3: L(N, D) = E + A/N^α + B/D^β"))
-    a3 = attempt("approach3", lambda: cli._fit_chinchilla(
+    a3 = attempt("approach3", lambda: cli.fit_chinchilla(
         df, _args(bootstrap=n_bootstrap, n_starts=n_starts, law="chinchilla"), figs / "approach3"))
     if a3:
         fits["approach3"] = a3
@@ -220,7 +220,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
 
     # Approach 2
     blocks.append(("h2", "Chinchilla Approach 2: isoFLOP profiles"))
-    a2 = attempt("approach2", lambda: cli._fit_isoflop(
+    a2 = attempt("approach2", lambda: cli.fit_isoflop(
         df, _args(bootstrap=n_bootstrap, law="isoflop"), figs / "approach2"))
     if a2:
         fits["approach2"] = a2
@@ -241,7 +241,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
 
     # Kaplan L(N)
     blocks.append(("h2", "Kaplan L(N) = (N_c / N)^α_N"))
-    kn = attempt("kaplan_n", lambda: cli._fit_kaplan(
+    kn = attempt("kaplan_n", lambda: cli.fit_kaplan(
         df, _args(bootstrap=n_bootstrap, law="kaplan-n"), figs / "kaplan_n"))
     if kn:
         fits["kaplan_n"] = kn
