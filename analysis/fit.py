@@ -6,8 +6,8 @@ summed (not averaged) over points, with Huber_δ(r) = r²/2 for |r| ≤ δ, δ(|
 With δ = 1e-3 this is close to least absolute deviations: robust to outliers, but kinked, so
 fits start from a grid of points and keep the best; a single start lands in a local minimum.
 
-The optimiser is a compact L-BFGS (two-loop recursion, Armijo backtracking) written in JAX and
-`jax.vmap`-ed over a batch of problems. A batch element is (start θ0, log-loss vector, weight
+The optimiser is the compact L-BFGS of analysis.lbfgs (one evaluation per iteration, so no
+problem waits on another's line search), `jax.vmap`-ed over a batch of problems. A batch element is (start θ0, log-loss vector, weight
 vector), so the same compiled solver runs the multi-start grid (one data set, many starts),
 bootstrap refits (resampling = multinomial counts used as weights) and synthetic studies (many
 data sets). All of it runs in float64 under `jax.enable_x64(True)` *locally* — training code in
@@ -47,6 +47,7 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
+from analysis import lbfgs
 from analysis.laws import Law
 
 DEFAULT_DELTA = 1e-3
@@ -66,102 +67,6 @@ def _objective(law: Law, theta_P, logx_NI, logy_N, w_N, delta):
     return jnp.sum(w_N * huber(resid_N, delta))
 
 
-# ----- L-BFGS (one problem; vmapped by the caller) ------------------------------------------
-
-
-def _two_loop(g, S_MP, Y_MP, rho_M, n_valid):
-    """L-BFGS direction −H·g; rows 0.. of S/Y are the newest..oldest pairs (n_valid of them)."""
-    m = S_MP.shape[0]
-    valid_M = jnp.arange(m) < n_valid
-
-    def newest_to_oldest(i, carry):
-        q, alpha_M = carry
-        a_i = jnp.where(valid_M[i], rho_M[i] * jnp.dot(S_MP[i], q), 0.0)
-        return q - a_i * Y_MP[i], alpha_M.at[i].set(a_i)
-
-    q, alpha_M = jax.lax.fori_loop(0, m, newest_to_oldest, (g, jnp.zeros_like(rho_M)))
-    sy, yy = jnp.dot(S_MP[0], Y_MP[0]), jnp.dot(Y_MP[0], Y_MP[0])
-    gamma = jnp.where(n_valid > 0, sy / jnp.where(yy > 0, yy, 1.0), 1.0)
-
-    def oldest_to_newest(j, r):
-        i = m - 1 - j
-        b_i = rho_M[i] * jnp.dot(Y_MP[i], r)
-        return r + jnp.where(valid_M[i], alpha_M[i] - b_i, 0.0) * S_MP[i]
-
-    return -jax.lax.fori_loop(0, m, oldest_to_newest, gamma * q)
-
-
-def _lbfgs(value_and_grad, theta0, *, max_iter, memory, gtol, ftol, max_backtracks):
-    """Minimise one problem from theta0. Returns (theta, f, converged, n_evals).
-
-    Exactly one objective+gradient evaluation per loop iteration: a rejected trial step only
-    shrinks the step for the next iteration (Armijo backtracking with quadratic interpolation)
-    instead of running an inner loop. Under `jax.vmap` a nested line-search loop would make
-    every problem wait for the one needing the most backtracks; this form wastes nothing.
-    """
-    P = theta0.shape[0]
-    f0, g0 = value_and_grad(theta0)
-    small_g0 = jnp.max(jnp.abs(g0)) <= gtol
-    init = dict(
-        x=theta0, f=f0, g=g0,
-        S=jnp.zeros((memory, P), theta0.dtype), Y=jnp.zeros((memory, P), theta0.dtype),
-        rho=jnp.zeros((memory,), theta0.dtype), n_valid=jnp.array(0),
-        t=jnp.array(-1.0, theta0.dtype),  # trial step; < 0 means "fresh direction, use t0"
-        n_back=jnp.array(0), it=jnp.array(0), done=small_g0 | ~jnp.isfinite(f0),
-        converged=small_g0,
-    )
-
-    def step(s):
-        d = _two_loop(s["g"], s["S"], s["Y"], s["rho"], s["n_valid"])
-        slope = jnp.dot(s["g"], d)
-        bad = ~(slope < 0) | ~jnp.all(jnp.isfinite(d))  # not a descent direction: restart
-        d = jnp.where(bad, -s["g"], d)
-        slope = jnp.where(bad, -jnp.dot(s["g"], s["g"]), slope)
-        n_valid = jnp.where(bad, 0, s["n_valid"])
-        # Without curvature information, move at most 1 unit in fit space; else the unit step.
-        t0 = jnp.where(n_valid == 0, jnp.minimum(1.0, 1.0 / jnp.max(jnp.abs(d))), 1.0)
-        t = jnp.where((s["t"] < 0) | bad, t0, s["t"])
-        f_t, g_t = value_and_grad(s["x"] + t * d)
-        ok = (f_t <= s["f"] + 1e-4 * t * slope) & jnp.isfinite(f_t)
-
-        # Accepted: update the memory (only pairs with positive curvature) and test convergence.
-        sk, yk = t * d, g_t - s["g"]
-        sy = jnp.dot(sk, yk)
-        keep = ok & (sy > 1e-12 * jnp.linalg.norm(sk) * jnp.linalg.norm(yk)) & (sy > 0)
-        S = jnp.where(keep, jnp.roll(s["S"], 1, axis=0).at[0].set(sk), s["S"])
-        Y = jnp.where(keep, jnp.roll(s["Y"], 1, axis=0).at[0].set(yk), s["Y"])
-        rho = jnp.where(keep, jnp.roll(s["rho"], 1).at[0].set(1.0 / jnp.where(keep, sy, 1.0)),
-                        s["rho"])
-        small_g = jnp.max(jnp.abs(g_t)) <= gtol
-        small_f = (s["f"] - f_t) <= ftol * jnp.maximum(jnp.abs(s["f"]), 1e-300)
-        converged = ok & (small_g | small_f)
-
-        # Rejected: shrink to the minimiser of the quadratic through f(0), f'(0), f(t),
-        # kept within [t/10, t/2]; after max_backtracks, restart from steepest descent, and
-        # if even that fails no progress is possible (at a kink, to rounding): stop.
-        curv = f_t - s["f"] - slope * t
-        t_q = -slope * t * t / (2.0 * jnp.where(curv > 0, curv, 1.0))
-        t_q = jnp.where((curv > 0) & jnp.isfinite(f_t), t_q, 0.1 * t)
-        t_back = jnp.clip(t_q, 0.1 * t, 0.5 * t)
-        n_back = jnp.where(ok, 0, s["n_back"] + 1)
-        give_up = n_back > max_backtracks
-        stuck = give_up & (n_valid == 0)
-        return dict(
-            x=jnp.where(ok, s["x"] + t * d, s["x"]), f=jnp.where(ok, f_t, s["f"]),
-            g=jnp.where(ok, g_t, s["g"]), S=S, Y=Y, rho=rho,
-            n_valid=jnp.where(keep, jnp.minimum(n_valid + 1, memory),
-                              jnp.where(give_up, 0, n_valid)),
-            t=jnp.where(ok | give_up, -1.0, t_back), n_back=jnp.where(give_up, 0, n_back),
-            it=s["it"] + 1, done=converged | stuck, converged=converged,
-        )
-
-    def cond(s):
-        return ~s["done"] & (s["it"] < max_iter)
-
-    out = jax.lax.while_loop(cond, step, init)
-    return out["x"], out["f"], out["converged"], out["it"]
-
-
 @functools.partial(
     jax.jit, static_argnames=("law", "max_iter", "memory", "gtol", "ftol", "max_backtracks")
 )
@@ -171,7 +76,7 @@ def _minimize_batch(law, theta0_BP, logx_NI, logy_BN, w_BN, delta, *, max_iter=1
 
     def one(theta0, logy_N, w_N):
         vg = jax.value_and_grad(lambda th: _objective(law, th, logx_NI, logy_N, w_N, delta))
-        return _lbfgs(vg, theta0, max_iter=max_iter, memory=memory, gtol=gtol, ftol=ftol,
+        return lbfgs.minimize(vg, theta0, max_iter=max_iter, memory=memory, gtol=gtol, ftol=ftol,
                       max_backtracks=max_backtracks)
 
     return jax.vmap(one)(theta0_BP, logy_BN, w_BN)
