@@ -38,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.cache_dir = "data_cache"  # prepared corpora live here (relative to cwd)
     d.seq_len = 128
     d.seed = 0  # data order; shared by every run of a sweep so shorter runs see a prefix
-    d.eval_fraction = 0.02  # held-out documents (whole documents, fixed by d.seed)
+    d.split_seed = 0  # which whole documents are held out for eval: the same for every run of a study
+    d.eval_fraction = 0.02  # fraction of documents held out
     d.allow_repeat = False  # D > corpus tokens: error unless True (epochs are recorded)
     d.num_workers = 0  # grain worker processes; the batch stream depends on it
 

@@ -116,7 +116,7 @@ def _parse_like(raw: str, old, key: str):
             value = float(raw)  # accept 2e6 for integers
         except ValueError:
             raise ConfigError(f"{key}={raw!r}: expected an integer") from None
-        if value != int(value):
+        if not math.isfinite(value) or value != int(value):
             raise ConfigError(f"{key}={raw!r}: expected an integer")
         return int(value)
     if isinstance(old, float):
@@ -137,7 +137,10 @@ def tokenizer_vocab(tokenizer: str) -> int | None:
     if tokenizer == "bytes":
         return 256
     if tokenizer.startswith("bpe:"):
-        return int(tokenizer.split(":", 1)[1])
+        size = tokenizer.split(":", 1)[1]
+        if not size.isdigit() or int(size) < 257:
+            raise ConfigError(f"data.tokenizer={tokenizer!r}: a BPE vocabulary looks like bpe:8192 (> 256)")
+        return int(size)
     return None
 
 
@@ -203,6 +206,13 @@ def validate(config) -> None:
              f"{config.train.batch_size}x{config.data.seq_len} tokens")
         need(config.optim.warmup_steps < max(steps, 1),
              f"optim.warmup_steps={config.optim.warmup_steps}: must be below the run's {steps} steps")
+        if config.optim.schedule == "wsd":
+            from scaling.optim import decay_steps
+
+            n_decay = decay_steps(config.optim, steps)
+            need(config.optim.warmup_steps + n_decay <= steps,
+                 f"optim.warmup_steps={config.optim.warmup_steps} + the WSD decay ({n_decay} steps = "
+                 f"optim.decay_fraction={config.optim.decay_fraction} of {steps}) exceed the run's steps")
     try:
         validate_model_config(config.model)
     except ValueError as e:

@@ -14,16 +14,17 @@ import optax
 
 
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+    """lr at step s = 0 .. total_steps-1 (the steps that run); the last step runs at the floor."""
     lr, floor = optim_cfg.lr, optim_cfg.lr * optim_cfg.min_lr_ratio
     warmup = optim_cfg.warmup_steps
+    last = max(total_steps - 1 - warmup, 1)  # steps from the end of warmup to the final step
     kind = optim_cfg.schedule
     if kind == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1), alpha=optim_cfg.min_lr_ratio)
+        main = optax.cosine_decay_schedule(lr, last, alpha=optim_cfg.min_lr_ratio)
     elif kind == "wsd":
-        n_decay = max(int(round(optim_cfg.decay_fraction * total_steps)), 1)
-        n_stable = max(total_steps - warmup - n_decay, 0)
+        n_decay = decay_steps(optim_cfg, total_steps)
         main = optax.join_schedules(
-            [optax.constant_schedule(lr), optax.linear_schedule(lr, floor, n_decay)], [n_stable])
+            [optax.constant_schedule(lr), optax.linear_schedule(lr, floor, n_decay)], [max(last - n_decay, 0)])
     elif kind == "constant":
         main = optax.constant_schedule(lr)
     else:
@@ -33,6 +34,11 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     # step s of warmup uses lr·(s+1)/warmup so the very first update is not zero.
     ramp = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else optax.constant_schedule(lr)
     return optax.join_schedules([ramp, main], [warmup])
+
+
+def decay_steps(optim_cfg, total_steps: int) -> int:
+    """WSD: steps over which lr falls from its peak to the floor (reached at the final step)."""
+    return max(int(round(optim_cfg.decay_fraction * total_steps)), 1)
 
 
 def _path_names(path) -> list[str]:

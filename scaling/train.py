@@ -24,8 +24,8 @@ from flax import nnx
 
 from scaling import accounting, data, distributed, sharding
 from scaling import config as cfg_lib
-from scaling.checkpoint import Checkpointer
-from scaling.metrics import MetricsWriter, Progress
+from scaling.checkpoint import Checkpointer, abstract_of
+from scaling.metrics import MetricsWriter, Progress, read_metrics
 from scaling.model import build_model, cross_entropy
 from scaling.optim import make_optimizer
 
@@ -36,7 +36,10 @@ class NonFiniteLossError(FloatingPointError):
 
 def _write_json_atomic(path: pathlib.Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    with tmp.open("w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # a hard stop must not leave an empty result.json behind the rename
     os.replace(tmp, path)
 
 
@@ -69,33 +72,45 @@ def _peak_flops(config, mesh) -> float | None:
     return peak * mesh.devices.size if peak else None
 
 
-def _load_finished(run_dir: pathlib.Path) -> dict | None:
+def _load_finished(run_dir: pathlib.Path, config) -> dict | None:
+    """The run's result if it finished ok. A failed result is moved aside (result.failed.json):
+    result.json must mean "finished", and this run is about to be retried."""
     path = run_dir / "result.json"
-    if path.exists():
-        result = json.loads(path.read_text())
-        if result.get("status") == "ok":
-            return result
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("status") == "ok":
+        if result.get("config_hash") != cfg_lib.config_hash(config):
+            _refuse_other_config(run_dir, config)
+        return result
+    if jax.process_index() == 0:
+        os.replace(path, run_dir / "result.failed.json")
     return None
 
 
 def _check_same_run(run_dir: pathlib.Path, config) -> None:
     path = run_dir / "config.json"
-    if not path.exists():
-        return
-    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in cfg_lib.EXECUTION_SECTIONS}
-    new = {k: v for k, v in config.to_dict().items() if k not in cfg_lib.EXECUTION_SECTIONS}
-    if old != new:
-        diff = sorted(f"{s}.{k}" for s in new for k in (new[s] if isinstance(new[s], dict) else [None])
-                      if isinstance(new[s], dict) and old.get(s, {}).get(k) != new[s].get(k))
-        raise cfg_lib.ConfigError(
-            f"{run_dir} already holds a run of a different config (differing keys: {diff or 'top level'}); "
-            "use a new --workdir, or delete the old run directory")
+    if path.exists():
+        old = cfg_lib.load(path)  # through the same JSON path, so tuples vs lists cannot differ
+        if cfg_lib.config_hash(old) != cfg_lib.config_hash(config):
+            _refuse_other_config(run_dir, config, old)
+
+
+def _refuse_other_config(run_dir, config, old=None) -> None:
+    diff = []
+    if old is not None:
+        a, b = old.to_dict(), config.to_dict()
+        diff = sorted(f"{s}.{k}" for s in b if isinstance(b[s], dict) and s not in cfg_lib.EXECUTION_SECTIONS
+                      for k in b[s] if a.get(s, {}).get(k) != b[s][k])
+    raise cfg_lib.ConfigError(
+        f"{run_dir} already holds a run of a different config (differing keys: {diff or 'see config.json'}); "
+        "use a new --workdir, or delete the old run directory")
 
 
 class Trainer(NamedTuple):
     state: dict  # {"params", "opt_state", "step"}, placed with its shardings
     step_fn: Callable  # (state, inputs_BT, targets_BT) -> (state, {"loss", "grad_norm", "lr"}); donates state
-    eval_fn: Callable  # (params, inputs_BT, targets_BT) -> mean NLL (nats/token)
+    eval_fn: Callable  # (params, inputs_BT, targets_BT, weights_BT) -> (sum of weighted NLL, sum of weights)
     batch_sh: jax.sharding.NamedSharding
 
 
@@ -129,12 +144,15 @@ def make_trainer(config, mesh, rules, steps: int) -> Trainer:
                "step": state["step"] + 1}
         return new, {"loss": aux["nll"], "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
 
-    def eval_step(params, inputs_BT, targets_BT):
-        return loss_fn(params, inputs_BT, targets_BT)[1]["nll"]
+    def eval_step(params, inputs_BT, targets_BT, weights_BT):
+        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
+        nll_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(
+            logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+        return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
 
     step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh),
                       out_shardings=(state_sh, repl), donate_argnums=0)
-    eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=repl)
+    eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh, batch_sh), out_shardings=repl)
     return Trainer(state, step_fn, eval_fn, batch_sh)
 
 
@@ -148,11 +166,11 @@ def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool
     cfg_lib.validate(config)
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    finished = _load_finished(run_dir)
+    _check_same_run(run_dir, config)
+    finished = _load_finished(run_dir, config)
     if finished is not None:
         return finished
     is_main = jax.process_index() == 0
-    _check_same_run(run_dir, config)
     if is_main:
         _write_json_atomic(run_dir / "config.json", config.to_dict())
     try:
@@ -201,21 +219,28 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
     rows = slice(shard * batch // n_shards, (shard + 1) * batch // n_shards)
 
     def to_global(local_BT):
-        return jax.make_array_from_process_local_data(batch_sh, np.asarray(local_BT, np.int32))
+        return distributed.global_array(local_BT, batch_sh)
 
     def evaluate(params) -> float:
-        losses = [eval_fn(params, to_global(b["inputs"][rows]), to_global(b["targets"][rows])) for b in eval_set]
-        return float(np.mean(jax.device_get(losses)))
+        """Mean NLL (nats/token) over the fixed eval windows; padding rows have weight 0."""
+        sums = jax.device_get([eval_fn(params, *(to_global(b[k][rows]) for k in ("inputs", "targets", "weights")))
+                               for b in eval_set])
+        return float(sum(float(n) for n, _ in sums) / sum(float(w) for _, w in sums))
 
     # --- resume -------------------------------------------------------------------------------
     ckpt = Checkpointer(run_dir / "checkpoints", every_steps=config.checkpoint.every_steps,
                         keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     writer = MetricsWriter(run_dir, enabled=is_main)
+    # Host-side loop state, saved with every checkpoint so a resumed run continues it exactly:
+    # the losses of the log interval in progress, the last losses (for result.json when the run
+    # stopped right after its final checkpoint), and the elapsed / timed seconds so far.
+    host = {"interval_losses": [], "last_train_loss": None, "last_eval": None, "elapsed_s": 0.0,
+            "timed_s": 0.0, "timed_tokens": 0}
     start = 0
     latest = ckpt.latest_step()
     if latest is not None:
-        abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        state, _ = ckpt.restore(latest, abstract_state, data_iter)
+        state, meta = ckpt.restore(latest, abstract_of(state), data_iter)
+        host.update(meta.get("host", {}))
         start = latest
         writer.truncate_after(start)
         progress.message(f"resumed from checkpoint at step {start}")
@@ -228,47 +253,64 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
             f"{fpt['train'] / 1e6:.2f} MFLOP/token (exact)")
 
     # --- loop ---------------------------------------------------------------------------------
-    pending = []  # (step, device metrics) since the last log: fetched together, one host sync
-    t_log, step_log, timed_s, timed_tokens = time.perf_counter(), start, 0.0, 0
-    last_train_loss = last_eval = None
+    # Device metrics are fetched only at log / eval / checkpoint steps (one host sync for all
+    # the steps since the last fetch); the loss of every step is still checked for NaN/inf.
+    pending = []  # (step, device metrics) not yet fetched
+    t_log, step_log, t_segment = time.perf_counter(), start, t_start  # this segment's wall time counts from setup
     tokens_per_s = mfu = float("nan")
+
+    def save(step, force=False):
+        snapshot = {**host, "interval_losses": list(host["interval_losses"]),
+                    "elapsed_s": host["elapsed_s"] + time.time() - t_segment}  # saves may be async: a copy
+        ckpt.save(step, state, data_iter, meta={"host": snapshot}, force=force)
+
     for step in range(start + 1, steps + 1):
         b = next(data_iter)
         state, out = step_fn(state, to_global(b["inputs"]), to_global(b["targets"]))
         pending.append((step, out))
-        if step % t.log_every and step != steps and step % t.eval_every and step != stop_after_steps:
+        is_log = step % t.log_every == 0 or step == steps
+        is_eval = step % t.eval_every == 0 or step == steps
+        is_stop = step == stop_after_steps
+        is_ckpt = ckpt.should_save(step, force=(step == steps or is_stop))
+        if not (is_log or is_eval or is_ckpt):
             continue
-        fetched = jax.device_get([o for _, o in pending])
-        for (s, _), o in zip(pending, fetched):
-            if not math.isfinite(float(o["loss"])):
-                raise NonFiniteLossError(f"non-finite training loss {float(o['loss'])} at step {s}; "
+        for (s, _), o in zip(pending, jax.device_get([o for _, o in pending])):
+            loss = float(o["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite training loss {loss} at step {s}; "
                                          "lower optim.lr, raise optim.warmup_steps, or check the data")
-        now = time.perf_counter()
-        n_steps = step - step_log
-        if step_log > start:  # the first interval includes compilation: not timed
-            timed_s += now - t_log
-            timed_tokens += n_steps * tokens_per_step
-        interval_tps = n_steps * tokens_per_step / max(now - t_log, 1e-9)
-        tokens_per_s = timed_tokens / timed_s if timed_s > 0 else interval_tps
-        mfu = accounting.mfu(tokens_per_s, fpt["train"], peak) if peak else None
-        last_train_loss = float(np.mean([o["loss"] for o in fetched]))
-        writer.write({"split": "train", "step": step, "tokens": step * tokens_per_step,
-                      "loss": last_train_loss, "lr": float(fetched[-1]["lr"]),
-                      "grad_norm": float(fetched[-1]["grad_norm"]), "tokens_per_s": tokens_per_s,
-                      "mfu": mfu, "flops": fpt["train"] * step * tokens_per_step,
-                      "time_s": time.time() - t_start})
-        progress.log(step, last_train_loss, tokens_per_s, mfu, steps_per_s=tokens_per_s / tokens_per_step)
-        pending, t_log, step_log = [], now, step
-        if step % t.eval_every == 0 or step == steps:
-            last_eval = evaluate(state["params"])
-            writer.write({"split": "eval", "step": step, "tokens": step * tokens_per_step, "loss": last_eval,
-                          "bpb": data.bits_per_byte(last_eval, corpus.bytes_per_token_eval),
-                          "flops": fpt["train"] * step * tokens_per_step})
-            progress.message(f"eval at step {step}: loss {last_eval:.4f} nats/token, "
-                             f"{data.bits_per_byte(last_eval, corpus.bytes_per_token_eval):.4f} bits/byte")
+            host["interval_losses"].append(loss)
+        last_out, pending = o, []
+        if is_log:
+            now = time.perf_counter()
+            n_steps = step - step_log
+            if step_log > start:  # the first interval after (re)start includes compilation: not timed
+                host["timed_s"] += now - t_log
+                host["timed_tokens"] += n_steps * tokens_per_step
+            interval_tps = n_steps * tokens_per_step / max(now - t_log, 1e-9)
+            tokens_per_s = host["timed_tokens"] / host["timed_s"] if host["timed_s"] > 0 else interval_tps
+            mfu = accounting.mfu(tokens_per_s, fpt["train"], peak) if peak else None
+            # "loss" of a train row: mean training loss over the steps since the previous row
+            host["last_train_loss"] = float(np.mean(host["interval_losses"]))
+            host["interval_losses"] = []
+            writer.write({"split": "train", "step": step, "tokens": step * tokens_per_step,
+                          "loss": host["last_train_loss"], "lr": float(last_out["lr"]),
+                          "grad_norm": float(last_out["grad_norm"]), "tokens_per_s": tokens_per_s,
+                          "mfu": mfu, "flops": fpt["train"] * step * tokens_per_step,
+                          "time_s": host["elapsed_s"] + time.time() - t_segment})
+            progress.log(step, host["last_train_loss"], tokens_per_s, mfu,
+                         steps_per_s=tokens_per_s / tokens_per_step)
+            t_log, step_log = now, step
+        if is_eval:
+            host["last_eval"] = evaluate(state["params"])
+            bpb = data.bits_per_byte(host["last_eval"], corpus.bytes_per_token_eval)
+            writer.write({"split": "eval", "step": step, "tokens": step * tokens_per_step,
+                          "loss": host["last_eval"], "bpb": bpb, "flops": fpt["train"] * step * tokens_per_step})
+            progress.message(f"eval at step {step}: loss {host['last_eval']:.4f} nats/token, {bpb:.4f} bits/byte")
             t_log = time.perf_counter()  # eval time is not training throughput
-        ckpt.save(step, state, data_iter, force=(step == steps or step == stop_after_steps))
-        if step == stop_after_steps and step < steps:
+        if is_ckpt:
+            save(step, force=(step == steps or is_stop))
+        if is_stop and step < steps:
             ckpt.wait()
             ckpt.close()
             writer.close()
@@ -277,6 +319,12 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
     ckpt.wait()
     ckpt.close()
     writer.close()
+    last_train_loss, last_eval = host["last_train_loss"], host["last_eval"]
+    if start == steps:
+        progress.message("the final checkpoint was already written: finishing the run's result")
+        rows = [r for r in read_metrics(run_dir) if r["split"] == "train"]
+        tokens_per_s = rows[-1]["tokens_per_s"] if rows else float("nan")
+        mfu = rows[-1]["mfu"] if rows else None
 
     tokens = steps * tokens_per_step
     flops = accounting.run_flops(m, seq_len, tokens)
@@ -287,7 +335,7 @@ def _train(config, run_dir, stop_after_steps, verbose, is_main) -> dict:
         "flops_6nd_nonembed": flops["flops_6nd_nonembed"], "flops": flops["flops"],
         "final_train_loss": last_train_loss, "final_eval_loss": last_eval,
         "final_eval_bpb": data.bits_per_byte(last_eval, corpus.bytes_per_token_eval),
-        "epochs": data_info["epochs"], "wall_time_s": time.time() - t_start,
+        "epochs": data_info["epochs"], "wall_time_s": host["elapsed_s"] + time.time() - t_segment,
         "tokens_per_s": tokens_per_s, "mfu": mfu, "seq_len": seq_len, "batch_size": batch,
         "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                                     "mlp", "tie_embeddings", "qk_norm", "compute_dtype")},

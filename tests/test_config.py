@@ -23,6 +23,8 @@ def test_override_parses_to_leaf_type():
     ("--config.model.d_model=abc", ["model.d_model", "integer"]),
     ("--config.train.tokens=1.5", ["train.tokens", "integer"]),
     ("model.d_model", ["must look like"]),
+    ("--config.train.tokens=inf", ["train.tokens", "integer"]),
+    ("--config.train.tokens=nan", ["train.tokens", "integer"]),
 ])
 def test_bad_overrides_are_named(override, words):
     with pytest.raises(cfg_lib.ConfigError) as e:
@@ -42,6 +44,8 @@ def test_bad_overrides_are_named(override, words):
     ("--config.train.tokens=100", ["train.tokens", "less than one batch"]),
     ("--config.optim.schedule=linear", ["optim.schedule", "cosine"]),
     ("--config.optim.warmup_steps=100000", ["warmup_steps"]),
+    ("--config.data.tokenizer=bpe:abc", ["data.tokenizer", "bpe:8192"]),
+    ("--config.optim.lr=inf", ["optim.lr"]),
 ])
 def test_impossible_configs_fail_validation(override, words):
     c = cfg_lib.resolve(cfg_lib.load(BASE, [override]))
@@ -76,3 +80,10 @@ def test_hash_changes_with_config():
     b = cfg_lib.load(BASE, ["--config.seed=1"])
     assert cfg_lib.config_hash(a) != cfg_lib.config_hash(b)
     assert cfg_lib.config_hash(a) == cfg_lib.config_hash(cfg_lib.load(BASE))
+
+
+def test_wsd_decay_must_fit_after_warmup():
+    c = cfg_lib.resolve(cfg_lib.load(BASE, ["--config.optim.schedule=wsd", "--config.optim.decay_fraction=0.9",
+                                            "--config.optim.warmup_steps=200"]))
+    with pytest.raises(ValueError, match="WSD decay"):
+        cfg_lib.validate(c)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scaling.data import bits_per_byte, eval_batches, prepare, train_loader
-from scaling.data.pipeline import window_order
+from scaling.data.pipeline import eval_windows, window_order
 
 SEQ = 16
 
@@ -147,16 +147,26 @@ def test_training_never_sees_eval_documents(corpus):
         assert (f"doc{i:03d} ".encode() in train_text) == (f"d{i:03d}.txt" not in str(names))
 
 
-def test_eval_batches_deterministic_and_sized(corpus):
-    a = eval_batches(corpus, seq_len=SEQ, batch_size=4, n_tokens=10 * 4 * SEQ + 5)
-    b = eval_batches(corpus, seq_len=SEQ, batch_size=4, n_tokens=10 * 4 * SEQ + 5)
-    assert len(a) == 10
+def test_eval_set_is_fixed_spread_and_independent_of_batch(corpus):
     toks = np.asarray(corpus.eval_tokens)
-    np.testing.assert_array_equal(rows(a), toks[: 40 * SEQ].reshape(40, SEQ))
-    np.testing.assert_array_equal(rows(a, "targets"), toks[1: 40 * SEQ + 1].reshape(40, SEQ))
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x["inputs"], y["inputs"])
-    halves = [eval_batches(corpus, seq_len=SEQ, batch_size=4, n_tokens=4 * SEQ,
+    available = (toks.size - 1) // SEQ
+    w = eval_windows(corpus, seq_len=SEQ, n_tokens=10 * SEQ + 5)
+    assert len(w) == 10 and len(set(w.tolist())) == 10
+    assert w[0] == 0 and w[-1] == available - 1  # spread over the whole split, first to last
+    a = eval_batches(corpus, seq_len=SEQ, batch_size=4, n_tokens=10 * SEQ + 5)
+    b = eval_batches(corpus, seq_len=SEQ, batch_size=3, n_tokens=10 * SEQ + 5)
+    assert len(a) == 3 and len(b) == 4  # 10 windows: 4+4+2(+2 pad), 3+3+3+1(+2 pad)
+
+    def real(batches, key):  # the weighted rows, in order
+        return np.concatenate([x[key][x["weights"][:, 0] > 0] for x in batches])
+
+    expect_in = np.stack([toks[i * SEQ:(i + 1) * SEQ] for i in w])
+    expect_out = np.stack([toks[i * SEQ + 1:(i + 1) * SEQ + 1] for i in w])
+    for batches in (a, b):
+        np.testing.assert_array_equal(real(batches, "inputs"), expect_in)
+        np.testing.assert_array_equal(real(batches, "targets"), expect_out)
+        assert sum(x["weights"].sum() for x in batches) == 10 * SEQ
+    halves = [eval_batches(corpus, seq_len=SEQ, batch_size=4, n_tokens=10 * SEQ,
                            process_index=p, process_count=2)[0]["inputs"] for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), a[0]["inputs"])
     with pytest.raises(ValueError, match="eval split .* has"):

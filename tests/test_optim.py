@@ -16,24 +16,23 @@ def _optim(**kw):
 
 def test_cosine_warms_up_then_reaches_floor_at_last_step():
     o = _optim(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
-    s = make_schedule(o, total_steps=110)
-    lrs = np.array([float(s(i)) for i in range(110)])
+    s = make_schedule(o, total_steps=111)  # steps 0..110 run
+    lrs = np.array([float(s(i)) for i in range(111)])
     np.testing.assert_allclose(lrs[:10], (np.arange(10) + 1) / 10, rtol=1e-6)  # linear, first step > 0
-    assert lrs[0] > 0
-    # cosine from 1 at step 10 to the floor 0.1 at step 110 (the run's end), independent formula:
-    k = np.arange(10, 110)
+    # cosine from 1 at step 10 to the floor 0.1 at step 110, the last step that runs:
+    k = np.arange(10, 111)
     expect = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (k - 10) / 100))
     np.testing.assert_allclose(lrs[10:], expect, rtol=1e-5)
-    assert float(s(110)) == pytest.approx(0.1)
+    assert lrs[-1] == pytest.approx(0.1)
 
 
-def test_wsd_is_flat_then_decays_over_the_last_fraction():
+def test_wsd_is_flat_then_decays_to_the_floor_at_the_last_step():
     o = _optim(lr=2.0, warmup_steps=5, min_lr_ratio=0.0, decay_fraction=0.2, schedule="wsd")
-    s = make_schedule(o, total_steps=100)
-    lrs = np.array([float(s(i)) for i in range(101)])
+    s = make_schedule(o, total_steps=100)  # steps 0..99 run; 20 decay steps end at step 99
+    lrs = np.array([float(s(i)) for i in range(100)])
     assert np.all(lrs[5:80] == pytest.approx(2.0))
-    assert np.all(np.diff(lrs[80:]) < 0)
-    assert lrs[100] == pytest.approx(0.0, abs=1e-6)
+    assert np.all(np.diff(lrs[79:]) < 0) and len(lrs[80:]) == 20
+    assert lrs[99] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_decay_mask_excludes_norms_and_embeddings():

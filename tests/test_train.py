@@ -105,3 +105,48 @@ def test_tiny_model_learns_real_text(tiny_config, tmp_path):
     # a model that learned only unigram statistics sits at unigram_nats; 0.5 nats below it means it
     # uses context (bigrams alone give ~0.6-0.7 nats less on English bytes).
     assert result["final_eval_loss"] < unigram_nats - 0.5, (result["final_eval_loss"], unigram_nats)
+
+
+def test_resume_at_a_step_between_log_rows_is_bit_identical(tiny_config, tmp_path):
+    """Stopped at step 7 (rows every 5, checkpoints every 10): the interval's losses travel in
+    the checkpoint, so the resumed run writes the same rows as the uninterrupted one."""
+    train(tiny_config, tmp_path / "full", verbose=False)
+    train(tiny_config, tmp_path / "resumed", stop_after_steps=7, verbose=False)
+    train(tiny_config, tmp_path / "resumed", verbose=False)
+    assert _curve(tmp_path / "full") == _curve(tmp_path / "resumed")
+    assert _curve(tmp_path / "full", "eval") == _curve(tmp_path / "resumed", "eval")
+
+
+def test_killed_after_final_checkpoint_finishes_on_rerun(tiny_config, tmp_path):
+    """A run killed between its final checkpoint and result.json completes on rerun, same numbers."""
+    first = train(tiny_config, tmp_path / "run", verbose=False)
+    (tmp_path / "run" / "result.json").unlink()
+    again = train(tiny_config, tmp_path / "run", verbose=False)
+    assert again["status"] == "ok"
+    for key in ("final_eval_loss", "final_train_loss", "tokens", "flops"):
+        assert again[key] == first[key]
+    assert again["wall_time_s"] >= first["wall_time_s"] * 0.5  # time of both segments, not just the last
+
+
+def test_finished_run_with_other_config_is_refused(tiny_config, tmp_path):
+    train(tiny_config, tmp_path / "run", verbose=False)
+    tiny_config.optim.lr = 1e-3
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny_config, tmp_path / "run", verbose=False)
+
+
+def test_eval_loss_does_not_depend_on_batch_size(tiny_config, tmp_path):
+    """The eval set is a fixed set of windows: the same params score the same whatever the batch."""
+    from scaling import sharding
+    from scaling.train import make_trainer
+
+    c = cfg_lib.resolve(tiny_config)
+    corpus = data.load(c.data)
+    mesh = sharding.make_mesh(c.mesh)
+    tr = make_trainer(c, mesh, sharding.logical_rules(mesh), steps=20)
+    losses = []
+    for batch in (8, 5, 3):  # 32 windows: 4 full batches of 8; 6x5 + 2 padded; 10x3 + 2 padded
+        sums = [tr.eval_fn(tr.state["params"], b["inputs"], b["targets"], b["weights"])
+                for b in data.eval_batches(corpus, seq_len=32, batch_size=batch, n_tokens=32 * 32)]
+        losses.append(sum(float(n) for n, _ in sums) / sum(float(w) for _, w in sums))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] == pytest.approx(losses[2], rel=1e-6)

