@@ -4,7 +4,6 @@ The N, D, C checks compare against scaling.accounting on each run's resolved con
 the model actually built (parameter count of the NNX model); the slow test at the end runs the
 real trainer on two tiny runs and compares what result.json records with the plan.
 """
-import json
 import math
 import pathlib
 import subprocess
@@ -215,7 +214,7 @@ def test_end_to_end_real_trainer_records_the_planned_numbers(tmp_path, capsys, m
     specs = sweep.expand(sweep.load_sweep(cfg_path))
     assert len(specs) == 2
     sweep_dir = tmp_path / "sw"
-    rc = cli.sweep_main([str(cfg_path), "--sweep-dir", str(sweep_dir)])
+    rc = cli.sweep_main([str(cfg_path), "--sweep-dir", str(sweep_dir), "--parallel", "2"])
     assert rc == 0, capsys.readouterr()
     for s in specs:
         r = local.read_result(local.run_dir_of(sweep_dir, s.run_id))
