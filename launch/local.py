@@ -245,12 +245,17 @@ class LocalBackend:
         if old is not None:  # a failed result from an earlier attempt: keep it aside, result.json = finished
             os.replace(rd / "result.json", rd / "result.failed.json")
         cmd = [c.format(config=cfg_path, run_dir=rd, run_id=spec.run_id) for c in self.command]
+        status = _read_json(rd / "launch.json") or {"run_id": spec.run_id, "attempts": 0, "history": []}
+        if status.get("state") == "running":  # we hold the lock, so that process died (kill -9, crash)
+            status["history"].append({"attempt": status["attempts"], "state": "interrupted",
+                                      "error": "the sweep process died while the run was executing",
+                                      "started_at": status.get("started_at")})
         log = open(rd / "train.log", "ab")
-        log.write(f"\n=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
+        log.write(f"\n=== try {status['attempts'] + 1} (attempt {attempt} of this sweep invocation) at "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=self._child_env(slot), preexec_fn=_preexec(slot.get("cpus"), os.getpid()))
-        status = _read_json(rd / "launch.json") or {"run_id": spec.run_id, "attempts": 0, "history": []}
         status.update(attempts=status["attempts"] + 1, state="running", pid=proc.pid, host=socket.gethostname(),
                       started_at=time.time(), command=cmd, device_slot={k: sorted(v) for k, v in slot.items()})
         _write_json_atomic(rd / "launch.json", status)
@@ -274,7 +279,7 @@ class LocalBackend:
             last = a.tail[-1] if a.tail else "no output"
             reason = f"{how}; last output: {last}"
         wall = time.time() - a.started
-        a.log.write(f"=== attempt {a.attempt} {state} after {wall:.1f}s (exit {rc})"
+        a.log.write(f"=== {state} after {wall:.1f}s (exit {rc})"
                     f"{': ' + reason if reason else ''}\n".encode())
         a.log.close()
         status = _read_json(rd / "launch.json") or {"run_id": a.spec.run_id, "attempts": 1, "history": []}

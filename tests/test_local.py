@@ -204,6 +204,7 @@ def test_sigkill_then_rerun_finishes_each_run_exactly_once(tmp_path, standin, mo
     assert json.loads((rd2 / "ckpt.json").read_text())["step"] == step_at_kill  # the trainer died with the sweep
     assert not (rd2 / "result.json").exists()
     assert local.run_status(rd2)["state"] == "pending" and "interrupted" in local.run_status(rd2)["note"]
+    assert json.loads((rd2 / "launch.json").read_text())["state"] == "running"  # left as the kill found it
 
     proc = _driver(tmp_path, n, sweep_dir, standin)
     out, err = proc.communicate(timeout=60)
@@ -215,6 +216,8 @@ def test_sigkill_then_rerun_finishes_each_run_exactly_once(tmp_path, standin, mo
     assert sorted(finishes) == [f"r{i}" for i in range(n)]  # exactly once each: none lost, none twice
     assert ["start", "r2", str(step_at_kill)] in ev  # the interrupted run resumed from its checkpoint
     assert _losses(sweep_dir, n) == reference  # same results as the uninterrupted sweep
+    history = json.loads((rd2 / "launch.json").read_text())["history"]
+    assert [h["state"] for h in history] == ["interrupted", "ok"]
 
 
 def test_two_sweep_processes_never_run_the_same_run(tmp_path, standin):
