@@ -80,6 +80,10 @@ def sweep_main(argv: list[str]) -> int:
 def _sweep(args) -> int:
     from launch import local, sweep
 
+    if args.parallel < 1:
+        raise ValueError(f"--parallel={args.parallel}: must be >= 1 (runs at once)")
+    if args.max_attempts < 1:
+        raise ValueError(f"--max-attempts={args.max_attempts}: must be >= 1")
     path = pathlib.Path(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} not found (e.g. experiments/demo_cpu.py)")

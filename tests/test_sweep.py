@@ -194,6 +194,8 @@ def test_plan_table_and_cli_dry_run(capsys):
     assert "run_id" in out and "total C" in out and "sequential" in out
     assert cli.sweep_main(["nope.py", "--dry-run"]) == 2
     assert "sweep config nope.py not found" in capsys.readouterr().err
+    assert cli.sweep_main([str(DEMO), "--dry-run", "--parallel", "0"]) == 2
+    assert "--parallel=0: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
