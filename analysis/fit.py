@@ -67,19 +67,28 @@ def _objective(law: Law, theta_P, logx_NI, logy_N, w_N, delta):
     return jnp.sum(w_N * huber(resid_N, delta))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("law", "max_iter", "memory", "gtol", "ftol", "max_backtracks")
-)
-def _minimize_batch(law, theta0_BP, logx_NI, logy_BN, w_BN, delta, *, max_iter=1000, memory=10,
-                    gtol=1e-12, ftol=1e-10, max_backtracks=20):
-    """Solve B problems at once: start theta0_BP[b], data (logx_NI, logy_BN[b], w_BN[b])."""
+SOLVER = dict(memory=10, gtol=1e-12, ftol=1e-10, max_backtracks=20)
+FIRST_ROUND = 100  # iterations before finished problems are dropped from the batch
 
-    def one(theta0, logy_N, w_N):
-        vg = jax.value_and_grad(lambda th: _objective(law, th, logx_NI, logy_N, w_N, delta))
-        return lbfgs.minimize(vg, theta0, max_iter=max_iter, memory=memory, gtol=gtol, ftol=ftol,
-                      max_backtracks=max_backtracks)
 
-    return jax.vmap(one)(theta0_BP, logy_BN, w_BN)
+def _vg(law, logx_NI, logy_N, w_N, delta):
+    return jax.value_and_grad(lambda th: _objective(law, th, logx_NI, logy_N, w_N, delta))
+
+
+@functools.partial(jax.jit, static_argnames=("law",))
+def _init_batch(law, theta0_BP, logx_NI, logy_BN, w_BN, delta):
+    """Solver states for B problems: start theta0_BP[b], data (logx_NI, logy_BN[b], w_BN[b])."""
+    return jax.vmap(lambda th, y, w: lbfgs.init(_vg(law, logx_NI, y, w, delta), th,
+                                               memory=SOLVER["memory"], gtol=SOLVER["gtol"])
+                    )(theta0_BP, logy_BN, w_BN)
+
+
+@functools.partial(jax.jit, static_argnames=("law", "max_iter"))
+def _run_batch(law, state_B, logx_NI, logy_BN, w_BN, delta, *, max_iter):
+    """Advance B solver states until each is done or has made max_iter evaluations in total."""
+    opts = {k: SOLVER[k] for k in ("gtol", "ftol", "max_backtracks")}
+    return jax.vmap(lambda st, y, w: lbfgs.run(_vg(law, logx_NI, y, w, delta), st,
+                                               max_iter=max_iter, **opts))(state_B, logy_BN, w_BN)
 
 
 def _bucket(n: int) -> int:
@@ -88,18 +97,38 @@ def _bucket(n: int) -> int:
 
 
 def _solve(law, theta0_BP, logx_NI, logy_BN, w_BN, delta, max_iter):
-    """_minimize_batch on numpy inputs, padded to bucketed shapes (points get weight 0, extra
-    problems repeat the first), so repeated fits of different sizes reuse compiled code."""
+    """Minimise B problems; returns numpy (theta_BP, f_B, converged_B, n_evals_B).
+
+    Shapes are padded to buckets (extra points get weight 0, extra problems repeat the first)
+    so fits of different sizes reuse compiled code. Under vmap a while loop runs until its
+    slowest problem stops, so after FIRST_ROUND iterations the finished problems are dropped
+    and only the rest (typically a few tenths on the Chinchilla grid) continue to max_iter.
+    """
     B, N = logy_BN.shape
-    Bp, Np = _bucket(B), _bucket(N)
-    theta0 = np.concatenate([theta0_BP, np.repeat(theta0_BP[:1], Bp - B, axis=0)])
+    Np = _bucket(N)
     logx = np.pad(logx_NI, ((0, Np - N), (0, 0)))
-    logy = np.pad(logy_BN, ((0, Bp - B), (0, Np - N)))
-    w = np.pad(w_BN, ((0, Bp - B), (0, Np - N)))
+    logy = np.pad(logy_BN, ((0, 0), (0, Np - N)))
+    w = np.pad(w_BN, ((0, 0), (0, Np - N)))
+
+    def padded(idx):  # problem indices -> a bucket-sized index vector
+        return np.concatenate([idx, np.repeat(idx[:1], _bucket(len(idx)) - len(idx))])
+
     with jax.enable_x64(True):
-        out = _minimize_batch(law, jnp.asarray(theta0), jnp.asarray(logx), jnp.asarray(logy),
-                              jnp.asarray(w), delta, max_iter=max_iter)
-        return tuple(np.asarray(o)[:B] for o in out)
+        idx = padded(np.arange(B))
+        state = _init_batch(law, jnp.asarray(theta0_BP[idx]), jnp.asarray(logx),
+                            jnp.asarray(logy[idx]), jnp.asarray(w[idx]), delta)
+        state = _run_batch(law, state, logx, jnp.asarray(logy[idx]), jnp.asarray(w[idx]),
+                           delta, max_iter=min(FIRST_ROUND, max_iter))
+        state = {k: np.array(v[:B]) for k, v in state.items()}  # writable copies
+        active = np.flatnonzero(~state["done"] & (state["it"] < max_iter))
+        if len(active):
+            idx = padded(active)
+            sub = _run_batch(law, {k: jnp.asarray(v[idx]) for k, v in state.items()}, logx,
+                             jnp.asarray(logy[idx]), jnp.asarray(w[idx]), delta,
+                             max_iter=max_iter)
+            for k, v in sub.items():
+                state[k][active] = np.asarray(v)[: len(active)]
+    return state["x"], state["f"], state["converged"], state["it"]
 
 
 # ----- data preparation and refusal ------------------------------------------------------------

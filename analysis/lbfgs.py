@@ -38,18 +38,12 @@ def two_loop(g, S_MP, Y_MP, rho_M, n_valid):
     return -jax.lax.fori_loop(0, m, oldest_to_newest, gamma * q)
 
 
-def minimize(value_and_grad, theta0, *, max_iter, memory, gtol, ftol, max_backtracks):
-    """Minimise one problem from theta0. Returns (theta, f, converged, n_evals).
-
-    Exactly one objective+gradient evaluation per loop iteration: a rejected trial step only
-    shrinks the step for the next iteration (Armijo backtracking with quadratic interpolation)
-    instead of running an inner loop. Under `jax.vmap` a nested line-search loop would make
-    every problem wait for the one needing the most backtracks; this form wastes nothing.
-    """
+def init(value_and_grad, theta0, *, memory, gtol):
+    """Solver state at theta0 (a dict of arrays; vmap-able, resumable with `run`)."""
     P = theta0.shape[0]
     f0, g0 = value_and_grad(theta0)
     small_g0 = jnp.max(jnp.abs(g0)) <= gtol
-    init = dict(
+    return dict(
         x=theta0, f=f0, g=g0,
         S=jnp.zeros((memory, P), theta0.dtype), Y=jnp.zeros((memory, P), theta0.dtype),
         rho=jnp.zeros((memory,), theta0.dtype), n_valid=jnp.array(0),
@@ -57,6 +51,25 @@ def minimize(value_and_grad, theta0, *, max_iter, memory, gtol, ftol, max_backtr
         n_back=jnp.array(0), it=jnp.array(0), done=small_g0 | ~jnp.isfinite(f0),
         converged=small_g0,
     )
+
+
+def minimize(value_and_grad, theta0, *, max_iter, memory, gtol, ftol, max_backtracks):
+    """Minimise one problem from theta0. Returns (theta, f, converged, n_evals)."""
+    out = run(value_and_grad, init(value_and_grad, theta0, memory=memory, gtol=gtol),
+              max_iter=max_iter, gtol=gtol, ftol=ftol, max_backtracks=max_backtracks)
+    return out["x"], out["f"], out["converged"], out["it"]
+
+
+def run(value_and_grad, state, *, max_iter, gtol, ftol, max_backtracks):
+    """Iterate from `state` until done or state["it"] == max_iter (a total, so a run can be
+    resumed with a larger max_iter). Returns the new state.
+
+    Exactly one objective+gradient evaluation per loop iteration: a rejected trial step only
+    shrinks the step for the next iteration (Armijo backtracking with quadratic interpolation)
+    instead of running an inner loop. Under `jax.vmap` a nested line-search loop would make
+    every problem wait for the one needing the most backtracks; this form wastes nothing.
+    """
+    memory = state["S"].shape[0]
 
     def step(s):
         d = two_loop(s["g"], s["S"], s["Y"], s["rho"], s["n_valid"])
@@ -105,5 +118,4 @@ def minimize(value_and_grad, theta0, *, max_iter, memory, gtol, ftol, max_backtr
     def cond(s):
         return ~s["done"] & (s["it"] < max_iter)
 
-    out = jax.lax.while_loop(cond, step, init)
-    return out["x"], out["f"], out["converged"], out["it"]
+    return jax.lax.while_loop(cond, step, state)
