@@ -75,6 +75,7 @@ class OptimalScaling:
     points: dict | None = None  # arrays: C, N_opt, D_opt (and loss_opt where known)
     dropped: list | None = None  # budgets (FLOPs) dropped as non-interior (Approach 2)
     boot: dict | None = None  # bootstrap samples {"a": [R], "b": [R]}
+    note: str | None = None  # e.g. why there is no CI
 
     def n_opt(self, C):
         return self.k_N * np.asarray(C, dtype=np.float64) ** self.a
@@ -91,6 +92,8 @@ class OptimalScaling:
             d["points"] = {k: np.asarray(v).tolist() for k, v in self.points.items()}
         if self.dropped:
             d["dropped_budgets"] = [float(c) for c in self.dropped]
+        if self.note:
+            d["note"] = self.note
         return d
 
 
@@ -276,8 +279,12 @@ def approach2(C, N, loss, *, budget=None, drop_noninterior=False, n_bootstrap=0,
                          points=dict(C=c_b, N_opt=n_opt, D_opt=d_opt),
                          dropped=[float(c) for c in c_budget[bad]])
     if n_bootstrap:
-        out.boot = _approach2_bootstrap(x, loss, groups, c_b, n_bootstrap, seed)
-        out.ci, out.ci_level = _percentile_ci(out.boot, ci), ci
+        try:
+            out.boot = _approach2_bootstrap(x, loss, groups, c_b, n_bootstrap, seed)
+            out.ci, out.ci_level = _percentile_ci(out.boot, ci), ci
+        except ValueError as e:  # the point estimate stands; say why it has no interval
+            out.note = f"no bootstrap CI: {e}"
+            warnings.warn(out.note, stacklevel=2)
     return out
 
 

@@ -136,3 +136,23 @@ def test_group_budgets():
     # A chain of points each within 10% of the next is not one budget: spans are capped.
     chain = 1e19 * 1.08 ** np.arange(6)
     assert len(set(chinchilla.group_budgets(chain))) == 3
+
+
+def test_approach2_keeps_point_estimate_when_bootstrap_is_degenerate():
+    """Three runs per budget: most resamples repeat a point and lose the parabola, so there is no
+    honest interval; the point estimate (exact parabolas) still stands, with a note saying why."""
+    import warnings as _w
+
+    from analysis import chinchilla as ch
+
+    C, N, L = [], [], []
+    for c in (1e18, 1e19, 1e20):
+        n_opt = 0.1 * (c / 6) ** 0.5
+        for k in (-0.5, 0.0, 0.5):
+            n = n_opt * 10 ** k
+            C.append(c), N.append(n), L.append(2.0 + 0.1 * k ** 2)  # vertex exactly at n_opt
+    with _w.catch_warnings(record=True):
+        _w.simplefilter("always")
+        out = ch.approach2(np.array(C), np.array(N), np.array(L), n_bootstrap=50)
+    assert out.a == pytest.approx(0.5, abs=1e-6)
+    assert out.ci is None and "no bootstrap CI" in out.note and "note" in out.to_dict()
