@@ -36,10 +36,11 @@ def get_config():
 
     c.sweep = s = sweep_defaults()
     s.kind = "isoflop"
-    s.budgets = (6e10, 1.5e11, 3.6e11)  # C, FLOPs
+    s.budgets = (5e10, 1e11, 2e11, 4e11)  # C, FLOPs
     s.flop_convention = "6nd"  # D = C / (6 * n_params_total)
     s.min_steps = 200  # fewer steps do not get past the unigram plateau (~3.0 nats/token) here
     s.shapes.n_targets = (8e3, 20e3, 57e3, 123e3, 282e3)  # total N
+    s.shapes.explicit = ((1, 8),)  # plus a 3k-parameter model: a 4th size with >= 20 tokens/param for L(N)
     s.shapes.n_kind = "total"
     s.shapes.aspect = 12.0  # d_model = 12 * n_layers, rounded to a multiple of head_dim
     s.shapes.head_dim = 8  # n_heads = d_model / 8
