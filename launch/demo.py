@@ -27,8 +27,8 @@ class DemoProgress:
     """An overall bar (runs settled / total, elapsed, ETA) at every run start/finish, and each run's
     own progress line (loss, tokens/s, MFU) prefixed with a short run id."""
 
-    def __init__(self, stream=sys.stdout, width: int = 24):
-        self.stream, self.width, self.t0 = stream, width, time.time()
+    def __init__(self, stream=None, width: int = 24):
+        self.stream, self.width, self.t0 = stream or sys.stdout, width, time.time()
 
     def bar(self, done: int, total: int, eta_s: float | None) -> str:
         filled = int(self.width * done / max(total, 1))
