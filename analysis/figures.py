@@ -122,6 +122,8 @@ def loss_contours(predict: Callable, out, *, n_params=None, c=None, loss=None, f
     if frontier_c is not None:
         ax.plot(frontier_c, frontier_n, color="tab:red", lw=2, label="efficient frontier N_opt(C)")
     ax.set(xscale="log", yscale="log", xlim=c_range, ylim=n_range, xlabel=C_LABEL, ylabel=N_LABEL)
+    for axis in (ax.xaxis, ax.yaxis):  # less than a decade shown: minor labels would collide
+        axis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return save(fig, out)

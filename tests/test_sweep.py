@@ -29,6 +29,8 @@ def tiny_sweep(kind="isoflop") -> ml_collections.ConfigDict:
     c.sweep.budgets = (2e10, 6e10)
     c.sweep.tokens = (40_960, 81_920)
     c.sweep.shapes.n_targets = (30e3, 95e3)
+    c.sweep.shapes.explicit = ()
+    c.sweep.tokens_per_param = ()
     c.sweep.min_steps = 5
     return c
 
@@ -210,6 +212,7 @@ def test_end_to_end_real_trainer_records_the_planned_numbers(tmp_path, capsys, m
         "    c.data.cache_dir = %r\n"
         "    c.sweep.budgets = (2e10,)\n"
         "    c.sweep.shapes.n_targets = (30e3, 95e3)\n"
+        "    c.sweep.shapes.explicit = ()\n"
         "    c.sweep.min_steps = 5\n"
         "    c.train.peak_flops = 1e11\n"
         "    return c\n" % str(tmp_path / "data_cache"))
