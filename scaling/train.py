@@ -99,9 +99,8 @@ def _check_same_run(run_dir: pathlib.Path, config) -> None:
 def _refuse_other_config(run_dir, config, old=None) -> None:
     diff = []
     if old is not None:
-        a, b = old.to_dict(), config.to_dict()
-        diff = sorted(f"{s}.{k}" for s in b if isinstance(b[s], dict) and s not in cfg_lib.EXECUTION_SECTIONS
-                      for k in b[s] if a.get(s, {}).get(k) != b[s][k])
+        a, b = cfg_lib.science(old), cfg_lib.science(config)
+        diff = sorted(f"{s}.{k}" for s in b if isinstance(b[s], dict) for k in b[s] if a.get(s, {}).get(k) != b[s][k])
     raise cfg_lib.ConfigError(
         f"{run_dir} already holds a run of a different config (differing keys: {diff or 'see config.json'}); "
         "use a new --workdir, or delete the old run directory")

@@ -87,3 +87,12 @@ def test_wsd_decay_must_fit_after_warmup():
                                             "--config.optim.warmup_steps=200"]))
     with pytest.raises(ValueError, match="WSD decay"):
         cfg_lib.validate(c)
+
+
+def test_execution_details_are_not_part_of_the_identity():
+    a = cfg_lib.load(BASE)
+    b = cfg_lib.load(BASE, ["--config.mesh.data=2", "--config.checkpoint.every_steps=7",
+                            "--config.data.cache_dir=/elsewhere"])
+    assert cfg_lib.config_hash(a) == cfg_lib.config_hash(b)
+    c = cfg_lib.load(BASE, ["--config.data.num_workers=2"])  # changes the iterator state: identity
+    assert cfg_lib.config_hash(a) != cfg_lib.config_hash(c)
