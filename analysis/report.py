@@ -257,8 +257,8 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
                             f"{al['b']:.3f}{_ci(al, 'b')}"
                             + (f"; budgets dropped (no interior minimum): {al['dropped_budgets']}"
                                if al.get("dropped_budgets") else "") + "."
-                            + (f" {al['note'][0].upper()}{al['note'][1:]} (a budget with 3 runs is fitted exactly "
-                               "by its parabola, and most resamples of it repeat a run)." if al.get("note") else "")))
+                            + (f" {al['note'][0].upper()}{al['note'][1:]} (with a handful of runs per budget, many "
+                               "resamples repeat runs and lose some budget's interior minimum)." if al.get("note") else "")))
         for stem, cap in (("isoflop", "IsoFLOP curves with fitted parabolas and their minima"),
                           ("allocation", "N_opt(C) and D_opt(C) from the isoFLOP minima")):
             if (p := _png(a2["files"], root, stem)):
