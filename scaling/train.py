@@ -83,7 +83,7 @@ def _load_finished(run_dir: pathlib.Path, config) -> dict | None:
         if result.get("config_hash") != cfg_lib.config_hash(config):
             _refuse_other_config(run_dir, config)
         return result
-    if jax.process_index() == 0:
+    if distributed.is_main_process():
         os.replace(path, run_dir / "result.failed.json")
     return None
 
@@ -169,7 +169,7 @@ def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool
     finished = _load_finished(run_dir, config)
     if finished is not None:
         return finished
-    is_main = jax.process_index() == 0
+    is_main = distributed.is_main_process()
     if is_main:
         _write_json_atomic(run_dir / "config.json", config.to_dict())
     try:
