@@ -1,4 +1,5 @@
 """`scaling data prepare|info`: writes a corpus; bad input prints one clear line, exits 2."""
+import errno
 import json
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from scaling import cli as top_cli
 from scaling.data import cli, open_corpus
+from scaling.data import corpus as corpus_lib
 
 
 def test_prepare_jsonl_and_info(tmp_path, capsys):
@@ -29,20 +31,58 @@ def test_prepare_jsonl_and_info(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--source", "{tmp}/missing.jsonl"], "JSONL file not found"),
-    (["--source", "{tmp}/d.jsonl", "--text-field", "body"], "no text field 'body'"),
+    (["--source", "{tmp}/d.jsonl", "--text-field", "body"], "d.jsonl:1: no text field 'body'"),
     (["--source", "{tmp}/none*.txt"], "no files match this glob"),
     (["--source", "{tmp}/d.jsonl", "--tokenizer", "bpe:x"], "vocab size must be an integer"),
     (["--source", "{tmp}/d.jsonl", "--eval-fraction", "2"], "eval_fraction=2.0 must be in"),
+    (["--source", "{tmp}/d.jsonl", "--seed", "-3"], "seed=-3 (the eval split's seed) must be"),
+    (["--source", "{tmp}/d.jsonl", "--tokenizer", "bpe:1000"],
+     "the training text supports a BPE vocabulary of at most"),
+    (["--source", "{tmp}/empty.txt"], "it has 1 document, but the eval split needs"),
+    (["--source", "{tmp}/empty.txt", "--eval-fraction", "0"],
+     "every training document is empty or whitespace (1: {tmp}/empty.txt)"),
+    (["--source", "{tmp}/bad.jsonl"], "bad.jsonl:2: not valid JSON"),
+    (["--source", "{tmp}/d.jsonl", "--out", "{tmp}/d.jsonl"], "d.jsonl is an existing file"),
 ])
 def test_prepare_errors_are_one_line(tmp_path, capsys, args, message):
-    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"hello {i}"}) + "\n"
+                                              for i in range(3)))
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    (tmp_path / "empty.txt").write_text("")
+    before = sorted(p.name for p in tmp_path.iterdir())
     argv = ["prepare", "--out", str(tmp_path / "out")] + [a.format(tmp=tmp_path) for a in args]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no out, no temporary dir
 
 
 def test_info_on_a_non_corpus(tmp_path, capsys):
     assert cli.main(["info", str(tmp_path)]) == 2
     assert "is not a prepared corpus (no meta.json)" in capsys.readouterr().err
+    (tmp_path / "meta.json").write_text("{")
+    assert cli.main(["info", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'meta.json'}: not valid JSON" in capsys.readouterr().err
+
+
+def test_prepare_disk_full_and_interrupt(tmp_path, capsys, monkeypatch):
+    """A full disk and Ctrl-C each print one line, exit non-zero, and leave no corpus."""
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": "x" * 100}) + "\n"
+                                              for _ in range(5)))
+    argv = ["prepare", "--source", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "out")]
+
+    def fail(exc):
+        def _write_splits(*a, **k):
+            raise exc
+        return _write_splits
+
+    monkeypatch.setattr(corpus_lib, "_write_splits", fail(OSError(errno.ENOSPC, "No space")))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "scaling data prepare: error: [Errno 28] disk full: no space left on the file system of" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(corpus_lib, "_write_splits", fail(KeyboardInterrupt()))
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == "scaling data prepare: interrupted; nothing was written\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]

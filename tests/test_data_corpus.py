@@ -53,7 +53,7 @@ def test_prepare_jsonl(tmp_path):
     path.write_text("\n".join(json.dumps({"id": i, "body": d}) for i, d in enumerate(DOCS)))
     c = prepare(str(path), tmp_path / "c", eval_fraction=0.1, text_field="body")
     check_bytes_corpus(c, DOCS)
-    with pytest.raises(ValueError, match=r"line 1: no text field 'text' \(found keys \['body', 'id'\]"):
+    with pytest.raises(ValueError, match=r"d.jsonl:1: no text field 'text' \(found keys \['body', 'id'\]"):
         prepare(str(path), tmp_path / "c2", eval_fraction=0.1)
 
 

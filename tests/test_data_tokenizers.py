@@ -46,11 +46,11 @@ def test_bpe_corpus_decodes_to_its_documents(tmp_path):
             for i in range(12)]
     for i, d in enumerate(docs):
         (tmp_path / f"{i:02d}.txt").write_text(d)
-    c = prepare(str(tmp_path / "*.txt"), tmp_path / "c", tokenizer="bpe:400", eval_fraction=0.2)
+    c = prepare(str(tmp_path / "*.txt"), tmp_path / "c", tokenizer="bpe:300", eval_fraction=0.2)
     m = c.meta
     assert m["tokenizer"]["file"] == "tokenizer.json" and m["dtype"] == "uint16"
     assert (c.path / "tokenizer.json").is_file()
-    assert c.vocab_size == m["tokenizer"]["vocab_size"] <= 400
+    assert c.vocab_size == m["tokenizer"]["vocab_size"] == 300
     tok = open_corpus(c.path).tokenizer()
     assert tok.sha256 == m["tokenizer"]["sha256"]
     eot = m["tokenizer"]["eot_id"]
@@ -58,6 +58,32 @@ def test_bpe_corpus_decodes_to_its_documents(tmp_path):
     pieces = np.split(ev, np.flatnonzero(ev == eot) + 1)[:-1]
     assert [tok.decode(p[:-1]) for p in pieces] == [docs[i] for i in m["eval"]["document_indices"]]
     assert m["train"]["bytes_per_token"] > 1.5  # BPE packs several bytes per token
+
+
+def test_bpe_vocab_larger_than_the_text_supports_is_refused(tmp_path):
+    """A short text runs out of pairs to merge: bpe:1000 is refused, naming the largest vocab
+    the text supports; that vocab (and any smaller one) then trains exactly."""
+    text = ["hello world, this is a small text\n"]
+    with pytest.raises(ValueError, match=r"^tokenizer 'bpe:1000': the training text supports a "
+                                         r"BPE vocabulary of at most (\d+) .*use bpe:\1 or less"
+                       ) as e:
+        tokenizers.BPETokenizer.train(text, 1000, tmp_path)
+    most = int(e.value.args[0].split("at most ")[1].split()[0])
+    # independent bound: each merge joins a pair of adjacent symbols, so a text of L bytes
+    # allows at most L - 1 merges (and whitespace-split pre-tokens allow fewer)
+    assert 257 < most <= 257 + len(text[0]) - 1
+    assert not (tmp_path / tokenizers.TOKENIZER_FILE).exists()  # nothing saved on refusal
+    for vocab in (most, most - 5):
+        assert tokenizers.BPETokenizer.train(text, vocab, tmp_path).vocab_size == vocab
+
+
+def test_bpe_corpus_with_a_vocab_the_text_cannot_fill_is_not_written(tmp_path):
+    docs = ["short text number one\n", "short text number two\n", "and a third one\n"]
+    for i, d in enumerate(docs):
+        (tmp_path / f"{i}.txt").write_text(d)
+    with pytest.raises(ValueError, match=r"'bpe:5000': the training text supports"):
+        prepare(str(tmp_path / "*.txt"), tmp_path / "c", tokenizer="bpe:5000", eval_fraction=0.3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.txt", "1.txt", "2.txt"]
 
 
 def test_bad_specs():

@@ -41,8 +41,10 @@ def _summary(c) -> str:
     for split in ("train", "eval"):
         s = m[split]
         bpt = f"{s['bytes_per_token']:.4f}" if s["bytes_per_token"] else "n/a"
+        empty = s.get("empty_documents", 0)
         lines.append(f"  {split:<5} {s['documents']:>8,} documents  {s['bytes']:>14,} bytes  "
-                     f"{s['tokens']:>14,} tokens  {bpt} bytes/token")
+                     f"{s['tokens']:>14,} tokens  {bpt} bytes/token"
+                     + (f"  (empty or whitespace: {empty:,})" if empty else ""))
     lines.append(f"  content sha256 {m['content_sha256']}")
     return "\n".join(lines)
 
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as e:
         print(f"scaling data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"scaling data {args.cmd}: interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -94,9 +94,18 @@ class JsonlSource(Source):
         self._n = sum(1 for line in self._lines() if line.strip())
 
     def _lines(self):
+        """The file's lines; an undecodable or truncated file is a ValueError naming file:line."""
         opener = gzip.open if self.path.endswith(".gz") else open
-        with opener(self.path, "rt", encoding="utf-8") as f:
-            yield from f
+        lineno = 0
+        try:
+            with opener(self.path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"source {self.path}:{lineno}: not UTF-8 text ({e})") from e
+        except (EOFError, gzip.BadGzipFile) as e:
+            raise ValueError(f"source {self.path}:{lineno + 1}: not a readable gzip file "
+                             f"(truncated or corrupt: {e})") from e
 
     def __len__(self):
         return self._n
@@ -108,11 +117,11 @@ class JsonlSource(Source):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"source {self.path!r} line {lineno}: not valid JSON ({e})") from e
+                raise ValueError(f"source {self.path}:{lineno}: not valid JSON ({e})") from e
             if not isinstance(obj, dict) or self.text_field not in obj:
                 keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise ValueError(
-                    f"source {self.path!r} line {lineno}: no text field {self.text_field!r} "
+                    f"source {self.path}:{lineno}: no text field {self.text_field!r} "
                     f"(found keys {keys}); choose the field with --text-field"
                 )
             where = f"{self.path}:{lineno}"
@@ -145,7 +154,10 @@ class ParquetSource(Source):
         self.path, self.text_field = path, text_field
         if not os.path.isfile(path):
             raise FileNotFoundError(f"source {path!r}: Parquet file not found")
-        self._file = pq.ParquetFile(path)
+        try:
+            self._file = pq.ParquetFile(path)
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"source {path!r}: not a readable Parquet file ({e})") from e
         _check_column(path, text_field, self._file.schema_arrow.names)
         self._n = self._file.metadata.num_rows
 

@@ -82,8 +82,17 @@ class BPETokenizer:
             show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
+        got = tok.get_vocab_size()
+        if got < vocab_size:  # the text ran out of pairs to merge
+            raise ValueError(
+                f"tokenizer 'bpe:{vocab_size}': the training text supports a BPE vocabulary of at "
+                f"most {got} (256 bytes, end-of-text and {got - 257} merges); use bpe:{got} or "
+                "less, or more text")
         path = pathlib.Path(out_dir) / TOKENIZER_FILE
-        tok.save(str(path))
+        try:
+            tok.save(str(path))
+        except Exception as e:  # the Rust library raises a plain Exception, e.g. on a full disk
+            raise OSError(f"could not write the BPE tokenizer to {path}: {e}") from e
         return cls(tok, path)
 
     @classmethod
@@ -93,7 +102,11 @@ class BPETokenizer:
         path = pathlib.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"BPE tokenizer file not found: {path}")
-        return cls(Tokenizer.from_file(str(path)), path)
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust library raises a plain Exception
+            raise ValueError(f"{path}: not a readable BPE tokenizer file ({e})") from e
+        return cls(tok, path)
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, dtype=np.uint32)
@@ -193,5 +206,10 @@ def load(spec: str, corpus_dir):
     if kind == "bytes":
         return BytesTokenizer()
     if kind == "bpe":
-        return BPETokenizer.load(pathlib.Path(corpus_dir) / TOKENIZER_FILE)
+        path = pathlib.Path(corpus_dir) / TOKENIZER_FILE
+        tok = BPETokenizer.load(path)
+        if tok.vocab_size != arg:
+            raise ValueError(f"{path}: {tok.vocab_size} tokens, but the corpus's tokenizer is "
+                             f"{spec!r}; prepare the corpus again with bpe:{tok.vocab_size}")
+        return tok
     return TiktokenTokenizer(arg)
