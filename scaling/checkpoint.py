@@ -16,10 +16,20 @@ its first save waits for it).
 Restore goes straight into the target shardings: pass an abstract state whose leaves are
 `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (see `abstract_of`), built for whatever
 mesh the restoring run uses — it need not match the mesh that saved.
+
+A complete checkpoint can still be damaged on disk (a truncated array file, corrupt JSON).
+`restore_latest` then falls back to the newest one that restores, moving each damaged newer
+one aside to `<step>.corrupt` (kept for inspection; later resumes and saves never see it).
+A checkpoint that holds another state than the run's (other shapes: another config) is not
+damaged: that is an error, and nothing is moved.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -28,6 +38,38 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 STATE, DATA, META = "state", "data", "meta"
+META_FILE = "metadata"  # the file Orbax's JSON handler writes inside the meta item
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint this run cannot resume from (another run's state, or no data iterator)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files are damaged: it holds this run's arrays but does not restore."""
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+    """The root cause of `e` (Orbax wraps TensorStore's precise error) as one short line."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{' ...' if len(text) > limit else ''}"
+
+
+def _array_signature(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    """Sorted (shape, dtype) of every array leaf; a typed PRNG key as its uint32 key data
+    (the form Orbax saves it in). Independent of the tree's container types and order."""
+    def one(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.eval_shape(jax.random.key_data, x)
+        return tuple(int(d) for d in x.shape), str(x.dtype)
+    return sorted(one(x) for x in jax.tree.leaves(tree))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def abstract_of(tree: Any, shardings: Any = None) -> Any:
@@ -104,7 +146,9 @@ class Checkpointer:
                 ) -> tuple[Any, dict]:
         """(state, meta) of checkpoint `step` (None: the latest), placed with the shardings
         of `abstract_state` (ShapeDtypeStruct leaves). If data_iter is given, its position is
-        set to the saved one (in place)."""
+        set to the saved one (in place). A checkpoint that does not restore raises a one-line
+        CorruptCheckpointError when it holds this run's arrays (its files are damaged), else
+        CheckpointError (it holds another state)."""
         steps = self.all_steps()
         if step is None:
             step = self.latest_step()
@@ -117,14 +161,89 @@ class Checkpointer:
         items = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
         if data_iter is not None:
             if DATA not in saved:
-                raise ValueError(f"checkpoint {step} in {self.directory} holds no data iterator "
-                                 f"state (saved without data_iter); restore with data_iter=None")
+                raise CheckpointError(
+                    f"checkpoint {step} in {self.directory} holds no data iterator state (saved "
+                    f"without data_iter); restore with data_iter=None")
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
-        out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        self._check_meta_file(step)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # Orbax and TensorStore raise many types, plain Exception too
+            self._check_fits(step, abstract_state)
+            raise CorruptCheckpointError(
+                f"checkpoint {step} in {self.directory} does not restore ({_one_line(e)})") from e
         return out[STATE], dict(out[META] or {})
+
+    def restore_latest(self, abstract_state: Any, data_iter: Any = None, *,
+                       log: Callable[[str], None] = _stderr) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest checkpoint that restores; None when there is none.
+
+        Each newer checkpoint that is damaged is moved aside to `<step>.corrupt` and reported
+        to `log` in one line (its step, why, where it went). Raises CheckpointError when a
+        checkpoint holds another state than `abstract_state` (nothing is moved), or when
+        checkpoints existed but every one was damaged (all moved aside: a rerun starts anew).
+        """
+        skipped = []
+        for step in reversed(self.all_steps()):
+            try:
+                state, meta = self.restore(step, abstract_state, data_iter)
+            except CorruptCheckpointError as e:
+                moved = self._move_aside(step)
+                log(f"{e}; moved it aside to {moved.name}, trying an older one")
+                skipped.append(step)
+                continue
+            return step, state, meta
+        if skipped:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} restores: steps {skipped} are damaged and "
+                f"were moved aside to <step>{CORRUPT_SUFFIX}; run again to start from step 0")
+        return None
 
     def _item_names(self, step: int) -> list[str]:
         return [p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()]
+
+    def _check_meta_file(self, step: int) -> None:
+        """Raise CorruptCheckpointError naming the file if the meta item is not a JSON object."""
+        path = self.directory / str(step) / META / META_FILE
+        if not path.exists():
+            return  # not the layout this Orbax version writes: leave the check to Orbax
+        try:
+            meta = json.loads(path.read_text())
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError too
+            raise CorruptCheckpointError(
+                f"checkpoint {step}: {path} is not valid JSON ({_one_line(e)})") from e
+        if not isinstance(meta, dict):
+            raise CorruptCheckpointError(f"checkpoint {step}: {path} holds a JSON "
+                                         f"{type(meta).__name__}, not an object")
+
+    def _check_fits(self, step: int, abstract_state: Any) -> None:
+        """Raise CheckpointError if checkpoint `step` readably holds other arrays than
+        `abstract_state` (another model or optimizer: not a damaged checkpoint)."""
+        try:
+            tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / STATE).tree
+            saved = _array_signature(tree)
+        except Exception:  # unreadable array metadata: the checkpoint itself is damaged
+            return
+        want = _array_signature(abstract_state)
+        if saved != want:
+            diff = next(((a, b) for a, b in zip(saved, want) if a != b), None)
+            where = f"; first difference: saved {diff[0]}, run {diff[1]}" if diff else ""
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} holds another state than this run's "
+                f"({len(saved)} arrays saved, {len(want)} in the run{where}): resume a run only "
+                "with the config that made it, or use a new run directory")
+
+    def _move_aside(self, step: int) -> epath.Path:
+        """Rename damaged step directory `step` to `<step>.corrupt[-k]` (process 0 does it)."""
+        src = self.directory / str(step)
+        for k in itertools.count():
+            dst = self.directory / f"{step}{CORRUPT_SUFFIX}{'' if k == 0 else f'-{k}'}"
+            if not dst.exists():
+                break
+        if jax.process_index() == 0:
+            src.rename(dst)
+        self._manager.reload()
+        return dst
 
     # ------------------------------------------------------------------ lifecycle
 

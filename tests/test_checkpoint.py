@@ -1,5 +1,6 @@
 """Orbax checkpoints: round trip with a Grain iterator, keep-N, restore onto other meshes,
 and a process killed with SIGKILL in the middle of an async save."""
+import itertools
 import os
 import pathlib
 import signal
@@ -17,7 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scaling import sharding as sh
-from scaling.checkpoint import Checkpointer, abstract_of
+from scaling.checkpoint import CheckpointError, Checkpointer, CorruptCheckpointError, abstract_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -188,3 +189,104 @@ def test_sigkill_during_async_save_restores_previous_complete_checkpoint(tmp_pat
     # the new manager deleted the partial directory (in the background; saves wait for it)
     assert not list(ckdir.glob("*.orbax-checkpoint-tmp*"))
     assert Checkpointer(ckdir, every_steps=1, keep=3).latest_step() == 2
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def truncate_array_files(step_dir: pathlib.Path) -> None:
+    """Cut every data file of the state item to half (a copy that stopped midway, a bad disk).
+    Small arrays live inline in OCDBT's b-tree nodes, so every `d/` file is cut, not one."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def saved_steps_1_to_3(ckdir, mesh):
+    """Checkpoints 1, 2, 3 of make_state with params scaled by the step, saved after `step`
+    batches of data_iter; returns {step: (that state, the batch that follows it)}."""
+    batches = list(itertools.islice(data_iter(), 4))
+    it = data_iter()
+    saved = {}
+    with Checkpointer(ckdir, every_steps=1, keep=3) as ck:
+        for step in (1, 2, 3):
+            next(it)
+            state = make_state(mesh)
+            state["params"] = jax.tree.map(lambda x: x * step, state["params"])
+            saved[step] = (jax.tree.map(lambda x: x.copy(), state), batches[step])
+            ck.save(step, state, it, meta={"step": step})
+            ck.wait()
+    return saved
+
+
+def test_restore_latest_falls_back_past_damaged_checkpoints(tmp_path):
+    """Step 3 has a truncated array file, step 2 corrupt metadata JSON: both are reported in
+    one line each (step, why, the file for the JSON) and moved aside; step 1 is restored with
+    its iterator position; a later Checkpointer sees step 1 only, and saving 2 and 3 again works."""
+    mesh = mesh_of(2, 2, 2)
+    ckdir = tmp_path / "ck"
+    saved = saved_steps_1_to_3(ckdir, mesh)
+    truncate_array_files(ckdir / "3")
+    (ckdir / "2" / "meta" / "metadata").write_text('{"step": 2,')
+    abstract = abstract_of(make_state(mesh))
+    lines = []
+    it = data_iter()
+    with Checkpointer(ckdir, every_steps=1, keep=3) as ck:
+        step, state, meta = ck.restore_latest(abstract, it, log=lines.append)
+        assert (step, meta) == (1, {"step": 1})
+        assert_trees_equal(state, saved[1][0])
+        np.testing.assert_array_equal(next(it), saved[1][1])  # the batch after step 1's
+        assert ck.all_steps() == [1]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert lines[0].startswith(f"checkpoint 3 in {ckdir} does not restore (")
+    assert "moved it aside to 3.corrupt, trying an older one" in lines[0]
+    assert lines[1].startswith(f"checkpoint 2: {ckdir / '2' / 'meta' / 'metadata'} is not valid JSON")
+    assert sorted(p.name for p in ckdir.iterdir()) == ["1", "2.corrupt", "3.corrupt"]
+
+    with Checkpointer(ckdir, every_steps=1, keep=3) as ck:
+        assert ck.latest_step() == 1
+        lines.clear()
+        assert ck.restore_latest(abstract, log=lines.append)[0] == 1 and lines == []
+        for step in (2, 3):
+            assert ck.save(step, make_state(mesh), force=True)
+    truncate_array_files(ckdir / "3")  # damaged again: its name must not collide
+    with Checkpointer(ckdir, every_steps=1, keep=3) as ck:
+        assert ck.restore_latest(abstract, log=lines.append)[0] == 2
+    assert "moved it aside to 3.corrupt-1" in lines[0]
+
+
+def test_restore_of_another_state_is_an_error_and_moves_nothing(tmp_path):
+    """A checkpoint that holds other shapes (another config) is not damaged: one-line error."""
+    ckdir = tmp_path / "ck"
+    with Checkpointer(ckdir, every_steps=1, keep=2) as ck:
+        ck.save(1, {"w": jnp.zeros((4, 8)), "b": jnp.zeros(8)})
+    other = abstract_of({"w": jnp.zeros((4, 6)), "b": jnp.zeros(8)})
+    with Checkpointer(ckdir, every_steps=1, keep=2) as ck:
+        with pytest.raises(CheckpointError, match=r"checkpoint 1 in .* holds another state than "
+                           r"this run's \(2 arrays saved, 2 in the run; first difference: saved "
+                           r"\(\(4, 8\), 'float32'\), run \(\(4, 6\), 'float32'\)\)") as e:
+            ck.restore_latest(other, log=pytest.fail)
+        assert not isinstance(e.value, CorruptCheckpointError)
+        assert ck.all_steps() == [1]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["1"]
+
+
+def test_restore_when_every_checkpoint_is_damaged(tmp_path):
+    ckdir = tmp_path / "ck"
+    x = {"w": jnp.arange(512.0)}
+    with Checkpointer(ckdir, every_steps=1, keep=1) as ck:
+        assert ck.restore_latest(abstract_of(x)) is None  # no checkpoint: a fresh start
+        ck.save(1, x)
+    (ckdir / "1" / "meta" / "metadata").write_text("[1, 2]")
+    with Checkpointer(ckdir, every_steps=1, keep=1) as ck:
+        with pytest.raises(CorruptCheckpointError, match=r"checkpoint 1: .*/1/meta/metadata "
+                                                         r"holds a JSON list, not an object"):
+            ck.restore(1, abstract_of(x))  # the plain restore names the file too
+        lines = []
+        with pytest.raises(CheckpointError, match=rf"no checkpoint in {ckdir} restores: steps "
+                                                  r"\[1\] are damaged and were moved aside"):
+            ck.restore_latest(abstract_of(x), log=lines.append)
+        assert len(lines) == 1
+    with Checkpointer(ckdir, every_steps=1, keep=1) as ck:
+        assert ck.restore_latest(abstract_of(x)) is None  # the rerun starts from step 0
