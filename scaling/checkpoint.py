@@ -68,6 +68,16 @@ def _array_signature(tree: Any) -> list[tuple[tuple[int, ...], str]]:
     return sorted(one(x) for x in jax.tree.leaves(tree))
 
 
+def _check_not_a_file(directory: epath.Path) -> None:
+    """Refuse a checkpoint directory that is, or lies under, an existing file."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise FileExistsError(f"checkpoint directory {directory}: {path} is an existing "
+                                      "file, not a directory")
+            return
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -98,6 +108,7 @@ class Checkpointer:
                              f"(the number of newest checkpoints kept)")
         path = epath.Path(directory)  # local paths and object stores (gs://...) alike
         self.directory = path if "://" in os.fspath(directory) else path.resolve()
+        _check_not_a_file(self.directory)
         self.every_steps, self.keep = every_steps, keep
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,

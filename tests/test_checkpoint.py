@@ -290,3 +290,34 @@ def test_restore_when_every_checkpoint_is_damaged(tmp_path):
         assert len(lines) == 1
     with Checkpointer(ckdir, every_steps=1, keep=1) as ck:
         assert ck.restore_latest(abstract_of(x)) is None  # the rerun starts from step 0
+
+
+def test_checkpoint_directory_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    for directory in (tmp_path / "file", tmp_path / "file" / "ck"):
+        with pytest.raises(FileExistsError, match=rf"checkpoint directory {directory}: "
+                                                  rf"{tmp_path / 'file'} is an existing file"):
+            Checkpointer(directory, every_steps=1, keep=1)
+    assert (tmp_path / "file").read_text() == ""
+
+
+def test_damaged_data_iterator_state_falls_back(tmp_path):
+    """The Grain iterator's saved position is an item too: corrupt JSON there skips the step."""
+    ckdir = tmp_path / "ck"
+    it = data_iter()
+    first = next(it)
+    with Checkpointer(ckdir, every_steps=1, keep=2) as ck:
+        ck.save(1, {"w": jnp.arange(4.0)}, it)
+        ck.wait()
+        next(it)
+        ck.save(2, {"w": jnp.arange(4.0) * 2}, it)
+    (data_file,) = (ckdir / "2" / "data").glob("*.json")
+    data_file.write_text("{oops")
+    it2, lines = data_iter(), []
+    with Checkpointer(ckdir, every_steps=1, keep=2) as ck:
+        step, state, _ = ck.restore_latest(abstract_of({"w": jnp.zeros(4)}), it2, log=lines.append)
+    assert step == 1 and np.asarray(state["w"]).tolist() == [0, 1, 2, 3]
+    ref = data_iter()
+    assert np.array_equal(next(ref), first)
+    np.testing.assert_array_equal(next(it2), next(ref))  # the position saved with step 1
+    assert lines[0].startswith(f"checkpoint 2 in {ckdir} does not restore (JSONDecodeError")
