@@ -1,6 +1,10 @@
 """`scaling data prepare|info`: writes a corpus; bad input prints one clear line, exits 2."""
 import errno
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,3 +90,17 @@ def test_prepare_disk_full_and_interrupt(tmp_path, capsys, monkeypatch):
     assert cli.main(argv) == 130
     assert capsys.readouterr().err == "scaling data prepare: interrupted; nothing was written\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_closed_stdout_is_not_an_error(tmp_path):
+    """`scaling data info X | head` closing the pipe early: exit 0, nothing on stderr."""
+    out = tmp_path / "c"
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n"
+                                              for i in range(3)))
+    assert cli.main(["prepare", "--source", str(tmp_path / "d.jsonl"), "--out", str(out)]) == 0
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "scaling", "data", "info", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is printed
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""

@@ -191,3 +191,14 @@ def test_cache_dir_that_is_a_file(tmp_path):
     with pytest.raises(FileExistsError, match=r"data.cache_dir='.*cache' is an existing file"):
         load({"corpus": glob, "cache_dir": str(tmp_path / "cache")})
     np.testing.assert_equal((tmp_path / "cache").read_text(), "")
+
+
+def test_load_names_the_config_key_for_any_source_error(tmp_path, monkeypatch):
+    """Errors whose class takes other arguments (JSONDecodeError) are still re-raised with the
+    config key, as a plain ValueError."""
+    def broken(spec, text_field):
+        raise json.JSONDecodeError("Expecting value", "x", 0)
+
+    monkeypatch.setattr(corpus_lib.sources, "open_source", broken)
+    with pytest.raises(ValueError, match=r"data.corpus='some.jsonl' \(neither .*\): Expecting value"):
+        load({"corpus": "some.jsonl", "cache_dir": str(tmp_path / "cache")})

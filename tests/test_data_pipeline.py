@@ -171,6 +171,8 @@ def test_eval_set_is_fixed_spread_and_independent_of_batch(corpus):
     np.testing.assert_array_equal(np.concatenate(halves), a[0]["inputs"])
     with pytest.raises(ValueError, match="eval split .* has"):
         eval_batches(corpus, seq_len=SEQ, batch_size=4, n_tokens=toks.size * 2)
+    with pytest.raises(ValueError, match="eval batch size 0 must be >= 1"):
+        eval_batches(corpus, seq_len=SEQ, batch_size=0, n_tokens=10 * SEQ)
 
 
 def test_bits_per_byte():

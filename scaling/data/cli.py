@@ -10,6 +10,7 @@ Use the output directory as `data.corpus` in a config (with the same `data.token
 """
 import argparse
 import json
+import os
 import sys
 
 from scaling.data import corpus as corpus_lib
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             c = corpus_lib.open_corpus(args.path)
             print(_summary(c))
             print(json.dumps(c.meta, indent=2))
+    except BrokenPipeError:  # stdout closed (e.g. `| head`): the work itself is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError, ImportError) as e:
         print(f"scaling data {args.cmd}: error: {e}", file=sys.stderr)
         return 2

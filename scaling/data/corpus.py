@@ -196,7 +196,7 @@ def _disk_full(e: OSError, out_dir: pathlib.Path) -> OSError:
     free = shutil.disk_usage(out_dir.parent).free
     return OSError(e.errno, f"disk full: no space left on the file system of {out_dir.parent} "
                             f"({free:,} bytes free) while writing the corpus {out_dir}; nothing "
-                            "was kept there. Free some space or choose another --out")
+                            "was kept there. Free some space or write the corpus elsewhere")
 
 
 def prepare(source: str, out_dir, *, tokenizer: str = "bytes", eval_fraction: float = 0.02,
@@ -400,9 +400,10 @@ def load(data_cfg) -> Corpus:
             try:
                 prepare(corpus, out, tokenizer=tokenizer, eval_fraction=eval_fraction, seed=seed,
                         text_field=text_field)
-            except (FileNotFoundError, ValueError) as e:
-                raise type(e)(f"data.corpus={corpus!r} (neither a prepared corpus directory "
-                              f"nor a usable source): {e}") from e
+            except (FileNotFoundError, ValueError) as e:  # subclasses may need other args
+                cls = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+                raise cls(f"data.corpus={corpus!r} (neither a prepared corpus directory "
+                          f"nor a usable source): {e}") from e
     return _check_vocab(open_corpus(out))
 
 

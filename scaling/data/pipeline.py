@@ -155,6 +155,8 @@ def eval_batches(corpus, *, seq_len: int, batch_size: int, n_tokens: int,
     the rows that pad the last batch). The weighted mean NLL is the same whatever the batch size.
     With several processes each gets its rows of each batch, as in train_loader.
     """
+    if batch_size < 1:
+        raise ValueError(f"eval batch size {batch_size!r} must be >= 1")
     if batch_size % process_count:
         raise ValueError(f"eval batch {batch_size} is not divisible by process_count {process_count}")
     windows = eval_windows(corpus, seq_len=seq_len, n_tokens=n_tokens)

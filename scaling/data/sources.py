@@ -117,7 +117,8 @@ class JsonlSource(Source):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"source {self.path}:{lineno}: not valid JSON ({e})") from e
+                raise ValueError(f"source {self.path}:{lineno}: not valid JSON ({e}); a JSONL "
+                                 "source holds one JSON object per line") from e
             if not isinstance(obj, dict) or self.text_field not in obj:
                 keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise ValueError(
