@@ -11,7 +11,7 @@ import pytest
 
 from scaling import cli as top_cli
 from scaling.data import cli, open_corpus
-from scaling.data import corpus as corpus_lib
+from scaling.data import preparation
 
 
 def test_prepare_jsonl_and_info(tmp_path, capsys):
@@ -81,12 +81,12 @@ def test_prepare_disk_full_and_interrupt(tmp_path, capsys, monkeypatch):
             raise exc
         return _write_splits
 
-    monkeypatch.setattr(corpus_lib, "_write_splits", fail(OSError(errno.ENOSPC, "No space")))
+    monkeypatch.setattr(preparation, "_write_splits", fail(OSError(errno.ENOSPC, "No space")))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "scaling data prepare: error: [Errno 28] disk full: no space left on the file system of" in err
     assert len(err.strip().splitlines()) == 1
-    monkeypatch.setattr(corpus_lib, "_write_splits", fail(KeyboardInterrupt()))
+    monkeypatch.setattr(preparation, "_write_splits", fail(KeyboardInterrupt()))
     assert cli.main(argv) == 130
     assert capsys.readouterr().err == "scaling data prepare: interrupted; nothing was written\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]

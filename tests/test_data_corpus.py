@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from scaling.data import load, open_corpus, prepare
-from scaling.data.corpus import cache_name, choose_eval_documents
+from scaling.data.corpus import cache_name
+from scaling.data.preparation import choose_eval_documents
 
 DOCS = [f"Document {i}: caf\u00e9 na\u00efve \u2014 {'lorem ipsum ' * (i + 3)}\n" for i in range(20)]
 

@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from scaling.data import corpus as corpus_lib
+from scaling.data import preparation
 from scaling.data import load, open_corpus, prepare
 
 DOCS = [f"document {i}: {'some words ' * (i + 2)}\n" for i in range(6)]
@@ -46,7 +46,7 @@ def test_eval_split_of_only_whitespace_documents_is_refused(tmp_path):
     that holds out a real one gives a corpus whose sidecar counts the blank document."""
     src = tmp_path / "d.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a b c", "   ", "d e f"]))
-    seeds = {s: int(corpus_lib.choose_eval_documents(3, 0.3, s)[0]) for s in range(20)}
+    seeds = {s: int(preparation.choose_eval_documents(3, 0.3, s)[0]) for s in range(20)}
     blank_seed = next(s for s, i in seeds.items() if i == 1)
     real_seed = next(s for s, i in seeds.items() if i != 1)
     with pytest.raises(ValueError, match=r"every held-out \(eval\) document is empty or whitespace "
@@ -129,7 +129,7 @@ def test_disk_full_leaves_no_corpus(tmp_path, monkeypatch, where):
     token_bytes = 2 * sum(len(d.encode()) + 1 for d in DOCS * 10)  # uint16, one eot per doc
     budget = {"first token": 0, "mid tokens": token_bytes // 2, "meta.json": token_bytes + 100}
     full = FullDisk(budget[where])
-    monkeypatch.setattr(corpus_lib, "open", full, raising=False)
+    monkeypatch.setattr(preparation, "open", full, raising=False)
     with pytest.raises(OSError, match=r"disk full: no space left on the file system of .* while "
                                       r"writing the corpus .*/c; nothing was kept") as e:
         prepare(glob, tmp_path / "c", eval_fraction=0.1)
@@ -199,6 +199,6 @@ def test_load_names_the_config_key_for_any_source_error(tmp_path, monkeypatch):
     def broken(spec, text_field):
         raise json.JSONDecodeError("Expecting value", "x", 0)
 
-    monkeypatch.setattr(corpus_lib.sources, "open_source", broken)
+    monkeypatch.setattr(preparation.sources, "open_source", broken)
     with pytest.raises(ValueError, match=r"data.corpus='some.jsonl' \(neither .*\): Expecting value"):
         load({"corpus": "some.jsonl", "cache_dir": str(tmp_path / "cache")})

@@ -6,7 +6,8 @@
     evals = scaling.data.eval_batches(corpus, seq_len=..., batch_size=..., n_tokens=...)
     bpb = scaling.data.bits_per_byte(loss, corpus.bytes_per_token_eval)
 """
-from scaling.data.corpus import Corpus, bits_per_byte, load, open_corpus, prepare
+from scaling.data.corpus import Corpus, bits_per_byte, load, open_corpus
+from scaling.data.preparation import prepare
 from scaling.data.pipeline import eval_batches, train_loader
 
 __all__ = ["Corpus", "bits_per_byte", "eval_batches", "load", "open_corpus", "prepare",

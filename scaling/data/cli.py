@@ -14,6 +14,7 @@ import os
 import sys
 
 from scaling.data import corpus as corpus_lib
+from scaling.data import preparation
 from scaling.data import sources
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.cmd == "prepare":
-            c = corpus_lib.prepare(args.source, args.out, tokenizer=args.tokenizer,
+            c = preparation.prepare(args.source, args.out, tokenizer=args.tokenizer,
                                    eval_fraction=args.eval_fraction, seed=args.seed,
                                    text_field=args.text_field)
             print(_summary(c))
