@@ -6,32 +6,23 @@ N and tokens D, as power laws N_opt = k_N·C^a and D_opt = k_D·C^b:
 - Approach 1 (`approach1`): the minimum-loss envelope over training curves. At each of many
   log-spaced compute values, the run with the lowest (interpolated) loss gives N_opt(C) and its
   tokens D_opt(C); power laws are then fitted through these points.
-- Approach 2 (`approach2`): isoFLOP profiles. For each budget, a parabola of loss in log N gives
-  the loss-minimising N; a budget whose parabola has no interior minimum is REFUSED (an error
-  naming it) unless `drop_noninterior=True` (dropped with a warning). Power laws through the
-  per-budget optima; bootstrap CIs by resampling points within budgets.
+- Approach 2 (`approach2`): isoFLOP profiles. For each budget, a parabola of loss in log N
+  gives the loss-minimising N. A budget with fewer than 4 sizes, no interior minimum, or a flat
+  parabola is left out with a warning naming it and why; the fit needs 3 budgets that remain.
+  Power laws through the per-budget optima; bootstrap CIs by resampling points within budgets.
 - Approach 3 (`approach3`): the parametric fit L(N, D) = E + A/N^α + B/D^β (analysis.fit with
   laws.chinchilla(), Huber δ=1e-3, the 4500-start grid), then the closed-form allocation
   N_opt = G·(C/6)^a, D_opt = G⁻¹·(C/6)^b, a = β/(α+β), b = α/(α+β), G = (αA/(βB))^(1/(α+β)).
 
-Public API (stable):
-- `allocation(params) -> {"a", "b", "G"}` from reported params {E, A, B, alpha, beta}.
-- `compute_optimal(params, C) -> (N_opt, D_opt)` for Approach 3 params (C in FLOPs).
-- `approach3(inputs, loss, **fit_kwargs) -> Fit` (inputs: "N", "D"; kwargs of analysis.fit.fit).
-- `scaling_from_fit(fit) -> OptimalScaling` (with CIs when the fit was bootstrapped).
-- `approach1(run, N, tokens, flops, loss, *, n_grid=1500, c_range=None) -> OptimalScaling`.
-- `approach2(C, N, loss, *, budget=None, drop_noninterior=False, n_bootstrap=0, seed=0,
-  ci=0.95) -> OptimalScaling` (D = C / 6N per point).
-- `OptimalScaling`: method, a, b, k_N, k_D, ci {"a": (lo, hi), "b": ...} or None, points
-  (dict of per-budget / per-grid arrays: C, N_opt, D_opt, loss_opt), dropped (budgets),
-  n_opt(C), d_opt(C), to_dict().
+Results are `OptimalScaling` (N_opt = k_N·C^a, D_opt = k_D·C^b with bootstrap percentile CIs);
+Approach 2 also keeps one `Parabola` per budget (kept or left out, with the reason).
 """
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
+import scipy.stats
 
 from analysis import fit as fitlib
 from analysis import laws
@@ -65,17 +56,21 @@ def approach3(inputs, loss, **fit_kwargs) -> fitlib.Fit:
 class OptimalScaling:
     """N_opt = k_N·C^a and D_opt = k_D·C^b (C in FLOPs), with the points they were fitted to."""
 
-    method: str
-    a: float
-    b: float
-    k_N: float
-    k_D: float
-    ci: dict | None = None  # {"a": (lo, hi), "b": (lo, hi)}
-    ci_level: float | None = None
+    method: str  # "approach1" | "approach2" | "approach3"
+    a: float  # N_opt ∝ C^a
+    b: float  # D_opt ∝ C^b
+    k_N: float  # N_opt = k_N · C^a (C in FLOPs)
+    k_D: float  # D_opt = k_D · C^b
+    ci: dict | None = None  # {"a": (lo, hi), "b": (lo, hi)}: bootstrap percentile intervals
+    ci_level: float | None = None  # their central level, e.g. 0.95
     points: dict | None = None  # arrays: C, N_opt, D_opt (and loss_opt where known)
-    dropped: list | None = None  # budgets (FLOPs) dropped as non-interior (Approach 2)
-    boot: dict | None = None  # bootstrap samples {"a": [R], "b": [R]}
+    dropped: list | None = None  # budgets (FLOPs) left out (Approach 2); reasons in `parabolas`
+    boot: dict | None = None  # successful bootstrap samples {"a": [R'], "b": [R']}
     note: str | None = None  # e.g. why there is no CI
+    n_bootstrap: int = 0  # resamples drawn
+    n_boot_failed: int = 0  # resamples that failed (counted, not in the CI; see `warnings`)
+    parabolas: list | None = None  # Approach 2: one Parabola per budget, kept or left out
+    warnings: list = dataclasses.field(default_factory=list)  # budgets left out, failed resamples
 
     def n_opt(self, C):
         return self.k_N * np.asarray(C, dtype=np.float64) ** self.a
@@ -92,14 +87,18 @@ class OptimalScaling:
             d["points"] = {k: np.asarray(v).tolist() for k, v in self.points.items()}
         if self.dropped:
             d["dropped_budgets"] = [float(c) for c in self.dropped]
+            d["left_out"] = [{"C": p.C, "reason": p.reason} for p in self.parabolas or () if p.reason]
         if self.note:
             d["note"] = self.note
+        if self.n_bootstrap:
+            d.update(ci_kind=fitlib.CI_KIND, n_bootstrap=self.n_bootstrap,
+                     n_boot_failed=self.n_boot_failed)
+        d["warnings"] = list(self.warnings)
         return d
 
 
-def _percentile_ci(samples: dict, ci: float) -> dict:
-    q = 100 * np.array([(1 - ci) / 2, (1 + ci) / 2])
-    return {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in samples.items()}
+def _percentile_cis(samples: dict, level: float) -> dict:
+    return {k: tuple(float(x) for x in fitlib.percentile_interval(v, level)) for k, v in samples.items()}
 
 
 def scaling_from_fit(result: fitlib.Fit) -> OptimalScaling:
@@ -112,10 +111,25 @@ def scaling_from_fit(result: fitlib.Fit) -> OptimalScaling:
     if result.boot_params is not None:
         bp = result.boot_params
         ok = (bp["alpha"] > 0) & (bp["beta"] > 0)
+        out.n_bootstrap = len(ok) + result.n_boot_failed
+        out.n_boot_failed = int((~ok).sum()) + result.n_boot_failed
+        if not ok.all():
+            out.warnings.append(f"allocation bootstrap: {int((~ok).sum())} of {len(ok)} refits have "
+                                f"alpha <= 0 or beta <= 0 (no compute-optimal allocation) and are "
+                                f"left out of the CIs of a and b")
         boot = {k: v[ok] for k, v in allocation({k: v[ok] for k, v in bp.items()}).items()}
         out.boot = {"a": boot["a"], "b": boot["b"]}
-        out.ci, out.ci_level = _percentile_ci(out.boot, result.ci_level), result.ci_level
+        out.ci, out.ci_level = _percentile_cis(out.boot, result.ci_level), result.ci_level
     return out
+
+
+def compute_optimal_band(boot_params: dict, C, level: float = 0.95):
+    """Bootstrap percentile bands ((N_lo, N_hi), (D_lo, D_hi)) of N_opt(C) and D_opt(C) from
+    Approach 3 resamples (those with alpha, beta > 0: the others have no allocation)."""
+    ok = (boot_params["alpha"] > 0) & (boot_params["beta"] > 0)
+    bp = {k: np.asarray(v)[ok][:, None] for k, v in boot_params.items()}
+    n, d = compute_optimal(bp, np.asarray(C, dtype=np.float64)[None, :])
+    return fitlib.percentile_interval(n, level), fitlib.percentile_interval(d, level)
 
 
 # ----- power law through optima ----------------------------------------------------------------
@@ -205,43 +219,114 @@ def group_budgets(C, rel_tol=0.1) -> np.ndarray:
     return labels
 
 
-def _parabola_vertices(x_N, y_N, w_RN, groups):
-    """Weighted quadratic fits y = c0 + c1·x + c2·x² per group and per weight row.
+MIN_SIZES = 4  # distinct N per budget: a parabola through 3 points fits them exactly (no residual)
+MIN_BUDGETS = 3  # budgets with an interior minimum needed for the power laws through the optima
+# "Flat": the curvature c2 is not significantly > 0 (one-sided t-test at FLAT_P on the n - 3
+# residual degrees of freedom). Why this test: the vertex x* = -c1/(2 c2) is a ratio of
+# estimates, and by Fieller's theorem its confidence set at level 1 - 2·FLAT_P (90%) is a bounded
+# interval exactly when c2/SE(c2) exceeds t_{1-FLAT_P, n-3}. A budget that fails it does not
+# locate N_opt even roughly, and its vertex would steer the power law arbitrarily.
+FLAT_P = 0.05
 
-    Returns vertex x* [R, G] (NaN when the fit has no interior minimum: c2 <= 0, or x* outside
-    the group's x range, or too few distinct points) and the curvature c2 [R, G].
-    """
+
+@dataclasses.dataclass
+class Parabola:
+    """One isoFLOP budget's least-squares parabola loss = c0 + c1·x + c2·x², x = log N − x_mean."""
+
+    label: object  # the budget's label (the sweep's nominal budget, or a group index)
+    C: float  # the budget: geometric mean of its points' C (FLOPs)
+    N: np.ndarray = dataclasses.field(repr=False)  # its points' parameter counts
+    loss: np.ndarray = dataclasses.field(repr=False)  # its points' losses (nats/token)
+    n_sizes: int  # distinct N among its points
+    coef: tuple | None  # (c0, c1, c2); None when fewer than 3 distinct sizes determine none
+    x_mean: float  # the centring of x: mean log N of its points
+    t_curvature: float | None  # c2 / SE(c2); None without residual degrees of freedom
+    n_opt: float | None  # the vertex N = N_opt(C) of a kept budget, else None
+    status: str  # "kept" | "too few sizes" | "no interior minimum" | "flat"
+    reason: str | None  # why it was left out (for warnings); None when kept
+
+    def predict(self, N) -> np.ndarray:
+        """The parabola's loss at N (parameters)."""
+        x = np.log(np.asarray(N, dtype=np.float64)) - self.x_mean
+        return self.coef[0] + self.coef[1] * x + self.coef[2] * x * x
+
+    def describe(self) -> str:
+        """'C=1e+20 (9 points, 9 sizes, N in [1e+08, 1e+09])': names the budget in messages."""
+        return (f"C={self.C:.3g} ({len(self.N)} points, {self.n_sizes} sizes, N in "
+                f"[{self.N.min():.3g}, {self.N.max():.3g}])")
+
+
+def _parabola_fits(x_N, y_N, w_RN, groups):
+    """Weighted quadratic fits per group and per weight row, in x centred on the group's mean.
+
+    Returns coef [R, G, 3] and ok [R, G] (>= 3 distinct x with weight and a solvable system)."""
     R = w_RN.shape[0]
-    xs_G, c2_G = np.full((R, len(groups)), np.nan), np.full((R, len(groups)), np.nan)
+    coef_RG3, ok_RG = np.zeros((R, len(groups), 3)), np.zeros((R, len(groups)), bool)
     for g, idx in enumerate(groups):
-        x, y, w = x_N[idx], y_N[idx], w_RN[:, idx]
-        xc = x - x.mean()  # centred for conditioning
-        X = np.stack([np.ones_like(xc), xc, xc * xc], axis=1)  # [n, 3]
+        x, y, w = x_N[idx] - x_N[idx].mean(), y_N[idx], w_RN[:, idx]
+        X = np.stack([np.ones_like(x), x, x * x], axis=1)  # [n, 3]
         XtWX = np.einsum("rn,ni,nj->rij", w, X, X)
         XtWy = np.einsum("rn,ni,n->ri", w, X, y)
         distinct = np.array([len(np.unique(x[wr > 0])) for wr in w])
         ok = (distinct >= 3) & (np.abs(np.linalg.det(XtWX)) > 1e-12)
-        coef = np.zeros((R, 3))
         if ok.any():
-            coef[ok] = np.linalg.solve(XtWX[ok], XtWy[ok][..., None])[..., 0]
-        c1, c2 = coef[:, 1], coef[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            vx = -c1 / (2 * c2) + x.mean()
-        interior = ok & (c2 > 0) & (vx > x.min()) & (vx < x.max())
-        xs_G[:, g] = np.where(interior, vx, np.nan)
-        c2_G[:, g] = np.where(ok, c2, np.nan)
-    return xs_G, c2_G
+            coef_RG3[ok, g] = np.linalg.solve(XtWX[ok], XtWy[ok][..., None])[..., 0]
+        ok_RG[:, g] = ok
+    return coef_RG3, ok_RG
 
 
-def approach2(C, N, loss, *, budget=None, drop_noninterior=False, n_bootstrap=0, seed=0,
-              ci=0.95) -> OptimalScaling:
+def _interior_vertex(coef_R3, x):
+    """Vertex x* (in the centred x of `x`) where the parabola has an interior minimum, else NaN."""
+    c1, c2 = coef_R3[..., 1], coef_R3[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vx = -c1 / (2 * c2)
+    xc = x - x.mean()
+    return np.where((c2 > 0) & (vx > xc.min()) & (vx < xc.max()), vx, np.nan)
+
+
+def _budget_parabola(label, C, N, loss, coef, ok) -> Parabola:
+    """Judge one budget's parabola: kept, or left out with the reason."""
+    x = np.log(N)
+    p = Parabola(label=label, C=float(np.exp(np.mean(np.log(C)))), N=N, loss=loss,
+                 n_sizes=len(np.unique(N)), coef=tuple(map(float, coef)) if ok else None,
+                 x_mean=float(x.mean()), t_curvature=None, n_opt=None, status="kept", reason=None)
+    if p.n_sizes < MIN_SIZES:
+        p.status, p.reason = "too few sizes", (
+            f"{p.n_sizes} distinct sizes; a parabola needs >= {MIN_SIZES} (through 3 it fits them "
+            f"exactly, leaving no residual to test its curvature against)")
+        return p
+    vx = _interior_vertex(np.asarray(coef), x)
+    if p.coef[2] <= 0:
+        p.status, p.reason = "no interior minimum", "no interior minimum (the parabola opens downward)"
+        return p
+    if np.isnan(vx):
+        p.status, p.reason = "no interior minimum", (
+            f"no interior minimum (the vertex N={np.exp(-coef[1] / (2 * coef[2]) + p.x_mean):.3g} "
+            f"lies outside the sampled N range)")
+        return p
+    xc = x - p.x_mean
+    X = np.stack([np.ones_like(xc), xc, xc * xc], axis=1)
+    dof = len(x) - 3
+    s2 = np.sum((loss - X @ np.asarray(coef)) ** 2) / dof
+    se = np.sqrt(s2 * np.linalg.inv(X.T @ X)[2, 2])
+    p.t_curvature = float(coef[2] / se) if se > 0 else float("inf")
+    crit = float(scipy.stats.t.ppf(1 - FLAT_P, dof))
+    if p.t_curvature < crit:
+        p.status, p.reason = "flat", (
+            f"flat: curvature {coef[2]:.3g} is not significantly > 0 (t = {p.t_curvature:.2f} < "
+            f"{crit:.2f}, one-sided {100 * FLAT_P:g}% on {dof} dof: the 90% interval of N_opt is unbounded)")
+        return p
+    p.n_opt = float(np.exp(vx + p.x_mean))
+    return p
+
+
+def approach2(C, N, loss, *, budget=None, n_bootstrap=0, seed=0, ci=0.95) -> OptimalScaling:
     """IsoFLOP profiles: per budget, loss ≈ parabola in log N; its vertex is N_opt(C).
 
     C: FLOPs per point; N: parameters; loss: nats/token; D = C/(6N). `budget`: a label per point
-    (default: `group_budgets(C)`); each budget's C is the geometric mean of its points' C.
-    A budget with fewer than 3 distinct N, a non-convex parabola, or a vertex outside its N range
-    is refused with a ValueError naming it, or dropped with a warning if drop_noninterior=True.
-    Bootstrap (n_bootstrap > 0): resample points within each budget, refit, percentile CIs.
+    (default: `group_budgets(C)`). Budgets with fewer than MIN_SIZES sizes, no interior minimum
+    or a flat parabola are left out (`parabolas`, `warnings` say which and why); the fit needs
+    MIN_BUDGETS that remain. Bootstrap (n_bootstrap > 0): resample points within each kept budget.
     """
     C, N, loss = (np.asarray(x, dtype=np.float64) for x in (C, N, loss))
     if not (len(C) == len(N) == len(loss)):
@@ -252,56 +337,67 @@ def approach2(C, N, loss, *, budget=None, drop_noninterior=False, n_bootstrap=0,
     labels = group_budgets(C) if budget is None else np.asarray(budget)
     uniq = list(dict.fromkeys(labels[np.argsort(C, kind="stable")]))  # ordered by C
     groups = [np.flatnonzero(labels == u) for u in uniq]
-    c_budget = np.array([np.exp(np.mean(np.log(C[g]))) for g in groups])
+    if len(groups) < MIN_BUDGETS:
+        raise ValueError(f"approach2 needs at least {MIN_BUDGETS} budgets, got {len(groups)}")
     x = np.log(N)
-    xs, _ = _parabola_vertices(x, loss, np.ones((1, len(N))), groups)
-    bad = np.isnan(xs[0])
-    if bad.any():
-        names = ", ".join(f"C={c:.3g} ({len(groups[i])} points, N in "
-                          f"[{N[groups[i]].min():.3g}, {N[groups[i]].max():.3g}])"
-                          for i, c in zip(np.flatnonzero(bad), c_budget[bad]))
-        msg = (f"approach2: no interior loss minimum (convex parabola in log N with its vertex "
-               f"inside the sampled N range) for budget(s) {names}")
-        if not drop_noninterior:
-            raise ValueError(msg + "; extend the N range of those budgets, or pass "
-                             "drop_noninterior=True to drop them")
-        warnings.warn(msg + "; dropped", stacklevel=2)
-    keep = np.flatnonzero(~bad)
-    if len(keep) < 2:
-        raise ValueError(f"approach2 needs at least 2 budgets with interior minima, got {len(keep)}")
-    groups = [groups[i] for i in keep]
-    c_b = c_budget[keep]
-    n_opt = np.exp(xs[0, keep])
+    coef, ok = _parabola_fits(x, loss, np.ones((1, len(N))), groups)
+    parabolas = [_budget_parabola(u, C[g], N[g], loss[g], coef[0, i], ok[0, i])
+                 for i, (u, g) in enumerate(zip(uniq, groups))]
+    left_out = [f"approach2: budget {p.describe()} left out: {p.reason}" for p in parabolas if p.reason]
+    keep = [i for i, p in enumerate(parabolas) if not p.reason]
+    if len(keep) < MIN_BUDGETS:
+        raise ValueError(f"approach2 needs at least {MIN_BUDGETS} budgets with an interior minimum, "
+                         f"got {len(keep)} of {len(groups)}; " + "; ".join(left_out))
+    c_b = np.array([parabolas[i].C for i in keep])
+    n_opt = np.array([parabolas[i].n_opt for i in keep])
     d_opt = c_b / (6 * n_opt)
     a, k_N = _power_law(c_b, n_opt)
     b, k_D = _power_law(c_b, d_opt)
     out = OptimalScaling(method="approach2", a=a, b=b, k_N=k_N, k_D=k_D,
-                         points=dict(C=c_b, N_opt=n_opt, D_opt=d_opt),
-                         dropped=[float(c) for c in c_budget[bad]])
+                         points=dict(C=c_b, N_opt=n_opt, D_opt=d_opt,
+                                     loss_opt=np.array([parabolas[i].predict(parabolas[i].n_opt) for i in keep])),
+                         dropped=[p.C for p in parabolas if p.reason], parabolas=parabolas,
+                         warnings=left_out)
     if n_bootstrap:
+        out.n_bootstrap = n_bootstrap
         try:
-            out.boot = _approach2_bootstrap(x, loss, groups, c_b, n_bootstrap, seed)
-            out.ci, out.ci_level = _percentile_ci(out.boot, ci), ci
-        except ValueError as e:  # the point estimate stands; say why it has no interval
+            out.boot, out.n_boot_failed = _approach2_bootstrap(x, loss, [groups[i] for i in keep], c_b,
+                                                               n_bootstrap, seed)
+            out.ci, out.ci_level = _percentile_cis(out.boot, ci), ci
+        except _DegenerateBootstrap as e:  # the point estimate stands; say why it has no interval
+            out.n_boot_failed = e.n_failed
             out.note = f"no bootstrap CI: {e}"
-            warnings.warn(out.note, stacklevel=2)
+            out.warnings.append(f"approach2: {out.note}")
+        if out.n_boot_failed and out.ci is not None:
+            out.warnings.append(f"approach2 bootstrap: {out.n_boot_failed} of {n_bootstrap} resamples "
+                                f"lost a kept budget's interior minimum and are left out of the CIs")
     return out
 
 
+class _DegenerateBootstrap(ValueError):
+    def __init__(self, message, n_failed):
+        super().__init__(message)
+        self.n_failed = n_failed
+
+
 def _approach2_bootstrap(x, loss, groups, c_b, n_resamples, seed):
-    """Resample points within each budget (counts as weights); drop resamples where some
-    budget loses its interior minimum. Returns {"a": [R'], "b": [R']}."""
+    """Resample points within each budget (counts as weights) and refit its parabola. A resample
+    fails when a budget keeps < 3 distinct sizes or loses its interior minimum (no MIN_SIZES or
+    flatness test here: that would keep only the resamples that look certain). Returns
+    ({"a": [R'], "b": [R']}, number failed); raises when more than half fail."""
     rng = np.random.default_rng(seed)
     w_RN = np.zeros((n_resamples, len(x)))
     for g in groups:
         w_RN[:, g] = rng.multinomial(len(g), np.full(len(g), 1.0 / len(g)), size=n_resamples)
-    xs, _ = _parabola_vertices(x, loss, w_RN, groups)
-    ok = ~np.isnan(xs).any(axis=1)
-    if ok.sum() < 0.5 * n_resamples:
-        raise ValueError(f"approach2 bootstrap: only {ok.sum()} of {n_resamples} resamples have "
-                         f"interior minima in every budget; the optima are not well determined")
-    logc = np.log(c_b)
-    lc = logc - logc.mean()
-    slope_a = (xs[ok] - xs[ok].mean(1, keepdims=True)) @ lc / (lc @ lc)
+    coef, ok = _parabola_fits(x, loss, w_RN, groups)
+    xs = np.stack([_interior_vertex(coef[:, i], x[g]) + x[g].mean() for i, g in enumerate(groups)], axis=1)
+    good = ok.all(axis=1) & ~np.isnan(xs).any(axis=1)
+    n_failed = int(n_resamples - good.sum())
+    if good.sum() < 0.5 * n_resamples:
+        raise _DegenerateBootstrap(f"approach2 bootstrap: only {good.sum()} of {n_resamples} resamples "
+                                   f"have interior minima in every budget; the optima are not well "
+                                   f"determined", n_failed)
+    lc = np.log(c_b) - np.log(c_b).mean()
+    slope_a = (xs[good] - xs[good].mean(1, keepdims=True)) @ lc / (lc @ lc)
     # log D_opt = log C − log 6 − log N_opt, so b = 1 − a exactly for each resample.
-    return {"a": slope_a, "b": 1.0 - slope_a}
+    return {"a": slope_a, "b": 1.0 - slope_a}, n_failed

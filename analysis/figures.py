@@ -47,7 +47,8 @@ def isoflop_curves(budgets: Sequence[dict], out, *, title="IsoFLOP curves",
     """Loss vs N per compute budget, with each budget's fitted parabola and its minimum.
 
     Each budget dict: C (FLOPs), n_params, loss (the runs); optional curve_n, curve_loss (the
-    fitted parabola sampled), n_opt, loss_opt (its minimum), and refused (str: why no fit).
+    fitted parabola sampled), n_opt, loss_opt (its minimum), and refused (str: why it was left
+    out, e.g. "flat"; its parabola is drawn dashed).
     """
     fig, ax = _new(title)
     cs = np.array([b["C"] for b in budgets], float)
@@ -57,7 +58,7 @@ def isoflop_curves(budgets: Sequence[dict], out, *, title="IsoFLOP curves",
         col = cmap(0.85 * norm(b["C"])) if norm else cmap(0.3)
         label = f"C = {b['C']:.1e}"
         if b.get("refused"):
-            label += " (no fit: minimum not interior)"
+            label += f" (left out: {b['refused']})"
         ax.scatter(b["n_params"], b["loss"], color=col, s=18, label=label, zorder=3)
         if b.get("curve_n") is not None:  # a refused budget's parabola is drawn dashed
             ax.plot(b["curve_n"], b["curve_loss"], color=col, lw=1.2,
@@ -147,7 +148,7 @@ def allocation(points_c, points_n, points_d, out, *, lines=(), n_label=N_LABEL,
             band = line.get(f"band_{key}")
             if band is not None:
                 ax.fill_between(line["c"], band[0], band[1], color=col, alpha=0.2,
-                                label=line.get("ci_label", "95% CI"))
+                                label=line.get("ci_label", "CI"))
         ax.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel=ylabel)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)

@@ -16,23 +16,9 @@ the same process keeps its float32 defaults.
 `fit_scipy` minimises the same objective with SciPy's L-BFGS-B (Fortran) from the same starts:
 an independent optimiser used as a cross-check in tests and in benchmarks/fit.py.
 
-Public API (stable):
-- `fit(law, inputs, loss, *, weights=None, delta=1e-3, starts=None, n_bootstrap=0, seed=0,
-  ci=0.95, check=True, max_iter=300) -> Fit`. `inputs`: mapping (dict or DataFrame) with one
-  column per `law.inputs` (e.g. "N", "D"), in raw units (they are logged here); `loss`:
-  nats/token (or any positive loss); `starts`: [S, P] fit-space starts (default the law's grid).
-- `fit_scipy(law, inputs, loss, *, weights=None, delta=1e-3, starts=None, check=True) -> Fit`.
-- `bootstrap(result, inputs, loss, *, n_resamples=1000, seed=0, ci=0.95, weights=None) -> Fit`:
-  percentile CIs from refits on resampled points (a copy of `result` with `ci`, `boot_*`).
-- `fit_datasets(law, inputs, loss_RN, *, starts=None, weights_RN=None, delta=1e-3) ->
-  (theta_RP, objective_R)`: many data sets on shared inputs in one vmapped solve.
-- `objective(law, theta, inputs, loss, *, weights=None, delta=1e-3) -> float`.
-- `check_identifiable(law, inputs, loss)`: raises ValueError when the data cannot identify
-  the law (fewer than P + 2 points, an input with no variation, inputs collinear in log space,
-  no curvature for a law with an irreducible term).
-- `Fit`: law, params (reported names), theta (fit space), objective, n_points, n_starts,
-  n_converged, n_at_best, delta, ci {name: (lo, hi)}, boot_params {name: [B]}, boot_theta,
-  predict(**inputs) -> loss, to_dict() (JSON-ready).
+Entry points: `fit` (multi-start fit, optional bootstrap), `bootstrap`, `fit_scipy` (the
+cross-check), `fit_datasets` (many data sets in one solve), `objective`, `check_identifiable`
+(refusals) and `percentile_interval` (the one percentile-CI helper of the analysis package).
 """
 from __future__ import annotations
 
@@ -47,10 +33,20 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
-from analysis import lbfgs
+from analysis import diagnostics, lbfgs
 from analysis.laws import Law
 
 DEFAULT_DELTA = 1e-3
+CI_KIND = "bootstrap percentile"  # the kind of every parameter interval this package computes
+
+
+def percentile_interval(samples, level: float, axis: int = 0):
+    """(lo, hi): the central `level` percentile interval of bootstrap samples along `axis`."""
+    if not 0 < level < 1:
+        raise ValueError(f"CI level must be in (0, 1), got {level}")
+    q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
+    lo, hi = np.percentile(np.asarray(samples, dtype=np.float64), q, axis=axis)
+    return lo, hi
 
 
 # ----- objective -------------------------------------------------------------------------------
@@ -229,9 +225,11 @@ class Fit:
     method: str  # "jax-lbfgs" | "scipy-lbfgsb"
     ci_level: float | None = None
     ci: dict | None = None  # name -> (lo, hi), percentile bootstrap
-    boot_theta: np.ndarray | None = None  # [B, P]
+    boot_theta: np.ndarray | None = None  # [B, P], the successful resamples only
     boot_params: dict | None = None  # name -> [B]
     boot_starts: np.ndarray | None = dataclasses.field(default=None, repr=False)  # [K, P]
+    n_boot_failed: int = 0  # resamples whose refit failed (non-finite objective): not in the CI
+    warnings: list = dataclasses.field(default_factory=list)  # diagnostics.fit_warnings, bootstrap
 
     @property
     def params(self) -> dict:
@@ -257,7 +255,10 @@ class Fit:
         if self.ci is not None:
             d["ci_level"] = self.ci_level
             d["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
-            d["n_bootstrap"] = int(self.boot_theta.shape[0])
+            d["ci_kind"] = CI_KIND
+            d["n_bootstrap"] = int(self.boot_theta.shape[0]) + self.n_boot_failed
+            d["n_boot_failed"] = self.n_boot_failed
+        d["warnings"] = list(self.warnings)
         return d
 
 
@@ -310,6 +311,9 @@ def fit(law: Law, inputs: Mapping, loss, *, weights=None, delta=DEFAULT_DELTA, s
     # Remember good, diverse origins for bootstrap refits: the starts that reached the best.
     order = np.argsort(np.where(np.isfinite(f), f, np.inf))
     result.boot_starts = np.concatenate([result.theta[None], theta0[order[:2]]])
+    result.warnings = diagnostics.fit_warnings(law, result.theta, logx[w > 0], logy[w > 0],
+                                               n_starts=result.n_starts, n_at_best=result.n_at_best,
+                                               objective=result.objective)
     if n_bootstrap:
         result = bootstrap(result, inputs, loss, n_resamples=n_bootstrap, seed=seed, ci=ci,
                            weights=weights, max_iter=max_iter)
@@ -343,13 +347,23 @@ def bootstrap(result: Fit, inputs: Mapping, loss, *, n_resamples=1000, seed=0, c
                             w_RKN, result.delta, max_iter)
     theta, f = theta.reshape(n_resamples, K, -1), f.reshape(n_resamples, K)
     f = np.where(np.isfinite(f), f, np.inf)
-    boot_theta = theta[np.arange(n_resamples), np.argmin(f, axis=1)]
+    best = np.argmin(f, axis=1)
+    boot_theta = theta[np.arange(n_resamples), best]
+    ok = np.isfinite(f[np.arange(n_resamples), best]) & np.isfinite(boot_theta).all(axis=1)
+    n_failed = int(n_resamples - ok.sum())
+    if n_failed == n_resamples:
+        raise ValueError(f"law {law.name!r} bootstrap: all {n_resamples} refits failed "
+                         f"(non-finite objective from every start)")
+    boot_theta = boot_theta[ok]
     boot_params = {k: np.asarray(v) for k, v in law.to_reported(boot_theta).items()}
-    q = 100 * np.array([(1 - ci) / 2, (1 + ci) / 2])
-    cis = {k: tuple(np.percentile(v, q)) for k, v in boot_params.items()}
-    out = dataclasses.replace(result, ci_level=ci, ci=cis, boot_theta=boot_theta,
-                              boot_params=boot_params, boot_starts=starts)
-    return out
+    cis = {k: tuple(float(b) for b in percentile_interval(v, ci)) for k, v in boot_params.items()}
+    notes = [m for m in result.warnings if not m.startswith("bootstrap:")]
+    if n_failed:
+        notes.append(f"bootstrap: {n_failed} of {n_resamples} resamples failed (non-finite "
+                     f"objective from every start) and are left out of the CIs")
+    return dataclasses.replace(result, ci_level=ci, ci=cis, boot_theta=boot_theta,
+                               boot_params=boot_params, boot_starts=starts,
+                               n_boot_failed=n_failed, warnings=notes)
 
 
 def fit_datasets(law: Law, inputs: Mapping, loss_RN, *, starts=None, weights_RN=None,

@@ -9,13 +9,8 @@ models trained to convergence and L(C) on the compute-efficient frontier; this m
 fits what it is given. Their published values: α_N = 0.076, N_c = 8.8e13; α_D = 0.095,
 D_c = 5.4e13; α_C^min = 0.050, C_c^min = 3.1e8 PF-days.
 
-Public API (stable):
-- `fit_power_law(var, x, loss, *, irreducible=False, **fit_kwargs) -> Fit`: var ∈ {"N","D","C"};
-  fit_kwargs as analysis.fit.fit (weights, delta, starts, n_bootstrap, seed, ci, check).
-  Reported params: f"{var}_c", f"alpha_{var}" (and "E").
-- `fit_n`, `fit_d`, `fit_c`: the same with var fixed.
-- `frontier(C, loss) -> (C_f, loss_f)`: the lower envelope (running minimum of loss over
-  increasing C), what Kaplan fitted L(C) to.
+`fit_power_law(var, x, loss)` fits one of them (reported params X_c, alpha_X[, E]); `fit_n`,
+`fit_d`, `fit_c` fix var; `frontier` gives the lower envelope of loss over C that Kaplan fitted L(C) to.
 """
 from __future__ import annotations
 

@@ -9,21 +9,10 @@ Fitting in log space (log L, log N, log D; positive constants as their logs) kee
 parameters O(1) and the residuals relative; the logsumexp form log(E + A/N^α + B/D^β) =
 LSE(a − α log N, b − β log D, e) is exact and never takes the log of a negative number.
 
-Public API (stable; used by analysis.fit, analysis.chinchilla, analysis.kaplan and the CLI):
-
-- `Law` (dataclass): name, inputs, param_names, reported_names, log_predict, to_reported
-  (fit-space numpy array [..., P] -> dict name -> array [...]), start_grid() -> [S, P].
-- `chinchilla()`: L(N, D) = E + A/N^α + B/D^β. Inputs ("N", "D"); fit params
-  (a, b, e, alpha, beta); reported (E, A, B, alpha, beta). Default grid: the 4500 starts of
-  Hoffmann et al. / Besiroglu et al. (α, β ∈ {0, .5, .., 2}, e ∈ {−1, −.5, .., 1},
-  a, b ∈ {0, 5, .., 25}).
-- `kaplan(var, irreducible=False)`: Kaplan et al. (2020) L(X) = (X_c/X)^α_X (+ E), for X one
-  of "N" (non-embedding params), "D" (tokens), "C" (compute, FLOPs or PF-days: the unit of X_c
-  is the unit of the input). Fit params (a, alpha[, e]) with a = α log X_c, i.e.
-  log L = a − α log X (better conditioned than α (log X_c − log X)); reported
-  (X_c, alpha_X[, E]) e.g. ("N_c", "alpha_N").
-- `get(name)`: a law by name: "chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", and the same
-  with a "+e" suffix for the irreducible term (e.g. "kaplan-n+e").
+`chinchilla()` and `kaplan(var, irreducible)` build the laws, `get(name)` finds one by name
+("chinchilla", "kaplan-n", ..., optionally "+e"). Fit-space names follow one convention that
+analysis.diagnostics relies on: a, b, e are log-coefficients of additive terms (log A, log B,
+log E; Kaplan's a = alpha·log X_c), alpha* and beta* are exponents.
 """
 from __future__ import annotations
 

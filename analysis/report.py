@@ -22,11 +22,10 @@ import datetime
 import html
 import json
 import pathlib
-import types
 
 import numpy as np
 
-from analysis import chinchilla, laws, results
+from analysis import extrapolation, results, workflows
 
 RUN_COLUMNS = (  # (results column, header, format)
     ("run_id", "run", "{}"),
@@ -68,57 +67,13 @@ def run_table(df) -> tuple[list[str], list[list[str]]]:
     return [h for _, h, _ in cols], rows
 
 
+def _ci_header(fit_dict: dict) -> str:
+    return f"{100 * (fit_dict.get('ci_level') or 0.95):.0f}% {fit_dict.get('ci_kind', 'bootstrap percentile')} CI"
+
+
 def _ci(fit_dict: dict, name: str) -> str:
     ci = (fit_dict.get("ci") or {}).get(name)
     return f" ({ci[0]:.4g} – {ci[1]:.4g})" if ci else ""
-
-
-def _args(**kw):
-    base = dict(n_starts=0, bootstrap=0, seed=0, irreducible=False, drop_noninterior=True, law="")
-    base.update(kw)
-    return types.SimpleNamespace(**base)
-
-
-def extrapolation(df, *, n_starts: int = 0) -> dict:
-    """Fit on all budgets but the largest; predict the largest budget's runs and optimum.
-
-    Two predictions, each compared with what the held-out runs measured:
-    - Approach 3's L(N, D) for every held-out run. Its parameters may not be individually
-      identified on a small sweep (E especially), so the identifiability check is off here: what
-      is tested is the fitted surface's prediction, not its parameters.
-    - The held-out budget's N_opt from a power law through the smaller budgets'
-      isoFLOP optima (Approach 2 vertices) against the held-out budget's own vertex.
-    """
-    budgets = np.sort(df.budget.dropna().unique()) if "budget" in df else np.array([])
-    if len(budgets) < 3:
-        raise ValueError(f"the extrapolation check needs >= 3 isoFLOP budgets, the sweep has {len(budgets)}")
-    held = df.budget == budgets[-1]
-    train = df[~held]
-    from analysis import cli
-    starts = cli.starts_subset(laws.chinchilla(), n_starts)
-    f = chinchilla.approach3({"N": train.n_params, "D": train.tokens}, train.loss, starts=starts, check=False)
-    test = df[held].sort_values("n_params")
-    pred = f.predict(N=test.n_params.to_numpy(float), D=test.tokens.to_numpy(float))
-    meas = test.loss.to_numpy(float)
-    err = pred - meas
-    out = {"held_out_budget": float(budgets[-1]), "fit_budgets": [float(b) for b in budgets[:-1]],
-           "fit": f.to_dict(),
-           "runs": [{"run_id": pathlib.Path(r).name, "n_params": int(n), "tokens": int(d),
-                     "measured": float(m), "predicted": float(p)}
-                    for r, n, d, m, p in zip(test.run_dir, test.n_params, test.tokens, meas, pred)],
-           "mean_abs_error": float(np.mean(np.abs(err))), "max_abs_error": float(np.max(np.abs(err))),
-           "mean_rel_error": float(np.mean(np.abs(err) / meas)),
-           "best_measured": float(meas.min()), "best_predicted": float(pred.min())}
-    # the compute-optimal size: Approach 2's N_opt(C) power law from the smaller budgets
-    out["optimum"] = {}
-    try:
-        small = chinchilla.approach2(train.flops_6nd, train.n_params, train.loss, budget=train.budget)
-        full = chinchilla.approach2(df.flops_6nd, df.n_params, df.loss, budget=df.budget)
-        out["optimum"].update(n_opt_predicted=float(small.n_opt(budgets[-1])),
-                              n_opt_measured=float(full.points["N_opt"][-1]))
-    except ValueError as e:  # a budget without an interior minimum: no N_opt comparison
-        out["optimum"]["n_opt_note"] = str(e)
-    return out
 
 
 # ----- rendering: a report is a list of blocks, rendered to Markdown and to HTML ---------------
@@ -182,8 +137,6 @@ def _png(files, root: pathlib.Path, stem: str) -> str | None:
 
 def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: int = 0, log=print) -> list[str]:
     """Fit, draw and write report.md / report.html / fit.json; returns summary lines."""
-    from analysis import cli  # the fit + figure steps shared with `scaling fit`
-
     root = pathlib.Path(sweep_dir)
     df = results.load(root, on_error="warn")
     if len(df) == 0:
@@ -214,20 +167,27 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
             summary.append(f"{name}: not fitted ({e})")
             return None
 
+    def warned(name, res: dict):
+        if res.get("warnings"):
+            log(f"   {name}: " + "; ".join(res["warnings"]))
+            blocks.append(("p", "**Warnings:** " + " ".join(f"{w}." for w in res["warnings"])))
+
+    opts = workflows.FitOptions(n_bootstrap=n_bootstrap, n_starts=n_starts)
     # Approach 3
     blocks.append(("h2", "Chinchilla Approach 3: L(N, D) = E + A/N^α + B/D^β"))
-    a3 = attempt("approach3", lambda: cli.fit_chinchilla(
-        df, _args(bootstrap=n_bootstrap, n_starts=n_starts, law="chinchilla"), figs / "approach3"))
+    a3 = attempt("approach3", lambda: workflows.approach3(df, opts, figs / "approach3").to_dict())
     if a3:
         fits["approach3"] = a3
+        warned("approach3", a3)
         f, al = a3["fit"], a3["allocation"]
-        blocks.append(("table", ["parameter", "value", f"{int(100 * f.get('ci_level', 0.95))}% bootstrap CI"],
+        blocks.append(("table", ["parameter", "value", _ci_header(f)],
                        [[k, f"{v:.4g}", _ci(f, k).strip(" ()") or "–"] for k, v in f["params"].items()]
                        + [["a = β/(α+β)", f"{al['a']:.4f}", _ci(al, "a").strip(" ()") or "–"],
                           ["b = α/(α+β)", f"{al['b']:.4f}", _ci(al, "b").strip(" ()") or "–"]]))
         blocks.append(("p", f"Fit on {f['n_points']} runs: sum of Huber(δ={f['delta']:g}) on log residuals, "
                             f"{f['n_starts']} L-BFGS starts ({f['n_at_best']} reached the best objective "
-                            f"{f['objective']:.4g}); CIs from {f.get('n_bootstrap', 0)} bootstrap resamples."))
+                            f"{f['objective']:.4g}); CIs from {f.get('n_bootstrap', 0)} bootstrap resamples"
+                            f" ({f.get('n_boot_failed', 0)} failed)."))
         blocks.append(("h3", "Compute-optimal allocation (Approach 3)"))
         blocks.append(("table", ["C (FLOPs)", "N_opt", "D_opt", "tokens / parameter"],
                        [[f"{r['C']:.0e}", f"{r['N_opt']:.3g}", f"{r['D_opt']:.3g}", f"{r['tokens_per_param']:.3g}"]
@@ -244,10 +204,11 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
 
     # Approach 2
     blocks.append(("h2", "Chinchilla Approach 2: isoFLOP profiles"))
-    a2 = attempt("approach2", lambda: cli.fit_isoflop(
-        df, _args(bootstrap=n_bootstrap, law="isoflop"), figs / "approach2"))
+    a2 = attempt("approach2", lambda: workflows.approach2(
+        df, workflows.FitOptions(n_bootstrap=n_bootstrap), figs / "approach2").to_dict())
     if a2:
         fits["approach2"] = a2
+        warned("approach2", a2)
         al = a2["allocation"]
         pts = al["points"]
         blocks.append(("table", ["budget C (FLOPs)", "N_opt (parabola vertex)", "D_opt = C/(6 N_opt)", "D/N"],
@@ -255,8 +216,8 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
                         for c, n, d in zip(pts["C"], pts["N_opt"], pts["D_opt"])]))
         blocks.append(("p", f"N_opt ∝ C^a with a = {al['a']:.3f}{_ci(al, 'a')}, D_opt ∝ C^b with b = "
                             f"{al['b']:.3f}{_ci(al, 'b')}"
-                            + (f"; budgets dropped (no interior minimum): {al['dropped_budgets']}"
-                               if al.get("dropped_budgets") else "") + "."
+                            + "".join(f"; budget C = {d['C']:.3g} left out: {d['reason']}"
+                                      for d in al.get("left_out", [])) + "."
                             + (f" {al['note'][0].upper()}{al['note'][1:]} (with a handful of runs per budget, many "
                                "resamples repeat runs and lose some budget's interior minimum)." if al.get("note") else "")))
         for stem, cap in (("isoflop", "IsoFLOP curves with fitted parabolas and their minima"),
@@ -268,12 +229,13 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
     # Kaplan L(N) and L(C)
     blocks.append(("h2", "Kaplan L(N) = (N_c / N)^α_N and L(C) = (C_c / C)^α_C"))
     rich = df[df.tokens / df.n_params >= KAPLAN_MIN_TOKENS_PER_PARAM]
-    kn = attempt("kaplan_n", lambda: cli.fit_kaplan(
-        rich, _args(bootstrap=n_bootstrap, law="kaplan-n"), figs / "kaplan_n"))
+    kn = attempt("kaplan_n", lambda: workflows.kaplan(
+        rich, "N", workflows.FitOptions(n_bootstrap=n_bootstrap), figs / "kaplan_n").to_dict())
     if kn:
         fits["kaplan_n"] = kn
+        warned("kaplan_n", kn)
         f = kn["fit"]
-        blocks.append(("table", ["parameter", "value", "bootstrap CI"],
+        blocks.append(("table", ["parameter", "value", _ci_header(f)],
                        [[k, f"{v:.4g}", _ci(f, k).strip(" ()") or "–"] for k, v in f["params"].items()]))
         blocks.append(("p", f"Each model size's best loss among its runs with at least "
                             f"{KAPLAN_MIN_TOKENS_PER_PARAM} tokens per parameter ({kn['n_used']} sizes, N = "
@@ -283,12 +245,13 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
         if (p := _png(kn["files"], root, "kaplan")):
             blocks.append(("img", p, "Loss vs non-embedding parameters with the fitted power law"))
         summary.append(f"Kaplan L(N): alpha_N = {f['params'].get('alpha_N', float('nan')):.3f}{_ci(f, 'alpha_N')}")
-    kc = attempt("kaplan_c", lambda: cli.fit_kaplan(
-        df, _args(bootstrap=n_bootstrap, law="kaplan-c"), figs / "kaplan_c"))
+    kc = attempt("kaplan_c", lambda: workflows.kaplan(
+        df, "C", workflows.FitOptions(n_bootstrap=n_bootstrap), figs / "kaplan_c").to_dict())
     if kc:
         fits["kaplan_c"] = kc
+        warned("kaplan_c", kc)
         f = kc["fit"]
-        blocks.append(("table", ["parameter", "value", "bootstrap CI"],
+        blocks.append(("table", ["parameter", "value", _ci_header(f)],
                        [[k, f"{v:.4g}", _ci(f, k).strip(" ()") or "–"] for k, v in f["params"].items()]))
         blocks.append(("p", f"L(C) on the compute frontier ({kc['n_used']} runs; C = {kc['x_column']})."))
         if (p := _png(kc["files"], root, "kaplan")):
@@ -297,7 +260,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
 
     # Extrapolation
     blocks.append(("h2", "Extrapolation check"))
-    ex = attempt("extrapolation", lambda: extrapolation(df, n_starts=n_starts))
+    ex = attempt("extrapolation", lambda: extrapolation.held_out_budget(df, n_starts=n_starts))
     if ex:
         fits["extrapolation"] = ex
         blocks.append(("p", f"Approach 3 refitted on budgets {', '.join(f'{b:.1e}' for b in ex['fit_budgets'])} "

@@ -28,13 +28,14 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, figures, fit, kaplan, laws
+from analysis import chinchilla, figures, fit, kaplan, laws, workflows
 
 # ===================== published numbers (quoted from the papers; never computed) ==============
 # Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556).
 # Approach 3 parametric fit (Section 3.3 / Eq. 10): L(N, D) = E + A/N^alpha + B/D^beta.
 HOFFMANN_2022_APPROACH3 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 # Table 2: N_opt ∝ C^a, D_opt ∝ C^b; intervals are the paper's 10th-90th bootstrap percentiles.
+HOFFMANN_2022_TABLE2_CI_KIND = "10-90% bootstrap percentiles"
 HOFFMANN_2022_TABLE2 = {
     "approach_1": {"a": 0.50, "a_ci": (0.488, 0.502), "b": 0.50, "b_ci": (0.501, 0.512)},
     "approach_2": {"a": 0.49, "a_ci": (0.462, 0.534), "b": 0.51, "b_ci": (0.483, 0.529)},
@@ -46,6 +47,7 @@ HOFFMANN_2022_ISOFLOP_BUDGETS = (6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21,
 # Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt" (arXiv:2404.10102), Table 1:
 # their refit (after a final maximum-likelihood step) and bootstrap 95% intervals (4000 resamples).
 EPOCH_2024_TABLE1 = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
+EPOCH_2024_TABLE1_CI_KIND = "95% bootstrap CI"
 EPOCH_2024_TABLE1_CI = {"E": (1.769, 1.871), "A": (285.0, 744.0), "B": (1042.0, 5810.0),
                         "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}
 # Their plain sum-Huber optimum (no maximum-likelihood step), as recorded with the data in
@@ -109,11 +111,16 @@ def comparison_table(ours: fit.Fit, df: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows).T[list(sets)]
     if ours.ci:
         a_boot = ours.boot_params["beta"] / (ours.boot_params["alpha"] + ours.boot_params["beta"])
-        cis = dict(ours.ci, **{"a = beta/(alpha+beta)": tuple(np.percentile(
-            a_boot, 100 * np.array([(1 - ours.ci_level) / 2, (1 + ours.ci_level) / 2])))})
-        table.insert(1, "ours_ci", [_fmt_ci(cis.get(r)) for r in table.index])
-        table.insert(4, "epoch_table1_ci", [_fmt_ci(EPOCH_2024_TABLE1_CI.get(r)) for r in table.index])
+        cis = dict(ours.ci, **{"a = beta/(alpha+beta)": fit.percentile_interval(a_boot, ours.ci_level)})
+        table.insert(1, f"ours {ours_ci_kind(ours)}", [_fmt_ci(cis.get(r)) for r in table.index])
+        table.insert(4, f"epoch_table1 {EPOCH_2024_TABLE1_CI_KIND}",
+                     [_fmt_ci(EPOCH_2024_TABLE1_CI.get(r)) for r in table.index])
     return table
+
+
+def ours_ci_kind(ours: fit.Fit) -> str:
+    """'95% bootstrap percentile CI': the level and kind of our intervals, for labels."""
+    return f"{100 * ours.ci_level:.0f}% {fit.CI_KIND} CI" if ours.ci_level else "no CI"
 
 
 def _fmt_ci(ci) -> str:
@@ -144,38 +151,6 @@ def isoflop_labels(flops, budgets=HOFFMANN_2022_ISOFLOP_BUDGETS, half_width_dex=
     return labels
 
 
-def isoflop_budget_dicts(C, N, loss, labels, scaling) -> list[dict]:
-    """Per-budget dicts for figures.isoflop_curves: points, the least-squares parabola in log N
-    (drawn for the eye; the minimum N_opt is Approach 2's), and the star at N_opt."""
-    C, N, loss = (np.asarray(v, dtype=np.float64) for v in (C, N, loss))
-    out = []
-    n_opt = dict(zip(np.round(np.log(scaling.points["C"]), 6), scaling.points["N_opt"]))
-    for lab in np.unique(labels):
-        m = labels == lab
-        c_b = float(np.exp(np.mean(np.log(C[m]))))
-        x = np.log(N[m])
-        coef = np.polyfit(x, loss[m], 2)
-        xs = np.linspace(x.min(), x.max(), 60)
-        b = {"C": c_b, "n_params": N[m], "loss": loss[m], "curve_n": np.exp(xs),
-             "curve_loss": np.polyval(coef, xs)}
-        n = n_opt.get(round(float(np.log(c_b)), 6))
-        if n is None:
-            b["refused"] = "no interior minimum"
-        else:
-            b["n_opt"], b["loss_opt"] = n, float(np.polyval(coef, np.log(n)))
-        out.append(b)
-    return out
-
-
-def bootstrap_band(boot_params: dict, C, ci=0.95):
-    """(lo, hi) of N_opt(C) and D_opt(C) over bootstrap parameter samples."""
-    ok = (boot_params["alpha"] > 0) & (boot_params["beta"] > 0)
-    bp = {k: np.asarray(v)[ok][:, None] for k, v in boot_params.items()}
-    n, d = chinchilla.compute_optimal(bp, np.asarray(C)[None, :])
-    q = 100 * np.array([(1 - ci) / 2, (1 + ci) / 2])
-    return tuple(np.percentile(n, q, axis=0)), tuple(np.percentile(d, q, axis=0))
-
-
 def run_chinchilla(data, out, *, starts=None, n_bootstrap=1000, seed=0) -> dict:
     """Approach 3 refit + table, Approach 2 on the same points, figures; writes into `out`:
     table.csv, reproduce.json and the figures (PNG + PDF). Returns the summary dict."""
@@ -198,14 +173,16 @@ def run_chinchilla(data, out, *, starts=None, n_bootstrap=1000, seed=0) -> dict:
     c_line = np.geomspace(df.flops.min() / 2, df.flops.max() * 2, 100)
     files = []
     files += figures.isoflop_curves(
-        isoflop_budget_dicts(pts.flops[on], pts.n_params[on], pts.loss[on], labels[on], a2),
+        workflows.isoflop_panels(a2),
         out / "isoflop", title=f"Chinchilla Approach 2: Epoch points on Hoffmann's 9 isoFLOP "
                                f"budgets ({on.sum()} of {len(pts)})")
     n3, d3 = chinchilla.compute_optimal(ours.params, c_line)
     n_h, d_h = chinchilla.compute_optimal(HOFFMANN_2022_APPROACH3, c_line)
     line3 = {"c": c_line, "n": n3, "d": d3, "label": f"Approach 3, our refit (a = {a3.a:.3f})"}
     if ours.boot_params is not None:
-        line3["band_n"], line3["band_d"] = bootstrap_band(ours.boot_params, c_line)
+        line3["band_n"], line3["band_d"] = chinchilla.compute_optimal_band(ours.boot_params, c_line,
+                                                                          ours.ci_level)
+        line3["ci_label"] = ours_ci_kind(ours)
     line2 = {"c": c_line, "n": a2.n_opt(c_line), "d": a2.d_opt(c_line),
              "label": f"Approach 2 power law (a = {a2.a:.3f})"}
     line_h = {"c": c_line, "n": n_h, "d": d_h, "label": "Approach 3, Hoffmann et al. reported "

@@ -126,23 +126,31 @@ def test_fit_bad_inputs(tmp_path, capsys):
     assert "['tokens']" in capsys.readouterr().err
 
 
-def test_isoflop_refuses_noninterior_budget(tmp_path, capsys):
-    """A budget sampled only on one side of its optimum has no interior minimum: refused, and
-    dropped with --drop-noninterior."""
+def test_isoflop_leaves_out_noninterior_budget(tmp_path, capsys):
+    """A budget sampled only on one side of its optimum has no interior minimum: left out with a
+    warning naming it, and the fit goes on with the 3 others (--drop-noninterior is accepted
+    for compatibility and changes nothing). With 3 budgets, 2 would remain: refused."""
     rows = []
-    for c in (1e16, 1e17, 1e18):
+    for c in (1e16, 1e17, 1e18, 1e19):
         hi = c**0.5 / 3 if c != 1e17 else c**0.5 / 60  # 1e17: only small N, loss still falling
         for n in np.geomspace(c**0.5 / 300, hi, 6):
             rows.append({"n_params": n, "tokens": c / (6 * n), "loss": _law(n, c / (6 * n)), "budget": c})
     p = tmp_path / "edge.csv"
     pd.DataFrame(rows).to_csv(p, index=False)
-    assert cli.main(["fit", str(p), "--law", "isoflop", "--bootstrap", "0", "--out", str(tmp_path / "o")]) == 2
-    assert "C=1e+17" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="dropped"):
-        assert cli.main(["fit", str(p), "--law", "isoflop", "--bootstrap", "0", "--drop-noninterior",
+    for extra in ([], ["--drop-noninterior"]):
+        assert cli.main(["fit", str(p), "--law", "isoflop", "--bootstrap", "0", *extra,
                          "--out", str(tmp_path / "o")]) == 0
-    res = json.loads((tmp_path / "o" / "fit.json").read_text())
-    assert res["allocation"]["dropped_budgets"] == [pytest.approx(1e17)]
+        printed = capsys.readouterr().out
+        assert "warning: approach2: budget C=1e+17 " in printed and "left out: no interior minimum" in printed
+        res = json.loads((tmp_path / "o" / "fit.json").read_text())
+        assert res["allocation"]["dropped_budgets"] == [pytest.approx(1e17)]
+        assert res["allocation"]["left_out"][0]["reason"].startswith("no interior minimum")
+        assert any("C=1e+17" in w for w in res["warnings"])
+    three = tmp_path / "three.csv"
+    pd.DataFrame([r for r in rows if r["budget"] != 1e19]).to_csv(three, index=False)
+    assert cli.main(["fit", str(three), "--law", "isoflop", "--bootstrap", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "at least 3 budgets with an interior minimum, got 2 of 3" in err and "C=1e+17" in err
 
 
 def test_reproduce_bad_inputs(tmp_path, capsys):

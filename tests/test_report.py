@@ -93,10 +93,3 @@ def test_report_tables_fits_and_extrapolation(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "PLAN" in html
     assert any(s.startswith("Approach 3") for s in summary)
-
-
-def test_extrapolation_needs_three_budgets(tmp_path):
-    _fake_sweep(tmp_path)
-    df = results.load(tmp_path)
-    with pytest.raises(ValueError, match=">= 3 isoFLOP budgets"):
-        report.extrapolation(df[df.budget <= 1e16])
