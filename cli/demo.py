@@ -59,6 +59,7 @@ def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str]) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    """`scaling demo`: corpus, sweep, fits and report; 0 when every run finished ok, 130 on Ctrl-C."""
     p = argparse.ArgumentParser(prog="scaling demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default=str(DEFAULT_SWEEP), help="sweep config (default: experiments/demo_cpu.py)")
