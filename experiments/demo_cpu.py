@@ -16,44 +16,45 @@ the largest budget is held out for the extrapolation check, the data-rich runs (
 parameter) give Kaplan's L(N), and the compute frontier L(C). Shapes: d_model = 12 * n_layers
 rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8. Batch grows as sqrt(D) so long
 runs of tiny models are not bound by per-step overhead. Eval: 65,536 held-out tokens (1024 windows
-spread over the held-out documents), at mid-run and at the end.
+spread over the held-out documents), at mid-run and at the end. MFU is against the matmul peak the
+trainer measures on the host at start-up (train.peak_flops left at 0).
 """
-
-from experiments.base import get_config as base_config
-from launch.sweep import sweep_defaults
+import ml_collections
 
 
 def get_config():
-    c = base_config()
-    c.data.seq_len = 64
-    c.train.batch_size = 16
-    c.train.eval_tokens = 65_536  # 1024 windows spread over the held-out documents: ~0.01 nats of noise
-    c.train.log_every = 25
-    c.checkpoint.every_steps = 200
-    c.optim.warmup_steps = 10  # replaced per run by sweep.rules.warmup_fraction
-    c.train.peak_flops = 1.19e11  # this host's fp32 matmul peak, measured once (DESIGN.md), for MFU
+    c = ml_collections.ConfigDict()
+    c.data = dict(seq_len=64)
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 16
+    t.eval_tokens = 65_536  # 1024 windows spread over the held-out documents: ~0.01 nats of noise
+    t.log_every = 25
+    c.checkpoint = dict(every_steps=200)
+    c.optim = dict(warmup_steps=10)  # replaced per run by sweep.rules.warmup_fraction
 
-    c.sweep = s = sweep_defaults()
+    c.sweep = s = ml_collections.ConfigDict()
     s.kind = "isoflop"
     s.budgets = (5e10, 1e11, 2e11, 4e11, 8e11)  # C, FLOPs
     s.flop_convention = "6nd"  # D = C / (6 * n_params_total)
     s.tokens_per_param = (0, 1500)  # D/N above 1500 would need more tokens than the corpus holds (12M)
     s.min_steps = 200  # fewer steps do not get past the unigram plateau (~3.0 nats/token) here
-    s.shapes.n_targets = (8e3, 20e3, 57e3, 123e3, 282e3)  # total N
-    s.shapes.explicit = ((1, 8),)  # plus a 3k-parameter model: a 4th size with >= 20 tokens/param for L(N)
-    s.shapes.n_kind = "total"
-    s.shapes.aspect = 12.0  # d_model = 12 * n_layers, rounded to a multiple of head_dim
-    s.shapes.head_dim = 8  # n_heads = d_model / 8
-    s.shapes.max_layers = 12
-    s.rules.n_ref = 1e5
-    s.rules.lr_ref = 3e-3  # lr = 3e-3 at every size (lr_exponent 0)
-    s.rules.batch_ref = 16  # batch = 16 * (D / 1M tokens) ** 0.5 sequences, a multiple of 8, at most 128:
-    s.rules.batch_d_ref = 1e6  # long runs of tiny models would otherwise be bound by per-step overhead
-    s.rules.batch_exponent = 0.5
-    s.rules.batch_multiple = 8
-    s.rules.batch_max = 128
-    s.rules.warmup_fraction = 0.05  # warmup_steps = 5% of the run's steps
-    s.rules.eval_every_fraction = 0.5  # evaluate at the midpoint and the end (the final step always)
-    s.est_flops_per_s = 1e10  # sustained exact FLOP/s of one run, measured here under load (see docstring)
+    s.shapes = h = ml_collections.ConfigDict()
+    h.n_targets = (8e3, 20e3, 57e3, 123e3, 282e3)  # total N
+    h.explicit = ((1, 8),)  # plus a 3k-parameter model: a 4th size with >= 20 tokens/param for L(N)
+    h.n_kind = "total"
+    h.aspect = 12.0  # d_model = 12 * n_layers, rounded to a multiple of head_dim
+    h.head_dim = 8  # n_heads = d_model / 8
+    h.max_layers = 12
+    s.rules = r = ml_collections.ConfigDict()
+    r.n_ref = 1e5
+    r.lr_ref = 3e-3  # lr = 3e-3 at every size (lr_exponent 0)
+    r.batch_ref = 16  # batch = 16 * (D / 1M tokens) ** 0.5 sequences, a multiple of 8, at most 128:
+    r.batch_d_ref = 1e6  # long runs of tiny models would otherwise be bound by per-step overhead
+    r.batch_exponent = 0.5
+    r.batch_multiple = 8
+    r.batch_max = 128
+    r.warmup_fraction = 0.05  # warmup_steps = 5% of the run's steps
+    r.eval_every_fraction = 0.5  # evaluate at the midpoint and the end (the final step always)
+    s.est_flops_per_s = 1e10  # sustained exact FLOP/s of one run, measured on 2 CPU cores under load
     s.overhead_s = 15.0  # per-run start-up, compile, eval, checkpoint (measured under load)
     return c

@@ -10,22 +10,32 @@ bottleneck. One shape (24 layers, d_model 1280, head_dim 64; 476M non-embedding 
 7 runs, not one run's learning curve: Chinchilla's correction of Kaplan). Data order is nested:
 a shorter run sees a prefix of a longer run's tokens. Runs on 2 nodes of 8x H100 (spot, multi-node
 data parallel; scaling.distributed takes the coordinator from SKYPILOT_NODE_IPS/NUM_NODES/NODE_RANK).
-Corpus preparation as in experiments/chinchilla_isoflop.py.
+Model family, corpus, batch (0.5M tokens) and eval as in experiments/kaplan_n.py; corpus: see
+experiments/base.py `cloud_lm`.
+
+Time: 7 runs, 1.4e20 training FLOPs in all; the plan estimates 7.2 hours of 16-H100 time at an
+assumed 40% MFU plus 10 minutes per run. Expected result: loss falling as a power law in D with
+alpha_D near Kaplan's 0.095 (the exponent depends on the corpus and tokenizer).
 """
-from experiments.kaplan_n import get_config as kaplan_n_config
-from launch.skypilot import cloud_config
+import ml_collections
+
+from experiments.base import CORPUS_MOUNTS, cloud_lm
 
 
 def get_config():
-    c = kaplan_n_config()  # same model family, corpus, batch (0.5M tokens) and eval as the L(N) sweep
-    c.optim.lr = 6e-4
-    s = c.sweep
+    c = cloud_lm(seq_len=1024)
+    c.train.batch_size = 512  # 0.5M tokens per step, as in the L(N) sweep
+    c.optim = dict(lr=6e-4)  # the single shape keeps it (no sweep.rules.lr_ref)
+
+    c.sweep = s = ml_collections.ConfigDict()
+    s.kind = "grid"
     s.tokens = (3e8, 6e8, 1.2e9, 2.5e9, 5e9, 1e10, 2e10)
-    s.shapes.n_targets = ()
-    s.shapes.explicit = ((24, 1280),)
-    s.rules.lr_ref = 0.0  # keep optim.lr for the single shape
+    s.min_steps = 200
+    s.shapes = dict(explicit=((24, 1280),))
+    s.rules = dict(warmup_fraction=0.01, eval_every_fraction=0.1)
     s.est_flops_per_s = 16 * 989e12 * 0.4
-    c.cloud = cloud_config(accelerator="H100:8", runtime_version="", num_nodes=2, chips=16,
-                           peak_flops_per_chip=989e12, setup='pip install -e . && pip install "jax[cuda12]==0.10.2"',
-                           data_mounts=(("/data", "gs://YOUR-BUCKET/corpora"),))
+    s.overhead_s = 600.0
+
+    c.cloud = dict(accelerator="H100:8", runtime_version="", num_nodes=2, chips=16, peak_flops_per_chip=989e12,
+                   setup='pip install -e . && pip install "jax[cuda12]==0.10.2"', data_mounts=CORPUS_MOUNTS)
     return c

@@ -69,6 +69,7 @@ def _print_dropped(dropped: list[str], verbose: bool) -> None:
 
 
 def sweep_main(argv: list[str]) -> int:
+    """`scaling sweep`: 0 when every run finished ok (or the plan was printed), 1 if any failed, 2 on bad input."""
     args = _parser().parse_args(argv)
     try:
         return _sweep(args)
@@ -135,6 +136,7 @@ def _sweep(args) -> int:
 
 
 def status_main(argv: list[str]) -> int:
+    """`scaling status SWEEP_DIR`: print the sweep's status table; 2 if it cannot be read."""
     p = argparse.ArgumentParser(prog="scaling status", description="Status table of a sweep directory.")
     p.add_argument("sweep_dir")
     args = p.parse_args(argv)

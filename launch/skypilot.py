@@ -118,6 +118,7 @@ def task_yaml(task) -> str:
 
 
 def tasks_yaml(tasks) -> str:
+    """All tasks' YAML, as one multi-document stream."""
     return "---\n".join(task_yaml(t) for t in tasks)
 
 

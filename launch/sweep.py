@@ -1,13 +1,17 @@
 """Expand a sweep config into runs (RunSpecs) with stable ids, and print the plan before paying for it.
 
-A sweep config is an experiments/*.py file whose get_config() returns the base training config plus
-two data-only sections (they are stripped from every run's config):
+A sweep config is an experiments/*.py file whose get_config() returns what its runs change in the
+trainer's defaults (scaling.config.defaults()) plus two data-only sections, each laid over its own
+defaults by load_sweep and stripped from every run's config:
 
   sweep   what to run: kind 'grid' (model shapes x token counts D) or 'isoflop' (FLOP budgets C x
           model shapes, D = C / FLOPs-per-token under a named convention), replicate seeds, the
           shape ladder (target N -> n_layers, d_model, n_heads by an aspect-ratio rule) and the
           per-size hyperparameter rules (lr and batch as power laws, warmup as a fraction).
   cloud   where to run it on SkyPilot (see launch/skypilot.py); absent for local-only sweeps.
+
+Each run of an isoFLOP sweep records its nominal budget C in its own config as meta.budget (a label,
+outside its identity), so a run directory says which budget it belongs to.
 
 Identity: a run's id is a readable prefix plus the first 8 hex digits of the hash of its resolved
 config's canonical JSON (scaling.config.config_hash), e.g. `C1e13-L2-d64-D1.2M-3fa1c2d9`. Same config
@@ -22,6 +26,7 @@ import math
 
 import ml_collections
 
+from scaling import accounting
 from scaling import config as cfg_lib
 
 SWEEP_KINDS = ("grid", "isoflop")
@@ -112,13 +117,48 @@ def sweep_defaults() -> ml_collections.ConfigDict:
 
 
 def load_sweep(path) -> ml_collections.ConfigDict:
-    """Load a sweep config file (.py with get_config()); error if it defines no `sweep` section."""
-    cfg = cfg_lib.load_py(path)
-    if "sweep" not in cfg:
+    """A sweep file laid over the defaults: its run keys over scaling.config.defaults(), its `sweep`
+    section over sweep_defaults() and its `cloud` section (if any) over launch.skypilot's."""
+    from launch.skypilot import cloud_config
+
+    written = cfg_lib.load_py(path)
+    if "sweep" not in written:
         raise ValueError(f"{path}: get_config() has no 'sweep' section, so it is a single-run config; "
                          f"train it with `scaling train --config {path}`, or add config.sweep (see "
                          "experiments/demo_cpu.py)")
+    run_keys = {k: v for k, v in written.items() if k not in NON_RUN_SECTIONS}
+    cfg = cfg_lib.overlay(cfg_lib.defaults(), run_keys, str(path))
+    cfg.sweep = cfg_lib.overlay(sweep_defaults(), written.sweep, str(path), prefix="sweep.")
+    if "cloud" in written:
+        cfg.cloud = cfg_lib.overlay(cloud_config(), written.cloud, str(path), prefix="cloud.")
     return cfg
+
+
+def sweep_problems(sw) -> list[str]:
+    """Every problem of a `sweep` section that can be seen before counting any shape."""
+    problems = []
+    if sw.kind not in SWEEP_KINDS:
+        problems.append(f"sweep.kind={sw.kind!r}: must be one of {SWEEP_KINDS}")
+    if not sw.seeds:
+        problems.append("sweep.seeds is empty; give at least one seed, e.g. (0,)")
+    if sw.kind == "grid" and not sw.tokens:
+        problems.append("sweep.kind='grid' needs sweep.tokens (token counts D), e.g. (1e6, 2e6, 4e6)")
+    if sw.kind == "isoflop":
+        if not sw.budgets:
+            problems.append("sweep.kind='isoflop' needs sweep.budgets (FLOPs), e.g. (1e13, 3e13, 1e14)")
+        if sw.flop_convention not in FLOP_CONVENTIONS:
+            problems.append(f"sweep.flop_convention={sw.flop_convention!r}: must be one of {FLOP_CONVENTIONS} "
+                            "('6nd': C = 6 * n_params * D; 'exact': C = exact training FLOPs per token * D)")
+    h = sw.shapes
+    if h.n_kind not in N_KINDS:
+        problems.append(f"sweep.shapes.n_kind={h.n_kind!r}: must be one of {N_KINDS}")
+    if h.n_targets and not h.aspect > 0:
+        problems.append(f"sweep.shapes.aspect={h.aspect!r}: must be > 0 (d_model = aspect * n_layers)")
+    problems += [f"sweep.shapes.n_targets: {t!r} is not a positive parameter count"
+                 for t in h.n_targets if not t > 0]
+    if not h.n_targets and not h.explicit:
+        problems.append("sweep.shapes: no shapes; set sweep.shapes.n_targets or sweep.shapes.explicit")
+    return problems
 
 
 def _fmt_si(x: float) -> str:
@@ -147,7 +187,7 @@ def _shape_model(base_model, n_layers: int, d_model: int, shapes) -> ml_collecti
     m = ml_collections.ConfigDict(base_model.to_dict())
     m.n_layers, m.d_model, m.n_heads = int(n_layers), int(d_model), int(n_heads)
     m.n_kv_heads = n_heads // shapes.gqa_group
-    m.d_ff = 0  # derived from d_model by scaling.model.d_ff_of (resolve fills it)
+    m.d_ff = 0  # derived from d_model by scaling.accounting.d_ff_of (resolve fills it)
     return m
 
 
@@ -159,13 +199,7 @@ def ladder(base, shapes) -> list[ml_collections.ConfigDict]:
     sweep.shapes.n_kind says) take the n_layers in [1, max_layers] whose counted N (accounting) is
     closest in log. Two targets landing on one shape is an error (the ladder is too fine).
     """
-    from scaling import accounting  # lazy: it imports JAX; launch.local needs only RunSpec
-
-    if shapes.n_kind not in N_KINDS:
-        raise ValueError(f"sweep.shapes.n_kind={shapes.n_kind!r}: must be one of {N_KINDS}")
     models = [_shape_model(base.model, L, d, shapes) for L, d in shapes.explicit]
-    if shapes.n_targets and not shapes.aspect > 0:
-        raise ValueError(f"sweep.shapes.aspect={shapes.aspect!r}: must be > 0 (d_model = aspect * n_layers)")
     key = "total" if shapes.n_kind == "total" else "nonembedding"
     candidates = []
     for L in range(1, shapes.max_layers + 1):
@@ -173,8 +207,6 @@ def ladder(base, shapes) -> list[ml_collections.ConfigDict]:
         m = _shape_model(base.model, L, d, shapes)
         candidates.append((accounting.param_counts(cfg_lib.resolve(_wrap_full(base, m)).model)[key], m))
     for target in shapes.n_targets:
-        if not target > 0:
-            raise ValueError(f"sweep.shapes.n_targets: {target!r} is not a positive parameter count")
         n, m = min(candidates, key=lambda c: abs(math.log(c[0] / target)))
         if abs(math.log(n / target)) > math.log(2):
             raise ValueError(f"sweep.shapes.n_targets: no shape with aspect={shapes.aspect}, head_dim="
@@ -187,8 +219,6 @@ def ladder(base, shapes) -> list[ml_collections.ConfigDict]:
             raise ValueError(f"sweep.shapes: the shape L{m.n_layers} d{m.d_model} appears twice (two "
                              "n_targets round to it, or it is also in explicit); space the targets further apart")
         seen.add((m.n_layers, m.d_model))
-    if not models:
-        raise ValueError("sweep.shapes: no shapes; set sweep.shapes.n_targets or sweep.shapes.explicit")
     return models
 
 
@@ -204,9 +234,8 @@ def _hparams(run, counts: dict, tokens_raw: float, rules) -> None:
 
 
 def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dropped: list | None):
-    """Round D to whole steps, set warmup/eval from the step count, resolve, count; None if too short."""
-    from scaling import accounting
-
+    """Round D to whole steps, set warmup/eval from the step count, label the budget, resolve,
+    validate, count; None if too short."""
     tokens_per_step = run.train.batch_size * run.data.seq_len
     steps = int(tokens_raw // tokens_per_step)
     m = run.model
@@ -222,6 +251,7 @@ def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dr
     if rules.eval_every_fraction:
         run.train.eval_every = max(1, round(rules.eval_every_fraction * steps))
     run.seed = int(seed)
+    run.meta.budget = float(budget or 0.0)
     run = cfg_lib.resolve(run)
     cfg_lib.validate(run)
     counts = accounting.param_counts(run.model)
@@ -250,27 +280,17 @@ def expand(cfg, dropped: list | None = None) -> list[RunSpec]:
     dropped: if a list is given, a reason is appended for every grid point left out (fewer than
     sweep.min_steps steps, or tokens/param outside sweep.tokens_per_param).
     """
-    from scaling import accounting
-
     sw = cfg.sweep
-    if sw.kind not in SWEEP_KINDS:
-        raise ValueError(f"sweep.kind={sw.kind!r}: must be one of {SWEEP_KINDS}")
-    if not sw.seeds:
-        raise ValueError("sweep.seeds is empty; give at least one seed, e.g. (0,)")
+    problems = sweep_problems(sw)
+    if problems:
+        raise ValueError("invalid sweep:\n  " + "\n  ".join(problems))
     base = run_config(cfg)
     models = ladder(base, sw.shapes)
     lo, hi = sw.tokens_per_param if sw.tokens_per_param else (0, 0)
-    points = []  # (model, tokens_raw, budget)
     if sw.kind == "grid":
-        if not sw.tokens:
-            raise ValueError("sweep.kind='grid' needs sweep.tokens (token counts D), e.g. (1e6, 2e6, 4e6)")
-        points = [(m, float(d), None) for d in sw.tokens for m in models]
+        points = [(m, float(d), None) for d in sw.tokens for m in models]  # (model, D before rounding, C)
     else:
-        if not sw.budgets:
-            raise ValueError("sweep.kind='isoflop' needs sweep.budgets (FLOPs), e.g. (1e13, 3e13, 1e14)")
-        if sw.flop_convention not in FLOP_CONVENTIONS:
-            raise ValueError(f"sweep.flop_convention={sw.flop_convention!r}: must be one of {FLOP_CONVENTIONS} "
-                             "('6nd': C = 6 * n_params * D; 'exact': C = exact training FLOPs per token * D)")
+        points = []
         for c in sw.budgets:
             for m in models:
                 resolved = cfg_lib.resolve(_wrap_full(base, m)).model

@@ -1,9 +1,14 @@
-"""Config files, command-line overrides, resolution and validation — before anything compiles.
+"""Run configs: the trainer's defaults, config files laid over them, overrides, resolution, validation.
 
-A config is an ml_collections ConfigDict with the keys of experiments/base.py. It comes from a Python
-file whose `get_config()` returns one, or from a JSON file holding a resolved config (a run directory's
-config.json): JSON keys are laid over the base config, so a key the base does not know is an error.
-Overrides are `--config.a.b=value`; the value is parsed to the type of the existing leaf.
+A config is an ml_collections ConfigDict with the keys of `defaults()`. A config file is either a
+Python file whose `get_config()` returns a ConfigDict holding only what differs from the defaults
+(a complete config works too), or a JSON file holding a resolved config (a run directory's
+config.json). Both are laid over `defaults()`, so a key the defaults do not know is an error naming
+the file. Overrides are `--config.a.b=value`; the value is parsed to the type of the existing leaf.
+
+The valid values of every enumerated key are defined here once; the model and the optimizer read
+them from here. This module imports neither JAX nor the model, so a planner can validate every run
+of a sweep without loading JAX.
 """
 import ast
 import hashlib
@@ -14,27 +19,106 @@ import pathlib
 
 import ml_collections
 
+from scaling.accounting import MLP_KINDS, d_ff_of
+
+# The base experiment (every key at its default), loaded by path by tests that predate defaults().
 _BASE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "base.py"
 
-ENUMS = {
-    "model.mlp": ("swiglu", "gelu"),
-    "model.compute_dtype": ("float32", "bfloat16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "optim.schedule": ("cosine", "wsd", "constant"),
-    "optim.parametrization": ("standard", "mup"),
-}
-
+DTYPES = ("float32", "bfloat16")
+PARAMETRIZATIONS = ("standard", "mup")
+SCHEDULES = ("cosine", "wsd", "constant")
 
 # Sections and keys that change how a run executes, not what it computes (up to float tolerance): a
-# run may resume on another mesh or with its corpus cached elsewhere, and they are left out of the
-# run's identity (config_hash). The Grain worker count is NOT among them (its iterator state differs).
+# run may resume on another mesh or with its corpus cached elsewhere. The Grain worker count is NOT
+# among them (its iterator state differs).
 EXECUTION_SECTIONS = ("mesh", "checkpoint")
 EXECUTION_KEYS = (("data", "cache_dir"),)
+# Sections of labels that describe a run without changing it (e.g. the nominal budget it was planned for).
+LABEL_SECTIONS = ("meta",)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The trainer's base config: one small decoder-only LM on the embedded corpus (byte-level).
+
+    Every key outside EXECUTION_SECTIONS, EXECUTION_KEYS and LABEL_SECTIONS is part of the run's
+    identity (its config hash). Units: `train.tokens` is D, training tokens seen; batch sizes are
+    in sequences of `data.seq_len` tokens.
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # model init (and dropout-free training noise, none here)
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 256  # must equal the tokenizer's vocab (checked against the corpus)
+    m.d_model = 128
+    m.n_layers = 2
+    m.n_heads = 4
+    m.n_kv_heads = 4  # < n_heads: grouped-query attention; 1: multi-query
+    m.d_ff = 0  # 0: derived (SwiGLU: 8/3·d rounded up to a multiple of 64; GELU: 4·d)
+    m.mlp = "swiglu"  # swiglu | gelu
+    m.tie_embeddings = True
+    m.qk_norm = False
+    m.rope_theta = 10000.0
+    m.max_seq_len = 0  # 0: data.seq_len; RoPE tables are built for this many positions
+    m.norm_eps = 1e-6
+    m.init_std = 0.02
+    m.compute_dtype = "float32"  # float32 | bfloat16 (params and logits stay float32)
+    m.param_dtype = "float32"
+
+    c.data = d = ml_collections.ConfigDict()
+    d.corpus = "sotu"  # 'sotu' (embedded) or a prepared corpus directory
+    d.tokenizer = "bytes"  # bytes | bpe:<vocab> | tiktoken:<name>
+    d.text_field = "text"  # JSONL / Parquet / HF sources: the field holding the text
+    d.cache_dir = "data_cache"  # prepared corpora live here (relative to cwd)
+    d.seq_len = 128
+    d.seed = 0  # data order; shared by every run of a sweep so shorter runs see a prefix
+    d.split_seed = 0  # which whole documents are held out for eval: the same for every run of a study
+    d.eval_fraction = 0.02  # fraction of documents held out
+    d.allow_repeat = False  # D > corpus tokens: error unless True (epochs are recorded)
+    d.num_workers = 0  # grain worker processes; the batch stream depends on it
+
+    c.train = t = ml_collections.ConfigDict()
+    t.tokens = 2_000_000  # D: training tokens; steps = tokens // (batch_size * seq_len)
+    t.batch_size = 16  # global batch, in sequences
+    t.z_loss = 1e-4
+    t.eval_every = 200  # steps; the final step is always evaluated
+    t.eval_tokens = 65_536  # tokens of the held-out split per evaluation
+    t.log_every = 10
+    t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = measure (CPU) or look up
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.lr = 3e-3
+    o.schedule = "cosine"  # cosine | wsd | constant
+    o.warmup_steps = 50
+    o.min_lr_ratio = 0.1  # floor of the decay, as a fraction of lr
+    o.decay_fraction = 0.2  # wsd only: final fraction of steps spent decaying
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.weight_decay = 0.1
+    o.decay_embeddings = False
+    o.clip_norm = 1.0
+    o.parametrization = "standard"  # standard | mup
+    o.base_d_model = 128  # mup only: width at which the lr/init were tuned
+
+    c.mesh = s = ml_collections.ConfigDict()
+    s.data = -1  # -1: all remaining devices
+    s.fsdp = 1
+    s.model = 1
+    s.num_devices = 0  # 0: all visible devices; else use the first k
+
+    c.checkpoint = k = ml_collections.ConfigDict()
+    k.every_steps = 500
+    k.keep = 2
+    k.async_save = True
+
+    c.meta = e = ml_collections.ConfigDict()
+    e.budget = 0.0  # the nominal FLOP budget C of an isoFLOP run (set by the planner); 0.0 = none
+    return c
 
 
 def science(config) -> dict:
-    """The config as a dict without its execution-only sections and keys."""
-    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS}
+    """The config as a dict without its execution-only sections and keys and its labels."""
+    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS + LABEL_SECTIONS}
     for section, key in EXECUTION_KEYS:
         d.get(section, {}).pop(key, None)
     return d
@@ -45,6 +129,7 @@ class ConfigError(ValueError):
 
 
 def load_py(path) -> ml_collections.ConfigDict:
+    """What a Python config file's get_config() returns, as written (not laid over the defaults)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -57,36 +142,61 @@ def load_py(path) -> ml_collections.ConfigDict:
 
 
 def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
-    """Load a .py or .json config and apply `--config.a.b=value` overrides."""
+    """Load a .py or .json config laid over defaults() and apply `--config.a.b=value` overrides."""
     path = pathlib.Path(path)
     if path.suffix == ".json":
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = json.loads(path.read_text())
+            written = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
-        config = load_py(_BASE)
-        _merge(config, data, prefix="")
     elif path.suffix == ".py":
-        config = load_py(path)
+        written = load_py(path)
+        if "sweep" in written:
+            raise ConfigError(f"{path} is a sweep config (it has a `sweep` section); plan or run it with "
+                              f"`scaling sweep {path}`")
     else:
         raise ConfigError(f"config must be a .py or .json file, got {path}")
+    config = overlay(defaults(), written, str(path))
     for item in overrides:
         apply_override(config, item)
     return config
 
 
-def _merge(config, data: dict, prefix: str) -> None:
-    for key, value in data.items():
+def overlay(base, written, source: str, prefix: str = "") -> ml_collections.ConfigDict:
+    """Lay `written` (a possibly partial, nested ConfigDict or dict) over `base` in place; returns base.
+
+    A key `base` lacks, or a value of another type than the default's (ints are fine for floats,
+    lists for tuples), is a ConfigError naming `source` and the key. An empty section of `base` is
+    a free-form mapping: it takes `written`'s keys as they are.
+    """
+    if isinstance(base, ml_collections.ConfigDict) and not base.keys():
+        base.update(written)
+        return base
+    for key, value in written.items():
         name = f"{prefix}{key}"
-        if key not in config:
-            raise ConfigError(f"unknown config key {name!r}; valid keys here: {sorted(config.keys())}")
-        if isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
-            _merge(config[key], value, prefix=f"{name}.")
-        else:
-            with config.ignore_type():
-                config[key] = value
+        if key not in base:
+            raise ConfigError(f"{source}: unknown config key {name!r}; valid keys here: {sorted(base.keys())}")
+        old = base[key]
+        if isinstance(old, ml_collections.ConfigDict):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                raise ConfigError(f"{source}: {name}={value!r}: {name} is a section; set its keys instead")
+            overlay(old, value, source, prefix=f"{name}.")
+            continue
+        if isinstance(value, list) and isinstance(old, tuple):
+            value = _tuples(value)
+        try:
+            base[key] = value
+        except TypeError:
+            raise ConfigError(f"{source}: {name}={value!r} is a {type(value).__name__}; the default "
+                              f"{old!r} is a {type(old).__name__}") from None
+    return base
+
+
+def _tuples(value):
+    """JSON lists back to the tuples a config holds (nested pairs included)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def apply_override(config, item: str) -> None:
@@ -155,52 +265,96 @@ def tokenizer_vocab(tokenizer: str) -> int | None:
 
 
 def num_steps(config) -> int:
+    """Optimizer steps of the run: train.tokens // (batch_size * seq_len)."""
     return config.train.tokens // (config.train.batch_size * config.data.seq_len)
+
+
+def decay_steps(optim_cfg, total_steps: int) -> int:
+    """WSD: steps over which lr falls from its peak to the floor (reached at the final step)."""
+    return max(int(round(optim_cfg.decay_fraction * total_steps)), 1)
 
 
 def resolve(config) -> ml_collections.ConfigDict:
     """Fill derived values (max_seq_len, d_ff) so the saved config says what actually ran."""
-    from scaling.model import d_ff_of
-
     config = ml_collections.ConfigDict(config.to_dict())
     if config.model.max_seq_len == 0:
         config.model.max_seq_len = config.data.seq_len
-    if config.model.d_ff == 0 and config.model.mlp in ENUMS["model.mlp"]:
+    if config.model.d_ff == 0 and config.model.mlp in MLP_KINDS:
         config.model.d_ff = d_ff_of(config.model)
     return config
 
 
-def validate(config) -> None:
-    """Raise ConfigError listing every problem found (key, value, what is valid)."""
-    from scaling.model import validate_model_config
-
+def model_problems(cfg) -> list[str]:
+    """Every problem of a `model` section that would stop it being built (key, value, what is valid)."""
     problems = []
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            hint = " (0 means data.seq_len and must be resolved before the model is built)" \
+                if key == "max_seq_len" else ""
+            problems.append(f"model.{key}={v!r} is not valid; it must be a positive integer{hint}")
+    if not isinstance(cfg.d_ff, int) or cfg.d_ff < 0:
+        problems.append(f"model.d_ff={cfg.d_ff!r} is not valid; use 0 (derived) or a positive int")
+    for key, choices in (("mlp", MLP_KINDS), ("compute_dtype", DTYPES), ("param_dtype", DTYPES)):
+        if cfg[key] not in choices:
+            problems.append(f"model.{key}={cfg[key]!r} is not valid; use one of {choices}")
+    for key in ("rope_theta", "norm_eps", "init_std"):
+        if not cfg[key] > 0:
+            problems.append(f"model.{key}={cfg[key]!r} is not valid; it must be > 0")
+    if problems:  # the shape checks below divide by these sizes
+        return problems
+    if cfg.d_model % cfg.n_heads:
+        problems.append(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}; "
+                        f"d_model must be a multiple of n_heads")
+    if cfg.n_heads % cfg.n_kv_heads:
+        problems.append(f"model.n_kv_heads={cfg.n_kv_heads} does not divide model.n_heads={cfg.n_heads}; "
+                        f"valid: a divisor of n_heads (n_heads = MHA, 1 = MQA)")
+    head_dim = cfg.d_model // cfg.n_heads
+    if head_dim % 2:
+        problems.append(f"head_dim = model.d_model / model.n_heads = {cfg.d_model}/{cfg.n_heads} = {head_dim} "
+                        f"is odd; RoPE rotates pairs of dimensions, so head_dim must be even")
+    return problems
+
+
+def validate_model_config(cfg) -> None:
+    """Raise ConfigError (a ValueError) listing model_problems(cfg), before anything is built."""
+    problems = model_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _positive_problems(config, keys, kind: str, ok) -> list[str]:
+    bad = [(key, config[key.split(".")[0]][key.split(".")[1]]) for key in keys]
+    return [f"{key}={value!r}: must be a positive {kind}" for key, value in bad if not ok(value)]
+
+
+def validate(config) -> None:
+    """Raise ConfigError listing every problem of a resolved config (key, value, what is valid)."""
+    problems = model_problems(config.model)
 
     def need(ok: bool, msg: str):
         if not ok:
             problems.append(msg)
 
-    for key, choices in ENUMS.items():
-        section, leaf = key.split(".")
-        value = config[section][leaf]
+    for key, value, choices in (("optim.schedule", config.optim.schedule, SCHEDULES),
+                                ("optim.parametrization", config.optim.parametrization, PARAMETRIZATIONS)):
         need(value in choices, f"{key}={value!r}: must be one of {choices}")
-    for key in ("data.seq_len", "train.tokens", "train.batch_size", "train.log_every",
-                "train.eval_every", "train.eval_tokens", "checkpoint.every_steps", "checkpoint.keep"):
-        section, leaf = key.split(".")
-        value = config[section][leaf]
-        need(isinstance(value, int) and value > 0, f"{key}={value!r}: must be a positive integer")
-    for key in ("optim.lr", "optim.b1", "optim.b2", "optim.eps"):
-        section, leaf = key.split(".")
-        value = config[section][leaf]
-        need(isinstance(value, (int, float)) and value > 0 and math.isfinite(value),
-             f"{key}={value!r}: must be a positive number")
-    need(0 <= config.optim.min_lr_ratio <= 1, f"optim.min_lr_ratio={config.optim.min_lr_ratio!r}: must be in [0, 1]")
-    need(0 < config.optim.decay_fraction <= 1,
-         f"optim.decay_fraction={config.optim.decay_fraction!r}: must be in (0, 1]")
-    need(config.optim.warmup_steps >= 0, f"optim.warmup_steps={config.optim.warmup_steps!r}: must be >= 0")
-    need(config.optim.clip_norm >= 0, f"optim.clip_norm={config.optim.clip_norm!r}: must be >= 0 (0 = off)")
+    problems += _positive_problems(
+        config, ("data.seq_len", "train.tokens", "train.batch_size", "train.log_every", "train.eval_every",
+                 "train.eval_tokens", "checkpoint.every_steps", "checkpoint.keep"),
+        "integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    problems += _positive_problems(
+        config, ("optim.lr", "optim.b1", "optim.b2", "optim.eps"),
+        "number", lambda v: isinstance(v, (int, float)) and v > 0 and math.isfinite(v))
+    o = config.optim
+    need(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio!r}: must be in [0, 1]")
+    need(0 < o.decay_fraction <= 1, f"optim.decay_fraction={o.decay_fraction!r}: must be in (0, 1]")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps!r}: must be >= 0")
+    need(o.clip_norm >= 0, f"optim.clip_norm={o.clip_norm!r}: must be >= 0 (0 = off)")
     need(config.train.z_loss >= 0, f"train.z_loss={config.train.z_loss!r}: must be >= 0")
     need(0 < config.data.eval_fraction < 1, f"data.eval_fraction={config.data.eval_fraction!r}: must be in (0, 1)")
+    need(math.isfinite(config.meta.budget) and config.meta.budget >= 0,
+         f"meta.budget={config.meta.budget!r}: must be a FLOP count >= 0 (0 = none)")
     vocab = tokenizer_vocab(config.data.tokenizer)
     if vocab is not None:
         need(config.model.vocab_size == vocab,
@@ -211,27 +365,27 @@ def validate(config) -> None:
              f"data.seq_len={config.data.seq_len}: longer than model.max_seq_len="
              f"{config.model.max_seq_len} (the RoPE table); raise max_seq_len or use 0 (= seq_len)")
     if not problems:
-        steps = num_steps(config)
-        need(steps >= 1, f"train.tokens={config.train.tokens}: less than one batch of "
-             f"{config.train.batch_size}x{config.data.seq_len} tokens")
-        need(config.optim.warmup_steps < max(steps, 1),
-             f"optim.warmup_steps={config.optim.warmup_steps}: must be below the run's {steps} steps")
-        if config.optim.schedule == "wsd":
-            from scaling.optim import decay_steps
-
-            n_decay = decay_steps(config.optim, steps)
-            need(config.optim.warmup_steps + n_decay <= steps,
-                 f"optim.warmup_steps={config.optim.warmup_steps} + the WSD decay ({n_decay} steps = "
-                 f"optim.decay_fraction={config.optim.decay_fraction} of {steps}) exceed the run's steps")
-    try:
-        validate_model_config(config.model)
-    except ValueError as e:
-        problems.append(str(e))
+        problems += _schedule_problems(config)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
+def _schedule_problems(config) -> list[str]:
+    """The run's step count against its warmup and WSD decay (only meaningful once the rest is valid)."""
+    steps, o = num_steps(config), config.optim
+    if steps < 1:
+        return [f"train.tokens={config.train.tokens}: less than one batch of "
+                f"{config.train.batch_size}x{config.data.seq_len} tokens"]
+    if o.warmup_steps >= steps:
+        return [f"optim.warmup_steps={o.warmup_steps}: must be below the run's {steps} steps"]
+    n_decay = decay_steps(o, steps)
+    if o.schedule == "wsd" and o.warmup_steps + n_decay > steps:
+        return [f"optim.warmup_steps={o.warmup_steps} + the WSD decay ({n_decay} steps = "
+                f"optim.decay_fraction={o.decay_fraction} of {steps}) exceed the run's steps"]
+    return []
+
+
 def config_hash(config) -> str:
-    """Stable short hash of a resolved config's canonical JSON, execution sections excluded."""
+    """Stable short hash of a resolved config's canonical JSON, execution sections and labels excluded."""
     blob = json.dumps(science(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -42,8 +42,9 @@ sqrt(base_d_model / d_model); embedding and LM head init unchanged; logits multi
 base_d_model / d_model; attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim).
 The per-layer learning rates of muP are the optimizer's concern (scaling/optim.py).
 
-`d_ff_of` (the MLP width rule) is defined in scaling/accounting.py, which must stay JAX-free,
-and re-exported here.
+The MLP width rule `d_ff_of` lives in scaling/accounting.py and the valid values and
+`validate_model_config` in scaling/config.py (both JAX-free, so a sweep is planned and checked
+without building a model); both are re-exported here.
 """
 import math
 
@@ -51,44 +52,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.accounting import MLP_KINDS, d_ff_of  # noqa: F401  (d_ff_of: re-exported here)
+from scaling.accounting import d_ff_of
+from scaling.config import PARAMETRIZATIONS, validate_model_config
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
-DTYPES = ("float32", "bfloat16")
-PARAMETRIZATIONS = ("standard", "mup")
-
-
-def validate_model_config(cfg) -> None:
-    """Raise ValueError naming the key, its value and what is valid, before anything is built."""
-    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
-        v = cfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            hint = " (0 means data.seq_len and must be resolved before the model is built)" \
-                if key == "max_seq_len" else ""
-            raise ValueError(f"model.{key}={v!r} is not valid; it must be a positive integer{hint}")
-    if not isinstance(cfg.d_ff, int) or cfg.d_ff < 0:
-        raise ValueError(f"model.d_ff={cfg.d_ff!r} is not valid; use 0 (derived) or a positive int")
-    if cfg.mlp not in MLP_KINDS:
-        raise ValueError(f"model.mlp={cfg.mlp!r} is not valid; use one of {MLP_KINDS}")
-    for key in ("compute_dtype", "param_dtype"):
-        if cfg[key] not in DTYPES:
-            raise ValueError(f"model.{key}={cfg[key]!r} is not valid; use one of {DTYPES}")
-    if cfg.d_model % cfg.n_heads:
-        raise ValueError(
-            f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}; "
-            f"d_model must be a multiple of n_heads")
-    if cfg.n_heads % cfg.n_kv_heads:
-        raise ValueError(
-            f"model.n_kv_heads={cfg.n_kv_heads} does not divide model.n_heads={cfg.n_heads}; "
-            f"valid: a divisor of n_heads (n_heads = MHA, 1 = MQA)")
-    head_dim = cfg.d_model // cfg.n_heads
-    if head_dim % 2:
-        raise ValueError(
-            f"head_dim = model.d_model / model.n_heads = {cfg.d_model}/{cfg.n_heads} = {head_dim} "
-            f"is odd; RoPE rotates pairs of dimensions, so head_dim must be even")
-    for key in ("rope_theta", "norm_eps", "init_std"):
-        if not cfg[key] > 0:
-            raise ValueError(f"model.{key}={cfg[key]!r} is not valid; it must be > 0")
 
 
 def _matrix(rngs, shape, std, axes, dtype):

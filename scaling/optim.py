@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scaling.config import SCHEDULES, decay_steps
+
 
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     """lr at step s = 0 .. total_steps-1 (the steps that run); the last step runs at the floor."""
@@ -28,17 +30,12 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     elif kind == "constant":
         main = optax.constant_schedule(lr)
     else:
-        raise ValueError(f"optim.schedule={kind!r}: must be cosine, wsd or constant")
+        raise ValueError(f"optim.schedule={kind!r}: must be one of {SCHEDULES}")
     if warmup == 0:
         return main
     # step s of warmup uses lr·(s+1)/warmup so the very first update is not zero.
     ramp = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else optax.constant_schedule(lr)
     return optax.join_schedules([ramp, main], [warmup])
-
-
-def decay_steps(optim_cfg, total_steps: int) -> int:
-    """WSD: steps over which lr falls from its peak to the floor (reached at the final step)."""
-    return max(int(round(optim_cfg.decay_fraction * total_steps)), 1)
 
 
 def _path_names(path) -> list[str]:

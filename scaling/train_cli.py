@@ -1,7 +1,9 @@
-"""`scaling train`: train one model from a config file.
+"""`scaling train`: train one model from a config file (also `python -m scaling train`).
 
     scaling train --config experiments/base.py --config.model.d_model=64 --workdir runs/x
     scaling train --config runs/x/config.json --workdir runs/x        # a resolved config (resume)
+
+The config is validated once, by scaling.train.train(); an invalid one exits with status 2.
 
 Multi-host: set SCALING_COORDINATOR / SCALING_NUM_PROCESSES / SCALING_PROCESS_ID, or run under
 SkyPilot or on a TPU pod; see scaling/distributed.py.
@@ -28,6 +30,7 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Parse the arguments, load the config and train; 0 when the run finished or stopped as asked."""
     parser = argparse.ArgumentParser(prog="scaling train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a .py file with get_config() or a .json config")
@@ -43,7 +46,6 @@ def main(argv: list[str]) -> int:
     from scaling import config as cfg_lib
     try:
         config = cfg_lib.load(args.config, rest)
-        cfg_lib.validate(cfg_lib.resolve(config))
     except cfg_lib.ConfigError as e:
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
@@ -58,7 +60,10 @@ def main(argv: list[str]) -> int:
     from scaling.train import NonFiniteLossError, train
     try:
         result = train(config, args.workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
-    except (cfg_lib.ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except cfg_lib.ConfigError as e:
+        print(f"scaling train: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
         print(f"scaling train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0 if result.get("status") in ("ok", "stopped") else 1

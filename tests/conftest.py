@@ -41,7 +41,7 @@ def tiny_config(corpus_cache):
     """A config that trains in seconds on CPU: bytes tokenizer, 2 layers, d=32, one device."""
     from scaling import config as cfg_lib
 
-    c = cfg_lib.load(cfg_lib._BASE)
+    c = cfg_lib.defaults()
     c.data.cache_dir = corpus_cache
     c.data.seq_len = 32
     c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2)

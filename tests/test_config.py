@@ -1,11 +1,15 @@
 """Config loading, overrides and validation: errors name the key, the value and what is valid."""
 import json
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from scaling import config as cfg_lib
 
-BASE = cfg_lib._BASE
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BASE = REPO / "experiments" / "base.py"
 
 
 def test_override_parses_to_leaf_type():
@@ -96,3 +100,69 @@ def test_execution_details_are_not_part_of_the_identity():
     assert cfg_lib.config_hash(a) == cfg_lib.config_hash(b)
     c = cfg_lib.load(BASE, ["--config.data.num_workers=2"])  # changes the iterator state: identity
     assert cfg_lib.config_hash(a) != cfg_lib.config_hash(c)
+
+
+def test_a_config_file_holds_only_what_differs_from_the_defaults(tmp_path):
+    """experiments/base.py changes nothing; a partial file is laid over defaults(), key by key."""
+    assert cfg_lib.load(BASE).to_dict() == cfg_lib.defaults().to_dict()
+    p = tmp_path / "small.py"
+    p.write_text("import ml_collections\n\ndef get_config():\n    c = ml_collections.ConfigDict()\n"
+                 "    c.model = dict(d_model=64)\n    c.optim = dict(lr=1)\n    return c\n")
+    c = cfg_lib.load(p, ["--config.train.tokens=2e5"])
+    expect = cfg_lib.defaults()
+    expect.model.d_model, expect.optim.lr, expect.train.tokens = 64, 1.0, 200_000
+    assert c.to_dict() == expect.to_dict()
+    assert isinstance(c.optim.lr, float)  # an int where the default is a float becomes a float, as before
+
+
+@pytest.mark.parametrize("body, words", [
+    ("c.model = dict(d_modle=64)", ["small.py", "model.d_modle", "d_model"]),
+    ("c.train = dict(tokens=2.5e6)", ["small.py", "train.tokens=2500000.0", "int"]),
+    ("c.model = 3", ["small.py", "model=3", "section"]),
+    ("c.sweep = dict(kind='grid')", ["small.py", "sweep config", "scaling sweep"]),
+])
+def test_bad_config_files_are_named(tmp_path, body, words):
+    p = tmp_path / "small.py"
+    p.write_text(f"import ml_collections\n\ndef get_config():\n    c = ml_collections.ConfigDict()\n"
+                 f"    {body}\n    return c\n")
+    with pytest.raises(cfg_lib.ConfigError) as e:
+        cfg_lib.load(p)
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_meta_labels_are_outside_the_identity_and_survive_json(tmp_path):
+    a = cfg_lib.resolve(cfg_lib.load(BASE))
+    b = cfg_lib.resolve(cfg_lib.load(BASE, ["--config.meta.budget=1e18"]))
+    assert b.meta.budget == 1e18 and cfg_lib.config_hash(a) == cfg_lib.config_hash(b)
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(b.to_dict()))
+    assert cfg_lib.load(p).meta.budget == 1e18
+    b.meta.budget = -1.0
+    with pytest.raises(cfg_lib.ConfigError, match="meta.budget=-1.0"):
+        cfg_lib.validate(b)
+
+
+def test_every_problem_is_listed_at_once():
+    c = cfg_lib.resolve(cfg_lib.load(BASE, ["--config.model.mlp=relu", "--config.optim.schedule=linear",
+                                            "--config.train.batch_size=0"]))
+    with pytest.raises(cfg_lib.ConfigError) as e:
+        cfg_lib.validate(c)
+    for key in ("model.mlp", "optim.schedule", "train.batch_size"):
+        assert key in str(e.value)
+
+
+def test_valid_values_and_rules_are_defined_once_here():
+    """The model and the optimizer use the config module's definitions (the same objects)."""
+    from scaling import model, optim
+
+    assert model.validate_model_config is cfg_lib.validate_model_config
+    assert model.PARAMETRIZATIONS is cfg_lib.PARAMETRIZATIONS
+    assert optim.decay_steps is cfg_lib.decay_steps and optim.SCHEDULES is cfg_lib.SCHEDULES
+
+
+def test_validation_imports_no_jax():
+    code = ("import sys\nfrom scaling import config as c\nc.validate(c.resolve(c.defaults()))\n"
+            "print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from launch import demo
+from cli import demo
 
 TINY_SWEEP = """
 from experiments.demo_cpu import get_config as demo_config

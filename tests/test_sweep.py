@@ -4,6 +4,7 @@ The N, D, C checks compare against scaling.accounting on each run's resolved con
 the model actually built (parameter count of the NNX model); the slow test at the end runs the
 real trainer on two tiny runs and compares what result.json records with the plan.
 """
+import hashlib
 import math
 import pathlib
 import subprocess
@@ -14,7 +15,7 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from launch import cli, local, sweep
+from launch import cli, local, skypilot, sweep
 from scaling import accounting
 from scaling import config as cfg_lib
 from scaling.model import build_model
@@ -233,3 +234,80 @@ def test_end_to_end_real_trainer_records_the_planned_numbers(tmp_path, capsys, m
         assert r["config_hash"][:8] == s.run_id[-8:], (r["config_hash"], s.run_id)
     assert cli.status_main([str(sweep_dir)]) == 0
     assert "2 done, 0 running, 0 failed, 0 pending (of 2)" in capsys.readouterr().out
+
+
+# The identity contract: run ids of the shipped sweeps as the code before experiments-as-data computed
+# them (count, sha256 of the ids joined by spaces, first and last id). demo_cpu's were computed with
+# train.peak_flops = 0 (the file then hard-coded 1.19e11, which is part of a run's identity).
+IDS_BEFORE = {
+    "demo_cpu": (23, "b8e2bb3d20d4f34601e764bf60a9e8c8588970906b1d50469579de37e24d21b5",
+                 "C5e10-L1-d8-D2.16M-3705bd9c", "C8e11-L5-d64-D471k-415f3d6c"),
+    "chinchilla_isoflop": (26, "35e5ff1709032ae1e097bbda3a2e99e7d851a630be10debd8ba7a424aeb124c3",
+                           "C1e18-L6-d384-D4.66G-3e7e8384", "C1e20-L34-d2176-D8.01G-f6b11552"),
+    "kaplan_n": (8, "48c4b2ada7b1e605b506fe6ddff02ccc0985da63d588ac3c63dba145080891ca",
+                 "L3-d192-D20G-a6a529aa", "L27-d1728-D20G-7a774718"),
+    "kaplan_d": (7, "8f82ead13f1824642b13a6094cb2b1a406d894160282bd5c2044ea0193dc25dd",
+                 "L24-d1280-D300M-8b672bc2", "L24-d1280-D20G-5338363d"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IDS_BEFORE))
+def test_shipped_sweeps_keep_their_run_ids(name):
+    ids = [s.run_id for s in sweep.expand(sweep.load_sweep(REPO / "experiments" / f"{name}.py"))]
+    n, digest, first, last = IDS_BEFORE[name]
+    assert (len(ids), ids[0], ids[-1]) == (n, first, last)
+    assert hashlib.sha256(" ".join(ids).encode()).hexdigest() == digest
+
+
+def test_shipped_configs_leave_the_peak_to_the_host():
+    """MFU is against the measured or looked-up peak of the machine that runs, never one machine's number."""
+    for path in sorted((REPO / "experiments").glob("[!_]*.py")):
+        c = sweep.load_sweep(path) if path.stem != "base" else cfg_lib.load(path)
+        assert c.train.peak_flops == 0.0, path.name
+
+
+def test_each_isoflop_run_records_its_nominal_budget():
+    specs = sweep.expand(tiny_sweep())
+    assert {s.config.meta.budget for s in specs} == {2e10, 6e10}
+    assert all(s.config.meta.budget == s.budget for s in specs)
+    assert {s.config.meta.budget for s in sweep.expand(tiny_sweep("grid"))} == {0.0}
+    for s in specs:  # a label: the id is the hash of the config without it
+        unlabelled = ml_collections.ConfigDict(s.config.to_dict())
+        unlabelled.meta.budget = 0.0
+        assert s.run_id.endswith(cfg_lib.config_hash(unlabelled)[:8])
+
+
+def test_load_sweep_lays_sections_over_their_defaults(tmp_path):
+    p = tmp_path / "mini.py"
+    p.write_text("import ml_collections\n\ndef get_config():\n    c = ml_collections.ConfigDict()\n"
+                 "    c.data = dict(seq_len=64)\n"
+                 "    c.sweep = dict(budgets=(1e10,), shapes=dict(explicit=((1, 16),)))\n"
+                 "    c.cloud = dict(chips=8)\n    return c\n")
+    c = sweep.load_sweep(p)
+    expect_sweep = sweep.sweep_defaults()
+    expect_sweep.budgets, expect_sweep.shapes.explicit = (1e10,), ((1, 16),)
+    assert c.sweep.to_dict() == expect_sweep.to_dict()
+    assert c.cloud.to_dict() == skypilot.cloud_config(chips=8).to_dict()
+    expect_run = cfg_lib.defaults()
+    expect_run.data.seq_len = 64
+    assert sweep.run_config(c).to_dict() == expect_run.to_dict()
+    p.write_text(p.read_text().replace("explicit=", "explict="))
+    with pytest.raises(cfg_lib.ConfigError, match=r"mini.py: unknown config key 'sweep.shapes.explict'"):
+        sweep.load_sweep(p)
+
+
+def test_sweep_problems_are_listed_at_once():
+    c = tiny_sweep()
+    c.sweep.kind, c.sweep.seeds, c.sweep.shapes.n_kind = "random", (), "embed"
+    with pytest.raises(ValueError) as e:
+        sweep.expand(c)
+    for words in ("sweep.kind='random'", "sweep.seeds is empty", "sweep.shapes.n_kind='embed'"):
+        assert words in str(e.value)
+
+
+def test_planning_the_demo_sweep_imports_no_jax():
+    """`scaling sweep experiments/demo_cpu.py --dry-run` through the real entry point, in a fresh process."""
+    code = ("import sys\nfrom cli.main import main\nrc = main(['sweep', 'experiments/demo_cpu.py', '--dry-run'])\n"
+            "print('RC', rc, 'JAX', 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert "23 runs" in out.stdout and out.stdout.strip().endswith("RC 0 JAX False"), out.stdout + out.stderr

@@ -59,6 +59,7 @@ def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str]) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    """`scaling demo`: corpus, sweep, fits and report; 0 when every run finished ok, 130 on Ctrl-C."""
     p = argparse.ArgumentParser(prog="scaling demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default=str(DEFAULT_SWEEP), help="sweep config (default: experiments/demo_cpu.py)")
@@ -90,13 +91,12 @@ def main(argv: list[str]) -> int:
     print(f"== 1/4 corpus: {cfg.data.corpus} ({cfg.data.tokenizer} tokenizer) ==", flush=True)
     t = time.time()
     corpus = data.load(cfg.data)
-    meta = corpus.meta
     print(f"   {len(corpus.train_tokens):,} train tokens, {len(corpus.eval_tokens):,} held-out eval tokens "
           f"({corpus.bytes_per_token_eval:.3f} bytes/token) in {corpus.path} [{time.time() - t:.1f}s]")
-    del meta
 
     print(f"\n== 2/4 sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
-    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel), flush=True)
+    plan = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
+    print(plan, flush=True)
     local.write_manifest(sweep_dir, specs, args.sweep)
     backend = local.LocalBackend(sweep_dir, parallel=args.parallel, max_attempts=2, on_event=DemoProgress(),
                                  est_flops_per_s=cfg.sweep.est_flops_per_s)
@@ -114,8 +114,7 @@ def main(argv: list[str]) -> int:
     print("\n== 3/4 fits and figures ==", flush=True)
     from analysis import report
 
-    plan_md = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
-    summary = report.build(sweep_dir, plan_text=plan_md, n_bootstrap=args.bootstrap, log=print)
+    summary = report.build(sweep_dir, plan_text=plan, n_bootstrap=args.bootstrap, log=print)
 
     print("\n== 4/4 report ==")
     print(f"   {sweep_dir / 'report.md'}\n   {sweep_dir / 'report.html'}")

@@ -1,0 +1,28 @@
+"""`scaling`: the user-facing command; each subcommand is owned by the module that does the work.
+
+    scaling train --config experiments/base.py --config.model.d_model=64 --workdir runs/x
+    scaling data prepare --help
+    scaling sweep experiments/demo_cpu.py [--dry-run]
+    scaling status SWEEP_DIR
+    scaling fit SWEEP_DIR_OR_CSV --law chinchilla
+    scaling reproduce chinchilla --data PATH
+    scaling demo
+
+Only the chosen subcommand's module is imported, so planning a sweep loads no JAX.
+`python -m cli` is the same command.
+"""
+from scaling import cli as trainer_cli
+
+COMMANDS = {
+    **trainer_cli.COMMANDS,
+    "sweep": ("launch.cli", "sweep_main", "plan (--dry-run) or run a sweep"),
+    "status": ("launch.cli", "status_main", "status table of a sweep directory"),
+    "fit": ("analysis.cli", "fit_main", "fit scaling laws to a sweep directory or CSV"),
+    "reproduce": ("analysis.cli", "reproduce_main", "reproduce a paper's fit and figures"),
+    "demo": ("cli.demo", "main", "the CPU demo: corpus -> sweep -> fits -> report"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`scaling COMMAND ...`: dispatch to the subcommand's module."""
+    return trainer_cli.dispatch("scaling", COMMANDS, argv)
