@@ -19,7 +19,7 @@ from scaling.train import make_trainer
 
 
 def bench(d_model: int, n_layers: int, args) -> dict:
-    c = cfg_lib.load(cfg_lib._BASE)
+    c = cfg_lib.defaults()
     c.model.update(d_model=d_model, n_layers=n_layers, n_heads=max(d_model // 64, 1),
                    n_kv_heads=max(d_model // 64, 1), vocab_size=args.vocab, compute_dtype=args.dtype)
     c.data.seq_len = args.seq

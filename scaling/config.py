@@ -21,8 +21,6 @@ import ml_collections
 
 from scaling.accounting import MLP_KINDS, d_ff_of
 
-# The base experiment (every key at its default), loaded by path by tests that predate defaults().
-_BASE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "base.py"
 
 DTYPES = ("float32", "bfloat16")
 PARAMETRIZATIONS = ("standard", "mup")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.base import get_config
+from scaling.config import defaults as get_config
 from scaling import accounting
 from scaling.model import build_model, d_ff_of
 

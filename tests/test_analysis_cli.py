@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling import cli
+from cli import main as cli
 
 # A Chinchilla-like law to generate data from (the Epoch refit's values).
 E, A, B, ALPHA, BETA = 1.82, 480.0, 2100.0, 0.35, 0.37

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments.base import get_config
+from scaling.config import defaults as get_config
 from scaling.model import build_model, cross_entropy, full_axis_rules, validate_model_config
 
 

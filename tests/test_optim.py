@@ -9,7 +9,7 @@ from scaling.optim import decay_mask, make_optimizer, make_schedule, mup_lr_mult
 
 
 def _optim(**kw):
-    o = cfg_lib.load(cfg_lib._BASE).optim
+    o = cfg_lib.defaults().optim
     o.update(kw)
     return o
 
@@ -51,7 +51,7 @@ def test_mup_scales_hidden_matrices_only():
 
 def test_adamw_first_step_matches_hand_computation():
     # AdamW's first update is lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|) + lr * wd * w.
-    c = cfg_lib.load(cfg_lib._BASE)
+    c = cfg_lib.defaults()
     c.optim.update(dict(lr=0.1, warmup_steps=0, weight_decay=0.5, clip_norm=0.0, eps=1e-12, schedule="constant"))
     params = {"w": jnp.array([[1.0, -2.0], [3.0, 4.0]]), "scale": jnp.array([1.0, 1.0])}
     grads = {"w": jnp.array([[0.5, -0.1], [2.0, -3.0]]), "scale": jnp.array([1.0, -1.0])}

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, PartitionSpec as P
 
-from experiments.base import get_config
+from scaling.config import defaults as get_config
 from scaling import sharding as sh
 from scaling.model import build_model, cross_entropy
 

@@ -23,7 +23,7 @@ RTOL = 1e-5
 def sharded_config(cache_dir, data=-1, fsdp=1, model=1, num_devices=0):
     """A 20-step run on the embedded corpus (bytes), d=32, 1 layer, 2 heads, batch 8 x 32.
     (One layer: compilation dominates these runs, and a second layer adds no new layout.)"""
-    c = cfg_lib.load(cfg_lib._BASE)
+    c = cfg_lib.defaults()
     c.data.update(cache_dir=cache_dir, seq_len=32)
     c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2)
     c.train.update(batch_size=8, tokens=8 * 32 * STEPS, log_every=1, eval_every=10,
