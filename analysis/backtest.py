@@ -33,13 +33,14 @@ BINS = (1.0, 2.0 * 1.001, 4.0 * 1.001, 16.0 * 1.001, np.inf)  # 2x = 2.0000001x 
 BIN_LABELS = ("<=2x", "2-4x", "4-16x", ">16x")
 
 
-def budgets_of(table) -> np.ndarray:
+def budgets_of(table, rel_tol=0.1) -> np.ndarray:
     """Budget (FLOPs) per row: the table's `budget` column when complete, else C (flops, or
-    6ND) grouped within 10% (analysis.chinchilla.group_budgets), each group's geometric mean."""
+    6ND) grouped within a factor 1 + rel_tol (analysis.chinchilla.group_budgets), each
+    group's geometric mean."""
     if "budget" in table and table["budget"].notna().all():
         return table["budget"].to_numpy(dtype=float)
     c = predict.columns(table, laws.kaplan("C"))["C"]
-    labels = chinchilla.group_budgets(c)
+    labels = chinchilla.group_budgets(c, rel_tol)
     means = {g: np.exp(np.log(c[labels == g]).mean()) for g in np.unique(labels)}
     return np.array([means[g] for g in labels])
 
@@ -59,10 +60,10 @@ def cutoffs(budgets, law: str) -> np.ndarray:
 
 
 def backtest(table, law: str = "chinchilla", *, level=0.9, n_bootstrap=200, starts=None,
-             seed=0) -> pd.DataFrame:
+             seed=0, rel_tol=0.1) -> pd.DataFrame:
     """Rollout backtest rows (see the module docstring); cutoffs whose fit is refused are
-    skipped with a warning and listed in `.attrs['skipped_cutoffs']`."""
-    budgets = budgets_of(table)
+    skipped with a warning and listed in `.attrs['skipped_cutoffs']`. rel_tol: budget_of's."""
+    budgets = budgets_of(table, rel_tol)
     cuts = cutoffs(budgets, law)
     measured = table["loss"].to_numpy(dtype=float)
     rows, skipped = [], []
