@@ -139,7 +139,7 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(centre - half), float(centre + half))
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
