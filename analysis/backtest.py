@@ -69,22 +69,32 @@ def backtest(table, law: str = "chinchilla", *, level=0.9, n_bootstrap=200, star
     rows, skipped = [], []
     fits = _fit_cutoffs(table, budgets, cuts, law, n_bootstrap, starts, seed, skipped)
     for cut, model in fits:
-        above = budgets > cut
-        if law == "chinchilla":
-            p = predict.loss_interval(model, {"N": table.n_params[above], "D": table.tokens[above]},
-                                      level=level, seed=seed)
-            for j, i in enumerate(np.flatnonzero(above)):
-                rows.append(_row(cut, budgets[i], str(table["run_dir"].iloc[i])
-                                 if "run_dir" in table else str(i), table.n_params.iloc[i],
-                                 table.tokens.iloc[i], p.value[j], p.lo[j], p.hi[j], measured[i]))
-        for c in np.unique(budgets[above]):
-            opt = (predict.chinchilla_optimum(model, c, level=level, seed=seed) if law == "chinchilla"
-                   else predict.approach2_optimum(model, c, level=level, seed=seed))
-            rows.append(_row(cut, c, "optimum", opt.N.value, opt.D.value, opt.L.value, opt.L.lo,
-                             opt.L.hi, measured[budgets == c].min()))
+        try:  # a cutoff whose refits give no optimum is skipped, not the whole rollout
+            rows += _predict_above(table, budgets, measured, cut, model, law, level, seed)
+        except ValueError as e:
+            _skip(skipped, cut, e)
     out = pd.DataFrame(rows)
     out.attrs.update(law=law, level=level, n_bootstrap=n_bootstrap, skipped_cutoffs=skipped)
     return out
+
+
+def _predict_above(table, budgets, measured, cut, model, law, level, seed) -> list[dict]:
+    """Rows for one cutoff: every run above it (Approach 3) and every budget's optimum."""
+    rows = []
+    above = budgets > cut
+    if law == "chinchilla":
+        p = predict.loss_interval(model, {"N": table.n_params[above], "D": table.tokens[above]},
+                                  level=level, seed=seed)
+        for j, i in enumerate(np.flatnonzero(above)):
+            rows.append(_row(cut, budgets[i], str(table["run_dir"].iloc[i])
+                             if "run_dir" in table else str(i), table.n_params.iloc[i],
+                             table.tokens.iloc[i], p.value[j], p.lo[j], p.hi[j], measured[i]))
+    for c in np.unique(budgets[above]):
+        opt = (predict.chinchilla_optimum(model, c, level=level, seed=seed) if law == "chinchilla"
+               else predict.approach2_optimum(model, c, level=level, seed=seed))
+        rows.append(_row(cut, c, "optimum", opt.N.value, opt.D.value, opt.L.value, opt.L.lo,
+                         opt.L.hi, measured[budgets == c].min()))
+    return rows
 
 
 def _fit_cutoffs(table, budgets, cuts, law, n_bootstrap, starts, seed, skipped):
