@@ -1,0 +1,201 @@
+"""Rollout backtests: fit on the budgets at or below a cutoff, predict everything above it.
+
+For every cutoff budget C_cut (budgets sorted; each cutoff with at least `MIN_BUDGETS[law]`
+budgets at or below it, and at least one above), the law is fitted on the runs with budget
+<= C_cut, with bootstrap refits and a run-to-run noise estimate (analysis.predict), and
+predicts with a prediction interval
+- every run above the cutoff at its own (N, D) (law 'chinchilla'; row `run` = its run_dir), and
+- the optimum of every budget above it (row `run` = 'optimum'): predicted L* at the budget's C
+  vs the budget's best measured loss. The best of a grid of sizes sits above the continuous
+  optimum by the grid's spacing, so these rows carry a small bias towards measured > predicted.
+Law 'isoflop' (Approach 2) predicts only the optimum rows.
+
+Rows: cutoff, target (budget C, FLOPs), factor = C / C_cut, run, n_params, tokens, predicted,
+lo, hi, measured (nats/token), rel_error = predicted / measured − 1, inside (lo <= measured <= hi).
+
+`summarize` gives median and max |rel_error| per extrapolation-factor bin (≤2×, 2–4×, 4–16×,
+>16×) and the empirical coverage of the intervals with a 95% Wilson score interval (binomial;
+rows from one cutoff share a fit, so the true uncertainty is somewhat larger). `figure` draws
+predicted vs measured with interval bars, coloured by the extrapolation factor.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from analysis import chinchilla, fit as fitlib, laws, predict
+
+LAWS = ("chinchilla", "isoflop")
+MIN_BUDGETS = {"chinchilla": 2, "isoflop": predict.MIN_BUDGETS}  # budgets a fit needs
+BINS = (1.0, 2.0 * 1.001, 4.0 * 1.001, 16.0 * 1.001, np.inf)  # 2x = 2.0000001x (rounding)
+BIN_LABELS = ("<=2x", "2-4x", "4-16x", ">16x")
+
+
+def budgets_of(table, rel_tol=0.1) -> np.ndarray:
+    """Budget (FLOPs) per row: the table's `budget` column when complete, else C (flops, or
+    6ND) grouped within a factor 1 + rel_tol (analysis.chinchilla.group_budgets), each
+    group's geometric mean."""
+    if "budget" in table and table["budget"].notna().all():
+        return table["budget"].to_numpy(dtype=float)
+    c = predict.columns(table, laws.kaplan("C"))["C"]
+    labels = chinchilla.group_budgets(c, rel_tol)
+    means = {g: np.exp(np.log(c[labels == g]).mean()) for g in np.unique(labels)}
+    return np.array([means[g] for g in labels])
+
+
+def cutoffs(budgets, law: str) -> np.ndarray:
+    """The cutoff budgets a rollout uses: from the MIN_BUDGETS[law]-th smallest to the second
+    largest; ValueError naming the count when there are none."""
+    if law not in LAWS:
+        raise ValueError(f"backtest: unknown law {law!r}; valid: {', '.join(LAWS)}")
+    u = np.unique(budgets)
+    need = MIN_BUDGETS[law]
+    if len(u) < need + 1:
+        raise ValueError(f"backtest --law {law} needs at least {need + 1} budgets ({need} to fit, "
+                         f"1 to predict); the table has {len(u)}: "
+                         f"{', '.join(f'{c:.3g}' for c in u)}")
+    return u[need - 1:-1]
+
+
+def backtest(table, law: str = "chinchilla", *, level=0.9, n_bootstrap=200, starts=None,
+             seed=0, rel_tol=0.1) -> pd.DataFrame:
+    """Rollout backtest rows (see the module docstring); cutoffs whose fit is refused are
+    skipped with a warning and listed in `.attrs['skipped_cutoffs']`. rel_tol: budget_of's."""
+    budgets = budgets_of(table, rel_tol)
+    cuts = cutoffs(budgets, law)
+    measured = table["loss"].to_numpy(dtype=float)
+    rows, skipped = [], []
+    fits = _fit_cutoffs(table, budgets, cuts, law, n_bootstrap, starts, seed, skipped)
+    for cut, model in fits:
+        try:  # a cutoff whose refits give no optimum is skipped, not the whole rollout
+            rows += _predict_above(table, budgets, measured, cut, model, law, level, seed)
+        except ValueError as e:
+            _skip(skipped, cut, e)
+    out = pd.DataFrame(rows)
+    out.attrs.update(law=law, level=level, n_bootstrap=n_bootstrap, skipped_cutoffs=skipped)
+    return out
+
+
+def _predict_above(table, budgets, measured, cut, model, law, level, seed) -> list[dict]:
+    """Rows for one cutoff: every run above it (Approach 3) and every budget's optimum."""
+    rows = []
+    above = budgets > cut
+    if law == "chinchilla":
+        p = predict.loss_interval(model, {"N": table.n_params[above], "D": table.tokens[above]},
+                                  level=level, seed=seed)
+        for j, i in enumerate(np.flatnonzero(above)):
+            rows.append(_row(cut, budgets[i], str(table["run_dir"].iloc[i])
+                             if "run_dir" in table else str(i), table.n_params.iloc[i],
+                             table.tokens.iloc[i], p.value[j], p.lo[j], p.hi[j], measured[i]))
+    for c in np.unique(budgets[above]):
+        opt = (predict.chinchilla_optimum(model, c, level=level, seed=seed) if law == "chinchilla"
+               else predict.approach2_optimum(model, c, level=level, seed=seed))
+        rows.append(_row(cut, c, "optimum", opt.N.value, opt.D.value, opt.L.value, opt.L.lo,
+                         opt.L.hi, measured[budgets == c].min()))
+    return rows
+
+
+def _fit_cutoffs(table, budgets, cuts, law, n_bootstrap, starts, seed, skipped):
+    """[(cutoff, fitted model)] for the cutoffs whose fit succeeds; failures go to `skipped`."""
+    if law == "chinchilla":
+        ok, masks = [], []
+        law_ = laws.chinchilla()
+        inputs, loss = predict.columns(table, law_), table["loss"].to_numpy(dtype=float)
+        for c in cuts:
+            m = budgets <= c
+            try:  # refuse here, cutoff by cutoff, so one bad cutoff does not stop the rollout
+                fitlib.check_identifiable(law_, {k: v[m] for k, v in inputs.items()}, loss[m])
+            except ValueError as e:
+                _skip(skipped, c, e)
+                continue
+            ok.append(c)
+            masks.append(m)
+        if not ok:
+            return []
+        fits = predict.fit_masks(law_, table, np.array(masks), starts=starts,
+                                 n_bootstrap=n_bootstrap, seed=seed)
+        return list(zip(ok, fits))
+    out = []
+    for c in cuts:
+        m = budgets <= c
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # dropped budgets are listed in the model
+                out.append((c, predict.approach2_fit(table[m], budget=budgets[m],
+                                                     n_bootstrap=n_bootstrap, seed=seed)))
+        except ValueError as e:
+            _skip(skipped, c, e)
+    return out
+
+
+def _skip(skipped, cut, err):
+    skipped.append({"cutoff": float(cut), "reason": str(err)})
+    warnings.warn(f"backtest: cutoff C={cut:.3g} skipped: {err}", stacklevel=3)
+
+
+def _row(cut, target, run, n, d, pred, lo, hi, meas) -> dict:
+    return {"cutoff": float(cut), "target": float(target), "factor": float(target / cut),
+            "run": run, "n_params": float(n), "tokens": float(d), "predicted": float(pred),
+            "lo": float(lo), "hi": float(hi), "measured": float(meas),
+            "rel_error": float(pred / meas - 1), "inside": bool(lo <= meas <= hi)}
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n (default 95%)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per extrapolation-factor bin (and 'all'): n, median and max |rel_error|, coverage of the
+    intervals with its 95% Wilson interval (coverage_lo, coverage_hi)."""
+    if rows.empty:
+        raise ValueError("backtest produced no predictions (every cutoff was skipped)")
+    bins = pd.cut(rows.factor, BINS, labels=BIN_LABELS, right=True)
+    out = []
+    for label, g in [*((b, rows[bins == b]) for b in BIN_LABELS), ("all", rows)]:
+        if g.empty:
+            continue
+        k, n = int(g.inside.sum()), len(g)
+        lo, hi = wilson(k, n)
+        err = g.rel_error.abs()
+        out.append({"factor": label, "n": n, "median_abs_error": float(err.median()),
+                    "max_abs_error": float(err.max()), "coverage": k / n,
+                    "coverage_lo": lo, "coverage_hi": hi})
+    return pd.DataFrame(out)
+
+
+def figure(rows: pd.DataFrame, out, *, title="Rollout backtest") -> list:
+    """Predicted vs measured loss with interval bars, coloured by C / C_cut (PNG + PDF)."""
+    from matplotlib import colors
+    import matplotlib.pyplot as plt
+    from analysis import figures
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    norm = colors.LogNorm(1.0, max(2.0, rows.factor.max()))
+    cmap = plt.get_cmap("viridis")
+    for opt, marker in ((False, "o"), (True, "*")):
+        g = rows[(rows.run == "optimum") == opt]
+        if g.empty:
+            continue
+        ax.errorbar(g.measured, g.predicted, yerr=[g.predicted - g.lo, g.hi - g.predicted],
+                    fmt="none", ecolor=cmap(norm(g.factor)), alpha=0.5, lw=0.8)
+        ax.scatter(g.measured, g.predicted, c=g.factor, cmap=cmap, norm=norm, marker=marker,
+                   s=40 if opt else 14, edgecolors="k" if opt else "none", linewidths=0.4,
+                   label="budget optimum (best run)" if opt else "run", zorder=3)
+    lim = [min(rows.lo.min(), rows.measured.min()), max(rows.hi.max(), rows.measured.max())]
+    ax.plot(lim, lim, "k--", lw=0.8, label="predicted = measured")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                 label="extrapolation factor C / C_cut")
+    level = rows.attrs.get("level", 0.9)
+    ax.set_xlabel(figures.LOSS_LABEL.replace("loss", "measured loss"))
+    ax.set_ylabel(f"predicted loss with {level:.0%} prediction interval (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figures.save(fig, out)

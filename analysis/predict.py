@@ -1,0 +1,409 @@
+"""Prediction intervals for fitted scaling laws: a loss at any (N, D), and the compute optimum.
+
+The model (everything in log space, where the fits are made):
+
+    log L_obs(x) = log L_pred(θ; x) + ε,    ε ~ N(0, σ²)   (run-to-run noise of one run)
+
+Parameter uncertainty is the bootstrap distribution of the fit: θ_b, b = 1..B, refits on
+resamples (with replacement) of the fitted points. Run-to-run noise σ is the pooled
+within-group standard deviation of log loss over runs that share (N, D) but differ in seed,
+when the table has such replicates ("replicate seeds"); otherwise the residual scatter of the
+fit, sqrt(Σ r² / (n − P)) with r = log L_obs − log L_pred(θ̂) ("fit residuals"). The two are
+combined by sampling: for each θ_b draw M values of ε, form log L_pred(θ_b; x) + ε, and take
+the central `level` percentiles of the B·M samples ("prediction interval (bootstrap + noise)").
+
+The compute optimum at a target C (FLOPs, C = 6ND): per θ_b the optimum (N*_b, D*_b) — the
+closed form of Approach 3, or the Approach-2 power laws — gives the percentile interval of N*
+and D* ("bootstrap percentile CI": parameter uncertainty only; a run is placed at one N, D),
+and L*_b + ε gives the prediction interval of the loss a run at the optimum will measure.
+When the N* interval spans more than FLAT_FACTOR (hi/lo), the isoFLOP curves are flat there
+and N* is uncertain: `Optimum.note` says so.
+
+Approach 2 (`approach2_fit`): per budget a parabola of loss in log N (weighted least squares)
+gives N_opt and its minimum loss L_opt; a budget with fewer than 4 distinct sizes or without
+an interior minimum is left out with a warning naming it (at least 3 must remain). Then OLS
+power laws through the per-budget optima: N_opt(C) = k_N·C^a, and L*(C) = k_L·C^(−γ) through
+the parabola minima (a pure power law: it has no floor, so it overestimates the fall of the
+loss far beyond the data). D*(C) = C / (6 N*(C)). Bootstrap: resample points within budgets;
+resamples where a budget loses its interior minimum are counted as failed, never hidden.
+
+Public API: `Noise`, `estimate_noise`, `Interval`, `Prediction`, `Optimum`, `LawSamples`,
+`columns`, `fit_masks`, `loss_interval`, `chinchilla_optimum`, `Approach2Fit`,
+`approach2_fit`, `approach2_optimum`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analysis import chinchilla, fit as fitlib, laws
+
+KIND_PI = "prediction interval (bootstrap + noise)"
+KIND_CI = "bootstrap percentile CI (parameter uncertainty only)"
+FLAT_FACTOR = 2.0  # an N* interval wider than this (hi/lo) means N* is not determined
+MIN_SAMPLES = 4000  # bootstrap × noise draws per prediction (percentile resolution)
+MIN_SIZES = 4  # distinct N per budget for an Approach-2 parabola (3 points fit it exactly)
+MIN_BUDGETS = 3
+
+
+@dataclasses.dataclass
+class Noise:
+    """Run-to-run noise of log loss (one run at fixed N, D)."""
+
+    sigma: float
+    """standard deviation of log loss (dimensionless: a relative error of the loss)"""
+    source: str
+    """'replicate seeds' (pooled within-group variance) or 'fit residuals'"""
+    dof: int
+    """degrees of freedom of the estimate"""
+
+
+def estimate_noise(table, log_resid=None, n_fit_params: int = 0) -> Noise:
+    """σ from replicate seeds (same n_params, tokens; >= 2 seeds) if any, else fit residuals."""
+    if "seed" in table.columns and table["seed"].notna().any():
+        logl = np.log(table["loss"].to_numpy(dtype=float))
+        groups = table.assign(_l=logl).groupby(["n_params", "tokens"])["_l"]
+        ss, dof = 0.0, 0
+        for _, g in groups:
+            if len(g) >= 2:
+                ss += float(np.sum((g - g.mean()) ** 2))
+                dof += len(g) - 1
+        if dof >= 2:
+            return Noise(sigma=float(np.sqrt(ss / dof)), source="replicate seeds", dof=dof)
+    if log_resid is None:
+        raise ValueError("no replicate seeds in the table and no fit residuals given")
+    r = np.asarray(log_resid, dtype=float)
+    dof = len(r) - n_fit_params
+    if dof < 1:
+        raise ValueError(f"{len(r)} points cannot estimate the noise of a {n_fit_params}-"
+                         f"parameter fit (need more points than parameters)")
+    return Noise(sigma=float(np.sqrt(np.sum(r * r) / dof)), source="fit residuals", dof=dof)
+
+
+@dataclasses.dataclass
+class Interval:
+    """A central interval around a point value."""
+
+    value: float
+    """point value (from the fit on all points)"""
+    lo: float
+    """lower end of the central interval"""
+    hi: float
+    """upper end"""
+    level: float
+    """central probability, e.g. 0.9"""
+    kind: str
+    """KIND_PI (bootstrap + noise) or KIND_CI (bootstrap only)"""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Predicted losses (nats/token) at given inputs, with prediction intervals."""
+
+    inputs: dict
+    """input name -> array of raw values (N params, D tokens, C FLOPs)"""
+    value: np.ndarray
+    """point prediction L_pred(θ̂)"""
+    lo: np.ndarray
+    """lower end of the prediction interval"""
+    hi: np.ndarray
+    """upper end"""
+    level: float
+    """central probability of [lo, hi]"""
+    kind: str
+    """always KIND_PI"""
+    noise: Noise
+    """the run-to-run noise used, and where it came from"""
+    n_bootstrap: int
+    """bootstrap refits behind the interval"""
+
+
+@dataclasses.dataclass
+class Optimum:
+    """Compute-optimal allocation at a target budget, with intervals."""
+
+    C: float
+    """target compute (FLOPs, 6ND)"""
+    N: Interval
+    """N* (parameters): KIND_CI"""
+    D: Interval
+    """D* (tokens): KIND_CI"""
+    L: Interval
+    """loss a run at (N*, D*) will measure (nats/token): KIND_PI"""
+    method: str
+    """'approach3' (closed form of the L(N, D) fit) or 'approach2' (power laws of optima)"""
+    noise: Noise
+    """run-to-run noise in L's interval"""
+    n_bootstrap: int
+    """bootstrap refits that gave a valid optimum"""
+    n_failed: int
+    """bootstrap refits without one (e.g. alpha <= 0, a budget without a minimum)"""
+    note: str = ""
+    """warnings, e.g. 'isoFLOP curves flat: N* uncertain'"""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["noise"] = dataclasses.asdict(self.noise)
+        return d
+
+
+# ----- fitting with bootstrap, many masks of one table at once ----------------------------------
+
+
+@dataclasses.dataclass
+class LawSamples:
+    """A law fitted on one subset of a table's points, with its bootstrap refits."""
+
+    law: laws.Law
+    """the functional form"""
+    theta: np.ndarray
+    """[P] fit-space parameters of the fit on all points of the subset"""
+    boot_theta: np.ndarray
+    """[B, P] refits on resamples of the subset's points"""
+    mask: np.ndarray
+    """[N] bool: the table's points in the subset"""
+    noise: Noise
+    """run-to-run noise estimated on the subset"""
+
+
+def columns(table, law: laws.Law) -> dict:
+    """The law's inputs from table columns: N = n_params (Kaplan L(N): n_params_nonembed when
+    present), D = tokens, C = flops when present, else flops_6nd."""
+    src = {"N": "n_params_nonembed" if law.inputs == ("N",) and "n_params_nonembed" in table
+           else "n_params", "D": "tokens",
+           "C": "flops" if "flops" in table and table["flops"].notna().all() else "flops_6nd"}
+    return {k: table[src[k]].to_numpy(dtype=float) for k in law.inputs}
+
+
+def fit_masks(law, table, masks_KN, *, loss_KN=None, starts=None, n_bootstrap=200,
+              seed=0) -> list[LawSamples]:
+    """Fit `law` on K subsets of `table` (bool masks) in two vmapped solves: the point fits
+    (all starts, excluded points weighted 0) and the bootstrap refits (multinomial counts over
+    each subset's points, started from that subset's optimum). Shapes are shared, so the
+    compiled solver is reused across subsets. `loss_KN` replaces the table's loss per subset
+    (synthetic studies: K noisy copies of one design)."""
+    masks = np.asarray(masks_KN, dtype=bool)
+    K, n = masks.shape
+    inputs = columns(table, law)
+    loss = np.broadcast_to(table["loss"].to_numpy(dtype=float) if loss_KN is None
+                           else np.asarray(loss_KN, dtype=float), (K, n))
+    if n_bootstrap < 2:
+        raise ValueError(f"n_bootstrap={n_bootstrap}: need >= 2 resamples for an interval")
+    for m, y in zip(masks, loss):
+        fitlib.check_identifiable(law, {k: v[m] for k, v in inputs.items()}, y[m])
+    theta, _ = fitlib.fit_datasets(law, inputs, loss, starts=starts, weights_RN=masks.astype(float))
+    rng = np.random.default_rng(seed)
+    w = np.zeros((K, n_bootstrap, n))
+    for k, m in enumerate(masks):
+        idx = np.flatnonzero(m)
+        w[k][:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), n_bootstrap)
+    boot, _ = fitlib.fit_datasets(law, inputs, np.repeat(loss, n_bootstrap, 0),
+                                  starts=np.repeat(theta, n_bootstrap, 0)[:, None, :],
+                                  weights_RN=w.reshape(K * n_bootstrap, n))
+    logx = np.log(np.stack([inputs[c] for c in law.inputs], 1))
+    out = []
+    for k, m in enumerate(masks):
+        resid = np.log(loss[k][m]) - log_predict(law, theta[k][None], logx[m])[0]
+        sub = table[m].assign(loss=loss[k][m])
+        out.append(LawSamples(law, theta[k], boot[k * n_bootstrap:(k + 1) * n_bootstrap], m,
+                              estimate_noise(sub, resid, law.n_params)))
+    return out
+
+
+def log_predict(law: laws.Law, theta_BP, logx_NI) -> np.ndarray:
+    """log L_pred for B parameter vectors at N points -> [B, N] (float64, vectorised)."""
+    with jax.enable_x64(True):
+        f = jax.vmap(law.log_predict, in_axes=(0, None))
+        return np.asarray(f(jnp.asarray(theta_BP, jnp.float64), jnp.asarray(logx_NI, jnp.float64)))
+
+
+def _with_noise(logpred_BN, sigma, seed):
+    """Samples log L_pred(θ_b) + ε: M noise draws per bootstrap row -> [B·M, N]."""
+    B = logpred_BN.shape[0]
+    M = max(1, -(-MIN_SAMPLES // B))
+    eps = np.random.default_rng(seed).normal(0.0, sigma, (B, M, logpred_BN.shape[1]))
+    return (logpred_BN[:, None, :] + eps).reshape(B * M, -1)
+
+
+def _central(samples, level, axis=0):
+    q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
+    lo, hi = np.percentile(samples, q, axis=axis)
+    return lo, hi
+
+
+def _check_level(level):
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: must be in (0, 1), e.g. 0.9")
+
+
+def loss_interval(s: LawSamples, inputs: dict, *, level=0.9, seed=0) -> Prediction:
+    """Predicted loss with its prediction interval at raw inputs (e.g. N=..., D=...)."""
+    _check_level(level)
+    cols = [np.atleast_1d(np.asarray(inputs[k], dtype=float)) for k in s.law.inputs]
+    logx = np.log(np.stack(np.broadcast_arrays(*cols), 1))
+    boot = log_predict(s.law, s.boot_theta, logx)
+    ok = np.isfinite(boot).all(1)
+    lo, hi = _central(_with_noise(boot[ok], s.noise.sigma, seed), level)
+    value = np.exp(log_predict(s.law, s.theta[None], logx)[0])
+    return Prediction(inputs={k: c for k, c in zip(s.law.inputs, cols)}, value=value,
+                      lo=np.exp(lo), hi=np.exp(hi), level=level, kind=KIND_PI, noise=s.noise,
+                      n_bootstrap=int(ok.sum()))
+
+
+def _optimum(C, n_B, l_B, n_point, l_point, noise, level, seed, method, n_failed) -> Optimum:
+    """Assemble an Optimum from per-bootstrap N*_b, L*_b (finite rows) and point values."""
+    n_lo, n_hi = _central(np.log(n_B), level)
+    l_lo, l_hi = _central(_with_noise(np.log(l_B)[:, None], noise.sigma, seed), level)
+    d = lambda n: C / (6.0 * n)  # noqa: E731  D* from C = 6 N D
+    n_iv = Interval(float(n_point), float(np.exp(n_lo)), float(np.exp(n_hi)), level, KIND_CI)
+    d_iv = Interval(float(d(n_point)), float(d(n_iv.hi)), float(d(n_iv.lo)), level, KIND_CI)
+    note = ""
+    if n_iv.hi / n_iv.lo > FLAT_FACTOR:
+        note = (f"isoFLOP curves flat: N* uncertain ({level:.0%} interval spans a factor "
+                f"{n_iv.hi / n_iv.lo:.3g} > {FLAT_FACTOR:g})")
+    if n_failed:
+        note += ("; " if note else "") + f"{n_failed} bootstrap refits had no optimum"
+    return Optimum(C=float(C), N=n_iv, D=d_iv,
+                   L=Interval(float(l_point), float(np.exp(l_lo[0])), float(np.exp(l_hi[0])),
+                              level, KIND_PI),
+                   method=method, noise=noise, n_bootstrap=len(n_B), n_failed=n_failed, note=note)
+
+
+def chinchilla_optimum(s: LawSamples, C: float, *, level=0.9, seed=0) -> Optimum:
+    """Approach 3: N*, D* (closed form under C = 6ND) and L* at budget C, per bootstrap refit."""
+    _check_level(level)
+    if s.law.name != "chinchilla":
+        raise ValueError(f"chinchilla_optimum needs a 'chinchilla' fit, got {s.law.name!r}")
+    rep = s.law.to_reported(s.boot_theta)
+    ok = (rep["alpha"] > 0) & (rep["beta"] > 0) & np.isfinite(s.boot_theta).all(1)
+    if ok.sum() < 2:
+        raise ValueError("fewer than 2 bootstrap refits have alpha > 0 and beta > 0")
+    n_B, d_B = chinchilla.compute_optimal({k: v[ok] for k, v in rep.items()}, C)
+    logx = np.log(np.stack([n_B, d_B], 1))
+    with jax.enable_x64(True):  # each refit at its own optimum: one point per parameter vector
+        l_B = np.exp(np.asarray(jax.vmap(lambda th, x: s.law.log_predict(th, x[None])[0])(
+            jnp.asarray(s.boot_theta[ok]), jnp.asarray(logx))))
+    n0, d0 = chinchilla.compute_optimal(s.law.to_reported(s.theta), C)
+    l0 = np.exp(log_predict(s.law, s.theta[None], np.log([[float(n0), float(d0)]]))[0, 0])
+    return _optimum(C, n_B, l_B, n0, l0, s.noise, level, seed, "approach3", int((~ok).sum()))
+
+
+# ----- Approach 2: per-budget parabolas, power laws through their optima ------------------------
+
+
+@dataclasses.dataclass
+class Approach2Fit:
+    """Approach 2 on isoFLOP budgets: power laws N_opt(C) = k_N·C^a and L*(C) = k_L·C^-gamma."""
+
+    C: np.ndarray
+    """[G] budgets kept (FLOPs; geometric mean of each budget's points)"""
+    n_opt: np.ndarray
+    """[G] parabola vertices N_opt (parameters)"""
+    loss_opt: np.ndarray
+    """[G] parabola minima (nats/token)"""
+    coef: np.ndarray
+    """[4] (a, log k_N, -gamma, log k_L) of the OLS power laws on all points"""
+    boot_coef: np.ndarray
+    """[B, 4] the same per bootstrap resample that kept an interior minimum in every budget"""
+    n_failed: int
+    """bootstrap resamples where some budget lost its interior minimum"""
+    dropped: list
+    """(budget C, reason) for budgets left out"""
+    noise: Noise
+    """run-to-run noise (replicate seeds, or the parabolas' residuals in log loss)"""
+
+
+def _parabolas(x_N, y_N, w_RN, groups):
+    """Weighted fits y = c0 + c1·x + c2·x² per group -> vertex x*, minimum y* [R, G] (NaN when
+    not an interior minimum), and the log residuals of the unweighted fit (row 0)."""
+    R = w_RN.shape[0]
+    xs, ys = np.full((R, len(groups)), np.nan), np.full((R, len(groups)), np.nan)
+    resid = []
+    for g, idx in enumerate(groups):
+        x, y, w = x_N[idx], y_N[idx], w_RN[:, idx]
+        m = x.mean()
+        X = np.stack([np.ones_like(x), x - m, (x - m) ** 2], 1)
+        A = np.einsum("rn,ni,nj->rij", w, X, X)
+        ok = np.abs(np.linalg.det(A)) > 1e-12
+        coef = np.zeros((R, 3))
+        coef[ok] = np.linalg.solve(A[ok], np.einsum("rn,ni,n->ri", w, X, y)[ok][..., None])[..., 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = -coef[:, 1] / (2 * coef[:, 2])
+            vy = coef[:, 0] - coef[:, 1] ** 2 / (4 * coef[:, 2])
+        inside = ok & (coef[:, 2] > 0) & (v + m > x.min()) & (v + m < x.max())
+        xs[:, g] = np.where(inside, v + m, np.nan)
+        ys[:, g] = np.where(inside, vy, np.nan)
+        resid.append(np.log(y) - np.log(np.clip(X @ coef[0], 1e-300, None)))
+    return xs, ys, np.concatenate(resid)
+
+
+def _power_laws(logc, xs_RG, ys_RG):
+    """OLS slopes/intercepts of log N_opt and log L_opt on log C per row -> [R, 4]."""
+    lc = logc - logc.mean()
+    out = []
+    for v in (xs_RG, np.log(ys_RG)):
+        slope = (v - v.mean(1, keepdims=True)) @ lc / (lc @ lc)
+        out += [slope, v.mean(1) - slope * logc.mean()]
+    return np.stack(out, 1)
+
+
+def approach2_fit(table, *, budget=None, n_bootstrap=200, seed=0) -> Approach2Fit:
+    """Approach 2 on table (n_params, loss, flops_6nd or flops; `budget` labels per row,
+    default: C grouped within 10%) with a bootstrap within budgets."""
+    c = columns(table, laws.kaplan("C"))["C"]
+    labels = chinchilla.group_budgets(c) if budget is None else np.asarray(budget)
+    keys = list(dict.fromkeys(labels[np.argsort(c, kind="stable")]))
+    groups = [np.flatnonzero(labels == k) for k in keys]
+    x, y = np.log(table["n_params"].to_numpy(dtype=float)), table["loss"].to_numpy(dtype=float)
+    xs, ys, _ = _parabolas(x, y, np.ones((1, len(x))), groups)
+    dropped, kept = [], []
+    for g, idx in enumerate(groups):
+        cg = float(np.exp(np.log(c[idx]).mean()))
+        if len(np.unique(x[idx])) < MIN_SIZES:
+            dropped.append((cg, f"{len(np.unique(x[idx]))} distinct sizes (< {MIN_SIZES})"))
+        elif np.isnan(xs[0, g]):
+            dropped.append((cg, "no interior minimum of its parabola in log N"))
+        else:
+            kept.append(g)
+    for cg, why in dropped:
+        warnings.warn(f"approach2: budget C={cg:.3g} left out: {why}", stacklevel=2)
+    if len(kept) < MIN_BUDGETS:
+        raise ValueError(f"approach2 needs at least {MIN_BUDGETS} budgets with >= {MIN_SIZES} "
+                         f"sizes and an interior minimum, got {len(kept)} of {len(groups)}")
+    groups = [groups[g] for g in kept]
+    logc = np.array([np.log(c[idx]).mean() for idx in groups])
+    xs, ys, resid = _parabolas(x, y, np.ones((1, len(x))), groups)
+    rng = np.random.default_rng(seed)
+    w = np.zeros((n_bootstrap, len(x)))
+    for idx in groups:
+        w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), n_bootstrap)
+    bx, by, _ = _parabolas(x, y, w, groups)
+    ok = ~np.isnan(bx).any(1)
+    used = np.concatenate(groups)
+    noise = estimate_noise(table.iloc[used], resid, 3 * len(groups))
+    return Approach2Fit(C=np.exp(logc), n_opt=np.exp(xs[0]), loss_opt=ys[0],
+                        coef=_power_laws(logc, xs, ys)[0], boot_coef=_power_laws(logc, bx[ok], by[ok]),
+                        n_failed=int((~ok).sum()), dropped=dropped, noise=noise)
+
+
+def approach2_optimum(m: Approach2Fit, C: float, *, level=0.9, seed=0) -> Optimum:
+    """N*, D* = C/(6N*) and L* at budget C from the Approach-2 power laws, per resample."""
+    _check_level(level)
+    if len(m.boot_coef) < 2:
+        raise ValueError(f"approach2: only {len(m.boot_coef)} bootstrap resamples kept an "
+                         f"interior minimum in every budget ({m.n_failed} failed)")
+    lc = np.log(C)
+
+    def at(k):  # (N_opt, L*) at C from power-law coefficients [..., 4]
+        return np.exp(k[..., 0] * lc + k[..., 1]), np.exp(k[..., 2] * lc + k[..., 3])
+
+    n_B, l_B = at(m.boot_coef)
+    n0, l0 = at(m.coef)
+    return _optimum(C, n_B, l_B, n0, l0, m.noise, level, seed, "approach2", m.n_failed)
