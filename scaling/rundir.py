@@ -66,6 +66,9 @@ class DiskFullError(OSError):
                          "and rerun: an unfinished run resumes from its last checkpoint")
         self.errno, self.filename = errno.ENOSPC, str(path)
 
+    def __str__(self) -> str:
+        return self.args[0]
+
 
 def is_disk_full(e: BaseException) -> bool:
     """True for an OSError meaning "no space left on device"."""

@@ -223,9 +223,8 @@ def _record_failure(run_dir: pathlib.Path, config, e: Exception) -> None:
     try:
         rundir.write_result(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "config_hash": cfg_lib.config_hash(config), "git_sha": _git_sha()})
-    except OSError:
-        if not rundir.is_disk_full(e):
-            raise
+    except rundir.DiskFullError:
+        pass  # the error being raised is what the user needs to see
 
 
 @dataclasses.dataclass
