@@ -4,13 +4,12 @@
     df = load("points.csv")                   # or a CSV with n_params, tokens, loss [, flops]
     cur = load_curves("sweeps/chinchilla_cpu")  # one row per eval point (Chinchilla Approach 1)
 
-A sweep directory holds run directories under `runs/` (or directly, when there is no `runs/`);
-each run directory follows the run-directory contract (config.json, metrics.jsonl, result.json
-written last). A run without result.json is unfinished; `status: failed` is failed; a JSON file
-that does not parse is corrupt. `on_error='warn'` skips such runs with ONE warning that counts
-them by reason and names them; `on_error='raise'` raises `RunLoadError` listing every problem.
+A sweep directory holds run directories (scaling/rundir.py, the run-directory contract, says
+which files they hold and which one means "finished"). A run without result.json is unfinished;
+`status: failed` is failed; a JSON file that does not parse is corrupt. `on_error='warn'` skips
+such runs with ONE warning that counts them by reason and names them; `on_error='raise'` raises `RunLoadError` listing every problem.
 Either way nothing is dropped silently: the skipped runs are also in `df.attrs['skipped']`.
-When the sweep's manifest SWEEP/sweep.json (written by launch) exists, its planned runs that have
+When the sweep's manifest (the planned runs, written by launch) exists, its planned runs that have
 no directory yet count as unfinished, and each row gets the run's nominal isoFLOP `budget`
 (FLOPs; NaN for grid sweeps).
 
@@ -19,12 +18,13 @@ Units: `loss` is nats/token; `tokens` is D; `n_params` total, `n_params_nonembed
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import warnings
 
 import pandas as pd
+
+from scaling import rundir
 
 ON_ERROR = ("warn", "raise")
 LOSS_SOURCES = {"eval": "final_eval_loss", "train": "final_train_loss"}
@@ -65,58 +65,25 @@ class _Skips:
                       f"kept {n_kept}:\n{lines}", stacklevel=3)
 
 
-def _read_json(path: pathlib.Path):
-    """Parsed JSON, or raise ValueError naming the file and the parse error."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path.name} does not parse as JSON ({e})") from None
-
-
-def run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
-    """The run directories of a sweep: SWEEP/runs/*/, else SWEEP/*/ holding contract files."""
-    base = sweep_dir / "runs" if (sweep_dir / "runs").is_dir() else sweep_dir
-    contract = ("result.json", "config.json", "metrics.jsonl")
-    found = sorted(p for p in base.iterdir() if p.is_dir() and any((p / f).exists() for f in contract))
-    if not found and any((sweep_dir / f).exists() for f in contract):
-        return [sweep_dir]  # a single run directory
-    return found
-
-
-def _manifest(sweep_dir: pathlib.Path) -> dict:
-    """run_id -> planned-run summary from SWEEP/sweep.json ({} when absent)."""
-    path = sweep_dir / "sweep.json"
-    if not path.exists():
-        return {}
-    man = _read_json(path)
-    try:
-        return {r["run_id"]: r for r in man["runs"]}
-    except (KeyError, TypeError):
-        raise ValueError(f"{path}: expected {{'runs': [{{'run_id': ..., 'budget': ...}}, ...]}}") from None
-
-
 def _flatten(prefix: str, d: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in d.items() if not isinstance(v, (dict, list))}
 
 
 def _run_row(run: pathlib.Path, loss_key: str) -> dict:
     """One table row from a run directory; raises (reason, detail) via _Unusable if unusable."""
-    result_path = run / "result.json"
-    if not result_path.exists():
-        last = _last_step(run)
-        raise _Unusable("unfinished", "no result.json" + (f" (metrics.jsonl reaches step {last})"
-                                                          if last is not None else ""))
     try:
-        res = _read_json(result_path)
-    except ValueError as e:
+        res = rundir.read_result(run)
+    except rundir.RunDirError as e:
         raise _Unusable("corrupt", str(e)) from None
-    if not isinstance(res, dict):
-        raise _Unusable("corrupt", f"result.json holds a {type(res).__name__}, not an object")
+    if res is None:
+        last = (rundir.last_metrics_row(run) or {}).get("step")
+        raise _Unusable("unfinished", f"no {rundir.RESULT}" + (f" ({rundir.METRICS} reaches step {last})"
+                                                               if last is not None else ""))
     if res.get("status") == "failed":
         raise _Unusable("failed", f"status 'failed': {res.get('error')}")
     missing = [k for k in RESULT_REQUIRED if k not in res]
     if missing:
-        raise _Unusable("corrupt", f"result.json lacks keys {missing}")
+        raise _Unusable("corrupt", f"{rundir.RESULT} lacks keys {missing}")
     if res["status"] != "ok":
         raise _Unusable("corrupt", f"status {res['status']!r} (valid: 'ok', 'failed')")
     loss = res[loss_key]
@@ -135,20 +102,6 @@ class _Unusable(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
-
-
-def _last_step(run: pathlib.Path) -> int | None:
-    """Step of the last parsable metrics.jsonl row, for 'unfinished' messages."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
-        try:
-            last = json.loads(line).get("step", last)
-        except (json.JSONDecodeError, AttributeError):
-            continue
-    return last
 
 
 def _check_path(path) -> pathlib.Path:
@@ -174,8 +127,8 @@ def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
         return _load_csv(path, on_error)
     skips = _Skips(on_error, "runs")
     rows = []
-    runs = run_dirs(path)
-    planned = _manifest(path)
+    runs = rundir.run_dirs(path)
+    planned = rundir.planned_runs(path)  # RunDirError (a ValueError naming the file) when corrupt
     for run in runs:
         try:
             row = _run_row(run, LOSS_SOURCES[loss])
@@ -186,11 +139,12 @@ def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
             row["budget"] = (planned.get(run.name) or {}).get("budget")
         rows.append(row)
     for run_id in sorted(set(planned) - {r.name for r in runs}):
-        skips.add(str(path / "runs" / run_id), "unfinished", "planned in sweep.json, not started")
+        skips.add(str(rundir.run_dir_of(path, run_id)), "unfinished",
+                  f"planned in {rundir.SWEEP_MANIFEST}, not started")
     skips.report(path, len(rows))
     if not rows:
         raise ValueError(f"{path}: no finished runs to load (found {len(runs)} run directories"
-                         f"{', all skipped' if runs else ''}); expected SWEEP/runs/*/result.json")
+                         f"{', all skipped' if runs else ''}); expected SWEEP/{rundir.RUNS}/*/{rundir.RESULT}")
     df = pd.DataFrame(rows).sort_values(["n_params", "tokens"], kind="stable")
     df = df.reset_index(drop=True)
     df.attrs["skipped"] = skips.items
@@ -237,7 +191,7 @@ def load_curves(path, *, on_error: str = "warn") -> pd.DataFrame:
     plus the run's n_params, n_params_nonembed and run_tokens (its final D).
 
     A CSV is returned as by `load` (each row one point; `run_dir` is file:line). A run whose
-    metrics.jsonl is missing, has no eval rows, or has a line that does not parse is skipped or
+    metrics file is missing, has no eval rows, or has a line that does not parse is skipped or
     raised under the same policy as `load`.
     """
     path = _check_path(path)
@@ -253,7 +207,7 @@ def load_curves(path, *, on_error: str = "warn") -> pd.DataFrame:
             skips.add(run.run_dir, e.reason, e.detail)
     skips.report(path, len(runs) - len(skips.items))
     if not rows:
-        raise ValueError(f"{path}: no eval points in any run's metrics.jsonl")
+        raise ValueError(f"{path}: no eval points in any run's {rundir.METRICS}")
     df = pd.DataFrame(rows).sort_values(["n_params", "tokens"], kind="stable")
     df = df.reset_index(drop=True)
     df.attrs["skipped"] = runs.attrs["skipped"] + skips.items
@@ -262,21 +216,18 @@ def load_curves(path, *, on_error: str = "warn") -> pd.DataFrame:
 
 
 def _eval_rows(run: pathlib.Path, res) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        raise _Unusable("corrupt", "finished but has no metrics.jsonl")
+    if not rundir.metrics_path(run).exists():
+        raise _Unusable("corrupt", f"finished but has no {rundir.METRICS}")
+    try:
+        metrics = rundir.read_metrics(run)
+    except rundir.RunDirError as e:
+        raise _Unusable("corrupt", str(e)) from None
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _Unusable("corrupt", f"metrics.jsonl line {lineno} does not parse ({e})") from None
-        if not isinstance(m, dict) or m.get("split") != "eval":
+    for m in metrics:
+        if m.get("split") != "eval":
             continue
         if not all(k in m for k in ("step", "tokens", "loss")):
-            raise _Unusable("corrupt", f"metrics.jsonl line {lineno}: eval row lacks step/tokens/loss")
+            raise _Unusable("corrupt", f"{rundir.metrics_path(run)}: an eval row lacks step/tokens/loss: {m}")
         rows.append({"run_dir": str(run), "config_hash": res.config_hash, "git_sha": res.git_sha,
                      "status": res.status, "n_params": res.n_params,
                      "n_params_nonembed": getattr(res, "n_params_nonembed", None),
@@ -284,5 +235,5 @@ def _eval_rows(run: pathlib.Path, res) -> list[dict]:
                      "flops": m.get("flops"), "flops_6nd": 6.0 * res.n_params * m["tokens"],
                      "loss": m["loss"], "bpb": m.get("bpb")})
     if not rows:
-        raise _Unusable("corrupt", "metrics.jsonl has no eval rows")
+        raise _Unusable("corrupt", f"{rundir.METRICS} has no eval rows")
     return rows

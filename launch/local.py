@@ -2,10 +2,11 @@
 
     backend = LocalBackend(sweep_dir, parallel=2, max_attempts=2, on_event=print)
     results = backend.run(specs)          # {run_id: 'ok' | 'failed' | 'running elsewhere'}
+    results.complete                      # False: some runs are still to do (see .incomplete)
 
-Each run is `python -m scaling train --config RUN_DIR/launch_config.json --workdir RUN_DIR` (the
+Each run is `python -m scaling train --config RUN_DIR/<launch config> --workdir RUN_DIR` (the
 command is a parameter, so tests can use a stand-in trainer), with stdout+stderr appended to
-RUN_DIR/train.log. Per run:
+the run's log (file names and who writes what: scaling/rundir.py). Per run:
   - finished (result.json status "ok") -> skipped; the trainer itself resumes an unfinished run
     from RUN_DIR/checkpoints, so rerunning a sweep after a crash or kill -9 just continues it;
   - RUN_DIR/.lock is flock()ed while the run executes, so two sweep processes never run one run at
@@ -13,7 +14,10 @@ RUN_DIR/train.log. Per run:
     if the sweep process dies (PR_SET_PDEATHSIG), so no orphan keeps training unlocked;
   - a failed attempt (non-zero exit, no result.json, or result.json status "failed") is retried up
     to max_attempts times per invocation, after the other runs; the sweep continues past failures;
-  - RUN_DIR/launch.json records attempts, the last exit code and the failure reason.
+    a result.json that does not parse is a failure with that reason, and is moved aside likewise;
+  - the launch record records attempts, the last exit code and the failure reason;
+  - the disk filling up (ENOSPC) stops the sweep: the runs in flight are stopped and recorded as
+    failed with a one-line reason naming the file, the rest stay to do (`results.stopped`).
 Parallel runs each get a disjoint device subset: CUDA_VISIBLE_DEVICES for GPUs, else a disjoint
 set of CPU cores (sched_setaffinity, plus *_NUM_THREADS) so k runs do not oversubscribe the host.
 `status_table(sweep_dir)` is `scaling status`: done / running / failed (reason) / pending.
@@ -34,51 +38,77 @@ import sys
 import time
 from typing import Callable
 
+from scaling import rundir
+from scaling.rundir import read_result, run_dir_of  # noqa: F401  (re-exported for the runner's callers)
+
 DEFAULT_COMMAND = (sys.executable, "-m", "scaling", "train", "--config", "{config}", "--workdir", "{run_dir}")
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
-def run_dir_of(sweep_dir, run_id: str) -> pathlib.Path:
-    return pathlib.Path(sweep_dir) / "runs" / run_id
-
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: pathlib.Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def read_result(run_dir) -> dict | None:
-    return _read_json(pathlib.Path(run_dir) / "result.json")
-
-
 def is_done(run_dir) -> bool:
-    r = read_result(run_dir)
-    return r is not None and r.get("status") == "ok"
+    """Finished ok; a corrupt result.json is not (the run is retried, its result moved aside)."""
+    try:
+        return rundir.is_finished(run_dir)
+    except rundir.RunDirError:
+        return False
 
 
 def write_manifest(sweep_dir, specs, source: str = "") -> pathlib.Path:
-    """SWEEP_DIR/sweep.json: the planned runs (so `scaling status` can list the pending ones)."""
-    sweep_dir = pathlib.Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    path = sweep_dir / "sweep.json"
-    _write_json_atomic(path, {"source": str(source), "written_at": time.time(),
-                              "runs": [s.summary() for s in specs]})
-    return path
+    """The sweep manifest: the planned runs (so `scaling status` can list the pending ones)."""
+    return rundir.write_manifest(sweep_dir, {"source": str(source), "written_at": time.time(),
+                                             "runs": [s.summary() for s in specs]})
+
+
+def _launch_record(run_dir: pathlib.Path, run_id: str) -> dict:
+    """The run's launch record, or a fresh record (with a note in its history when the old one was corrupt)."""
+    fresh = {"run_id": run_id, "attempts": 0, "history": []}
+    try:
+        return rundir.read_json_object(run_dir / rundir.LAUNCH) or fresh
+    except rundir.RunDirError as e:
+        fresh["history"].append({"state": "corrupt", "error": f"replaced a corrupt launch record: {e}"})
+        return fresh
+
+
+def _write_log(log, data: bytes) -> None:
+    log.write(data)
+    log.flush()
+
+
+def _append_log(log, data: bytes) -> None:
+    """Append to a run's log; DiskFullError naming it when the disk is full."""
+    try:
+        _write_log(log, data)
+    except OSError as e:
+        if rundir.is_disk_full(e):
+            raise rundir.DiskFullError(log.name) from e
+        raise
+
+
+class SweepResults(dict):
+    """{run_id: 'ok' | 'failed' | 'running elsewhere'} for the runs this invocation settled, plus
+    what a caller needs to say whether the sweep is complete."""
+
+    def __init__(self, planned: list[str]):
+        super().__init__()
+        self.planned = planned  # run ids asked for, in order
+        self.stopped: str | None = None  # why the sweep stopped early (disk full), None if it did not
+
+    @property
+    def incomplete(self) -> list[str]:
+        """Runs not finished by this invocation nor found finished: running elsewhere, or never started."""
+        return [r for r in self.planned if self.get(r) not in ("ok", "failed")]
+
+    @property
+    def complete(self) -> bool:
+        """Every planned run settled here (ok or failed for good) and the sweep was not stopped."""
+        return not self.incomplete and self.stopped is None
 
 
 class RunLock:
     """An flock() on RUN_DIR/.lock, holding {pid, host, since} while held. Released by the kernel on death."""
 
     def __init__(self, run_dir):
-        self.path = pathlib.Path(run_dir) / ".lock"
+        self.path = pathlib.Path(run_dir) / rundir.LOCK
         self.fd = None
 
     def acquire(self, tries: int = 5, wait_s: float = 0.1) -> bool:
@@ -110,7 +140,7 @@ class RunLock:
 
 def lock_holder(run_dir) -> dict | None:
     """{pid, host, since} of the process running this run now, or None (probe: a brief try-lock)."""
-    path = pathlib.Path(run_dir) / ".lock"
+    path = pathlib.Path(run_dir) / rundir.LOCK
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)
@@ -193,13 +223,13 @@ class _Active:
         self.spec, self.proc, self.log, self.slot, self.attempt, self.lock = spec, proc, log, slot, attempt, lock
         self.started = time.time()
         self.buf = b""
+        self.slot_index = None
         self.tail = collections.deque(maxlen=20)
         self.eof = False
         self.on_line = on_line
 
     def feed(self, chunk: bytes) -> None:
-        self.log.write(chunk)
-        self.log.flush()
+        _append_log(self.log, chunk)
         self.buf += chunk
         *lines, self.buf = re.split(rb"[\r\n]", self.buf)
         for raw in lines:
@@ -239,62 +269,88 @@ class LocalBackend:
 
     def _start(self, spec, slot, attempt: int, lock: RunLock, on_line) -> _Active:
         rd = run_dir_of(self.sweep_dir, spec.run_id)
-        cfg_path = rd / "launch_config.json"
-        _write_json_atomic(cfg_path, spec.config.to_dict())
-        old = read_result(rd)
-        if old is not None:  # a failed result from an earlier attempt: keep it aside, result.json = finished
-            os.replace(rd / "result.json", rd / "result.failed.json")
+        cfg_path = rd / rundir.LAUNCH_CONFIG
+        rundir.write_json(cfg_path, spec.config.to_dict())
+        rundir.set_aside_failed_result(rd)  # an earlier attempt's failed result: result.json = finished
         cmd = [c.format(config=cfg_path, run_dir=rd, run_id=spec.run_id) for c in self.command]
-        status = _read_json(rd / "launch.json") or {"run_id": spec.run_id, "attempts": 0, "history": []}
+        status = _launch_record(rd, spec.run_id)
         if status.get("state") == "running":  # we hold the lock, so that process died (kill -9, crash)
             status["history"].append({"attempt": status["attempts"], "state": "interrupted",
                                       "error": "the sweep process died while the run was executing",
                                       "started_at": status.get("started_at")})
-        log = open(rd / "train.log", "ab")
-        log.write(f"\n=== try {status['attempts'] + 1} (attempt {attempt} of this sweep invocation) at "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
-        log.flush()
+        log = open(rd / rundir.TRAIN_LOG, "ab")
+        try:
+            _append_log(log, f"\n=== try {status['attempts'] + 1} (attempt {attempt} of this sweep invocation) "
+                             f"at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
+        except OSError:
+            log.close()
+            raise
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=self._child_env(slot), preexec_fn=_preexec(slot.get("cpus"), os.getpid()))
         status.update(attempts=status["attempts"] + 1, state="running", pid=proc.pid, host=socket.gethostname(),
                       started_at=time.time(), command=cmd, device_slot={k: sorted(v) for k, v in slot.items()})
-        _write_json_atomic(rd / "launch.json", status)
+        try:
+            rundir.write_json(rd / rundir.LAUNCH, status)
+        except BaseException:  # no record of it, so no run: stop it (the caller releases the lock)
+            proc.kill()
+            proc.wait()
+            log.close()
+            raise
         return _Active(spec, proc, log, slot, attempt, lock, on_line)
 
-    def _settle(self, a: _Active) -> tuple[str, str | None, dict | None]:
-        """-> (state 'ok'|'failed', reason, result) for a finished attempt; updates launch.json."""
+    def _settle(self, a: _Active, reason: str | None = None) -> tuple[str, str | None, dict | None]:
+        """-> (state 'ok'|'failed', reason, result) for a finished attempt; updates the launch record.
+
+        `reason` overrides the failure reason (the sweep stopped the attempt). With the disk full,
+        the log line and the launch record are written if they still fit."""
         rd = run_dir_of(self.sweep_dir, a.spec.run_id)
         rc = a.proc.returncode
-        result = read_result(rd)
-        if result is not None and result.get("status") == "ok":
-            state, reason = "ok", None
-        elif result is not None:
-            state, reason = "failed", result.get("error") or "result.json status 'failed' with no error message"
+        try:
+            result = read_result(rd)
+        except rundir.RunDirError as e:
+            result, corrupt = None, f"corrupt result: {e}"
+        else:
+            corrupt = None
+        if result is not None and result.get("status") == "ok" and reason is None:
+            state = "ok"
         else:
             state = "failed"
-            if rc is not None and rc < 0:
-                how = f"killed by {signal.Signals(-rc).name}"
-            else:
-                how = f"exit code {rc}" if rc else "exited 0 without writing result.json"
-            last = a.tail[-1] if a.tail else "no output"
-            reason = f"{how}; last output: {last}"
+            if reason is None and result is not None:
+                reason = result.get("error") or f"{rundir.RESULT} status 'failed' with no error message"
+            reason = reason or corrupt or self._exit_reason(a)
         wall = time.time() - a.started
-        a.log.write(f"=== {state} after {wall:.1f}s (exit {rc})"
-                    f"{': ' + reason if reason else ''}\n".encode())
-        a.log.close()
-        status = _read_json(rd / "launch.json") or {"run_id": a.spec.run_id, "attempts": 1, "history": []}
+        status = _launch_record(rd, a.spec.run_id)
         status["history"].append({"attempt": a.attempt, "exit_code": rc, "state": state, "error": reason,
                                   "wall_s": round(wall, 3), "started_at": a.started})
         status.update(state=state, last_exit_code=rc, error=reason, finished_at=time.time(), pid=None)
-        _write_json_atomic(rd / "launch.json", status)
+        try:
+            _append_log(a.log, f"=== {state} after {wall:.1f}s (exit {rc}){': ' + reason if reason else ''}\n"
+                        .encode())
+        except rundir.DiskFullError:
+            pass  # the reason goes to the launch record below, if that still fits
+        finally:
+            a.log.close()
+        try:
+            rundir.write_json(rd / rundir.LAUNCH, status)
+        except rundir.DiskFullError:
+            pass  # it stays "running"; with the lock released, status shows the run as interrupted
         return state, reason, result
 
+    @staticmethod
+    def _exit_reason(a: _Active) -> str:
+        rc = a.proc.returncode
+        if rc is not None and rc < 0:
+            how = f"killed by {signal.Signals(-rc).name}"
+        else:
+            how = f"exit code {rc}" if rc else f"exited 0 without writing {rundir.RESULT}"
+        return f"{how}; last output: {a.tail[-1] if a.tail else 'no output'}"
+
     # -- the sweep ------------------------------------------------------------------------------
-    def run(self, specs) -> dict[str, str]:
-        """Run every spec not yet finished. Returns {run_id: 'ok' | 'failed' | 'running elsewhere'}."""
+    def run(self, specs) -> SweepResults:
+        """Run every spec not yet finished; see SweepResults for what comes back."""
         specs = list(specs)
         total, done = len(specs), 0
-        results: dict[str, str] = {}
+        results = SweepResults([s.run_id for s in specs])
         queue = collections.deque((s, 1) for s in specs)
         free = list(range(len(self.slots)))
         running: dict[int, _Active] = {}
@@ -312,6 +368,12 @@ class LocalBackend:
         def on_line(a, line):
             emit(kind="output", run_id=a.spec.run_id, attempt=a.attempt, line=line)
 
+        def settle(a, reason=None):
+            state, reason, result = self._settle(a, reason)
+            a.lock.release()
+            free.append(a.slot_index)
+            return state, reason, result
+
         try:
             while queue or running:
                 while queue and free:
@@ -324,7 +386,8 @@ class LocalBackend:
                         results[spec.run_id] = "ok" if skip == "done" else skip
                         done += 1
                         remaining_flops -= spec.flops
-                        emit(kind="skip", run_id=spec.run_id, status=skip, result=read_result(rd))
+                        emit(kind="skip", run_id=spec.run_id, status=skip, result=read_result(rd) if skip == "done"
+                             else None)
                         continue
                     if is_done(rd):  # finished by another process between the check and the lock
                         lock.release()
@@ -332,7 +395,12 @@ class LocalBackend:
                         continue
                     slot = free.pop(0)
                     emit(kind="start", run_id=spec.run_id, attempt=attempt)
-                    a = self._start(spec, self.slots[slot], attempt, lock, on_line)
+                    try:
+                        a = self._start(spec, self.slots[slot], attempt, lock, on_line)
+                    except BaseException:
+                        lock.release()
+                        free.append(slot)
+                        raise
                     a.slot_index = slot
                     running[a.proc.stdout.fileno()] = a
                     os.set_blocking(a.proc.stdout.fileno(), False)
@@ -362,9 +430,7 @@ class LocalBackend:
                         sel.unregister(a.proc.stdout)
                     del running[fd]
                     a.proc.stdout.close()
-                    state, reason, result = self._settle(a)
-                    a.lock.release()
-                    free.append(a.slot_index)
+                    state, reason, result = settle(a)
                     wall = time.time() - a.started
                     if state == "ok":
                         done_flops += a.spec.flops
@@ -379,7 +445,9 @@ class LocalBackend:
                     results[a.spec.run_id] = state
                     emit(kind="finish", run_id=a.spec.run_id, attempt=a.attempt, status=state, error=reason,
                          wall_s=wall, result=result)
-        finally:  # interrupted (Ctrl-C, exception in a callback): stop children, leave resumable state
+        except rundir.DiskFullError as e:  # every further write would fail too: stop, say what filled
+            results.stopped = str(e)
+        finally:  # stopped or interrupted (Ctrl-C, exception in a callback): stop children, leave resumable state
             for a in running.values():
                 if a.proc.poll() is None:
                     a.proc.terminate()
@@ -388,37 +456,36 @@ class LocalBackend:
                     except subprocess.TimeoutExpired:
                         a.proc.kill()
                         a.proc.wait()
-                a.tail.append("interrupted by the sweep process")
-                self._settle(a)
-                a.lock.release()
+                if results.stopped is None:
+                    a.tail.append("interrupted by the sweep process")
+                    settle(a)
+                    continue
+                _, reason, _ = settle(a, results.stopped)
+                results[a.spec.run_id] = "failed"
+                emit(kind="finish", run_id=a.spec.run_id, attempt=a.attempt, status="failed", error=reason,
+                     wall_s=time.time() - a.started)
             sel.close()
         return results
 
 
 # -- status -----------------------------------------------------------------------------------------
-def _last_metrics_row(run_dir: pathlib.Path) -> dict | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 8192))
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        try:
-            return json.loads(ln)
-        except json.JSONDecodeError:
-            continue
-    return None
-
-
 def run_status(run_dir, planned: dict | None = None) -> dict:
-    """{run_id, state: done|running|failed|pending, attempts, step, steps, loss, note} of one run dir."""
+    """{run_id, state: done|running|failed|pending, attempts, step, steps, loss, note} of one run dir.
+    A run-dir file that does not parse makes the run "failed" with the note "corrupt: FILE: reason"."""
     rd = pathlib.Path(run_dir)
     planned = planned or {}
-    result = read_result(rd)
-    launch = _read_json(rd / "launch.json") or {}
-    row = _last_metrics_row(rd) or {}
+    corrupt = []
+    try:
+        result = read_result(rd)
+    except rundir.RunDirError as e:
+        result = None
+        corrupt.append(str(e))
+    try:
+        launch = rundir.read_json_object(rd / rundir.LAUNCH) or {}
+    except rundir.RunDirError as e:
+        launch = {}
+        corrupt.append(str(e))
+    row = rundir.last_metrics_row(rd) or {}
     out = {"run_id": rd.name, "attempts": launch.get("attempts", 0), "steps": planned.get("steps"),
            "step": row.get("step"), "loss": None, "note": ""}
     holder = lock_holder(rd) if rd.exists() else None
@@ -427,6 +494,8 @@ def run_status(run_dir, planned: dict | None = None) -> dict:
                    note=f"eval loss {result.get('final_eval_loss', float('nan')):.4f} nats/token")
     elif holder is not None:
         out.update(state="running", note=f"pid {holder.get('pid')} on {holder.get('host')}")
+    elif corrupt:
+        out.update(state="failed", note="; ".join(f"corrupt: {c}" for c in corrupt))
     elif result is not None or launch.get("state") == "failed":
         reason = (result or {}).get("error") or launch.get("error") or "unknown"
         out.update(state="failed", note=reason)
@@ -439,19 +508,18 @@ def run_status(run_dir, planned: dict | None = None) -> dict:
 
 
 def sweep_status(sweep_dir) -> list[dict]:
-    """Status rows for the runs in SWEEP_DIR/sweep.json, then any other run dir found under runs/."""
+    """Status rows for the runs the manifest plans, then any other run dir found in the sweep."""
     sweep_dir = pathlib.Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist; run `scaling sweep CONFIG "
                                 f"--sweep-dir {sweep_dir}` first (default sweep dir: sweeps/<config stem>)")
-    manifest = _read_json(sweep_dir / "sweep.json") or {"runs": []}
-    planned = {r["run_id"]: r for r in manifest["runs"]}
-    runs_dir = sweep_dir / "runs"
-    found = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    planned = rundir.planned_runs(sweep_dir)  # RunDirError (a ValueError naming the file) when corrupt
+    found = [p.name for p in rundir.run_dirs(sweep_dir) if p.parent.name == rundir.RUNS]
     if not planned and not found:
-        raise FileNotFoundError(f"{sweep_dir} holds no sweep.json and no runs/ directory: not a sweep directory")
+        raise FileNotFoundError(f"{sweep_dir} holds no {rundir.SWEEP_MANIFEST} and no run directories under "
+                                f"{rundir.RUNS}/: not a sweep directory")
     order = list(planned) + [r for r in found if r not in planned]
-    return [run_status(runs_dir / rid, planned.get(rid)) for rid in order]
+    return [run_status(run_dir_of(sweep_dir, rid), planned.get(rid)) for rid in order]
 
 
 def status_table(sweep_dir) -> str:

@@ -170,11 +170,3 @@ def process_batch_slice(sharding: jax.sharding.Sharding, global_batch: int) -> t
             f"{global_batch}: not one aligned contiguous block, so the data pipeline cannot feed "
             f"them; order the mesh devices so each process's devices are adjacent on the batch axes")
     return start // n, global_batch // n
-
-
-def barrier(name: str) -> None:
-    """Wait until every process reaches this point (no-op for a single process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

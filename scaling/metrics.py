@@ -1,4 +1,5 @@
-"""Run metrics: metrics.jsonl (the source of truth), TensorBoard events, and a progress line.
+"""Run metrics: the metrics file of the run directory (the source of truth), TensorBoard events,
+and a progress line.
 
 Only the main process writes; other processes get a writer whose methods do nothing.
 """
@@ -9,55 +10,69 @@ import pathlib
 import sys
 import time
 
+from scaling import rundir
+from scaling.rundir import read_metrics  # noqa: F401  (the reader belongs to the contract)
+
 
 class MetricsWriter:
-    """Appends one JSON object per line to run_dir/metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per line to the run's metrics file and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir, *, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = pathlib.Path(run_dir) / "metrics.jsonl"
+        self.run_dir = pathlib.Path(run_dir)
+        self.path = rundir.metrics_path(run_dir)
         self._tb = None
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter  # imported lazily: only the main process needs it
-            self._tb = SummaryWriter(str(pathlib.Path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop rows newer than the restored checkpoint, which the resumed run will redo."""
+    def truncate_after(self, step: int) -> list[str]:
+        """On resume: drop rows newer than the restored checkpoint, which the resumed run will redo.
+
+        Returns a description of each line at or before `step` that was lost (it does not parse):
+        the caller records them, since the finished run will lack those rows. A last line cut
+        short by a kill is newer than any checkpoint and is dropped without a note."""
         if not self.enabled or not self.path.exists():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if row.get("step", 0) <= step:
-                keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-        os.replace(tmp, self.path)
+            return []
+        keep, lost = [], []
+        for lineno, line, row, why in rundir.metrics_lines(self.run_dir):
+            if row is not None:
+                if row.get("step", 0) <= step:
+                    keep.append(line)
+            elif not why.startswith("cut short"):
+                lost.append(f"{self.path} line {lineno} {why}: dropped on resume at step {step}")
+        rundir.write_text(self.path, "".join(f"{line}\n" for line in keep))
+        return lost
 
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+        except OSError as e:
+            if rundir.is_disk_full(e):
+                raise rundir.DiskFullError(self.path) from e
+            raise
         if self._tb is not None:
             split = row.get("split", "train")
             for key, value in row.items():
                 if key not in ("split", "step") and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"{split}/{key}", value, row["step"])
 
+    def sync(self) -> None:
+        """Make every row written so far durable (called before each checkpoint, which counts on them)."""
+        if not self.enabled or not self.path.exists():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(run_dir) -> list[dict]:
-    path = pathlib.Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _duration(seconds: float) -> str:
@@ -93,9 +108,16 @@ class Progress:
                 f"MFU {mfu_txt} | ETA {_duration(eta)}")
 
     def log(self, *args, **kwargs) -> None:
-        if self.enabled:
-            print(self.line(*args, **kwargs), file=self.stream, flush=True)
+        self._print(self.line(*args, **kwargs))
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            print(f"{self.prefix}{text}", file=self.stream, flush=True)
+        self._print(f"{self.prefix}{text}")
+
+    def _print(self, text: str) -> None:
+        """Progress is a view: a closed stream (`| head`, a dead terminal) turns it off, never fails the run."""
+        if not self.enabled:
+            return
+        try:
+            print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: the stream was closed
+            self.enabled = False

@@ -14,14 +14,13 @@ only mention axes that really split something.
 `validate` runs before anything compiles and names every parameter whose dimension does not
 divide its mesh axis, in one error (XLA's own message names neither the parameter nor the rule).
 
-Typical use (train.py):
+Typical use (train.py's make_trainer):
 
     mesh = make_mesh(cfg.mesh)
-    rules = logical_rules(mesh)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        validate(nnx.eval_shape(lambda: build_model(cfg)), mesh, rules)
-        model = build_model(cfg)
-        state_shardings = shardings_of(nnx.state(model), mesh, rules)
+    rules = logical_rules(mesh, cfg.model)
+    validate(abstract_model, mesh, rules)                      # before anything compiles
+    model = build_model(cfg.model, seed, mesh, rules)          # parameters placed by the rules
+    param_shardings = jax.tree.map(lambda x: x.sharding, nnx.split(model)[1])
 """
 from __future__ import annotations
 
@@ -161,13 +160,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding (scalars: step, rng key, loss)."""
     return NamedSharding(mesh, P())
-
-
-def shardings_of(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
-    """NamedSharding tree for an nnx State/Module tree under `rules` (plain arrays: replicated)."""
-    rules = logical_rules(mesh) if rules is None else tuple(rules)
-    with nnx.logical_axis_rules(rules):
-        return nnx.get_named_sharding(tree, mesh)
 
 
 def _leaf_specs(tree: Any, rules: Sequence[tuple[str, Any]]):

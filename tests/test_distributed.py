@@ -107,7 +107,7 @@ CHILD = textwrap.dedent("""
         gathered = multihost_utils.process_allgather(g, tiled=True)
         out[str(shape)] = {"slice": [j, k], "sum": int(total), "psum": int(psum),
                            "gathered_ok": bool(np.array_equal(gathered, full))}
-    dist.barrier("done")
+    multihost_utils.sync_global_devices("done")
     print("RESULT " + json.dumps(out), flush=True)
 """)
 

@@ -6,6 +6,7 @@ checkpoint, and writes result.json atomically last — the same contract as scal
 milliseconds. Every start and finish is appended to a shared event log, so the tests can count
 how many times each run finished.
 """
+import errno
 import json
 import os
 import pathlib
@@ -20,6 +21,7 @@ import pytest
 
 from launch import local
 from launch.sweep import RunSpec
+from scaling import rundir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,6 +52,9 @@ STANDIN = textwrap.dedent('''
         state = {"step": state["step"] + 1, "acc": 0.9 * state["acc"] + (seed % 997) / 997 + state["step"]}
         atomic("ckpt.json", state)
         print(f"step {state['step']}/{steps} loss {state['acc']:.4f}", flush=True)
+    bad = os.environ.get("STANDIN_BAD_RESULT")  # "<run id part>=<raw text>": that run writes a corrupt result
+    if bad and bad.split("=", 1)[0] in rid:
+        open(os.path.join(run_dir, "result.json"), "w").write(bad.split("=", 1)[1]); sys.exit(0)
     atomic("result.json", {"status": "ok", "error": None, "final_eval_loss": state["acc"], "step": steps,
                            "affinity": sorted(os.sched_getaffinity(0)),
                            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -94,6 +99,7 @@ def standin(tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SLEEP", "0.03")
     monkeypatch.delenv("STANDIN_FAIL", raising=False)
     monkeypatch.delenv("STANDIN_FAIL_ONCE", raising=False)
+    monkeypatch.delenv("STANDIN_BAD_RESULT", raising=False)
     return path
 
 
@@ -275,3 +281,72 @@ def test_status_table_states(tmp_path, standin, monkeypatch):
     assert "1 done, 1 running, 1 failed, 1 pending (of 4)" in table
     with pytest.raises(FileNotFoundError, match="does not exist"):
         local.sweep_status(tmp_path / "nope")
+
+
+def test_corrupt_result_is_a_failure_with_its_reason_and_status_shows_it(tmp_path, standin, monkeypatch):
+    """A result.json that is a list: the runner records a failure naming the file, never crashes;
+    `scaling status` shows the run as corrupt instead of skipping it; a rerun sets it aside."""
+    sweep_dir = tmp_path / "sw"
+    specs = make_specs(2)
+    local.write_manifest(sweep_dir, specs, "test")
+    monkeypatch.setenv("STANDIN_BAD_RESULT", "r1=[1, 2]")
+    out = _backend(sweep_dir, standin, max_attempts=1).run(specs)
+    assert out == {"r0": "ok", "r1": "failed"}
+    rd = local.run_dir_of(sweep_dir, "r1")
+    launch = json.loads((rd / "launch.json").read_text())
+    assert launch["state"] == "failed"
+    assert launch["error"] == f"corrupt result: {rd / 'result.json'}: holds a JSON list, expected an object {{...}}"
+    (local.run_dir_of(sweep_dir, "r0") / "launch.json").write_text('{"attempts": ')
+    table = local.status_table(sweep_dir)
+    rows = {ln.split()[0]: ln for ln in table.splitlines()[2:4]}
+    assert "failed" in rows["r1"] and f"corrupt: {rd / 'result.json'}: holds a JSON list" in rows["r1"]
+    assert "done" in rows["r0"]  # its result is ok; the corrupt launch record does not hide that
+    monkeypatch.delenv("STANDIN_BAD_RESULT")
+    assert _backend(sweep_dir, standin).run(specs) == {"r0": "ok", "r1": "ok"}
+    assert (rd / "result.failed.json").read_text() == "[1, 2]"
+    (sweep_dir / "sweep.json").write_text("{")
+    with pytest.raises(ValueError, match="sweep.json: does not parse as JSON"):
+        local.status_table(sweep_dir)
+
+
+def test_disk_full_in_the_sweep_log_stops_with_a_reason_and_truthful_records(tmp_path, standin, monkeypatch):
+    real = local._write_log
+
+    def write_log(log, data):
+        if not data.startswith(b"\n=== try"):  # the trainer's output fills the disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(log, data)
+    monkeypatch.setattr(local, "_write_log", write_log)
+    events = []
+    out = _backend(tmp_path / "sw", standin, on_event=events.append).run(make_specs(3))
+    rd = local.run_dir_of(tmp_path / "sw", "r0")
+    assert out == {"r0": "failed"} and not out.complete and out.incomplete == ["r1", "r2"]
+    assert out.stopped.startswith("disk full") and str(rd / "train.log") in out.stopped
+    launch = json.loads((rd / "launch.json").read_text())
+    assert launch["state"] == "failed" and launch["error"] == out.stopped and launch["pid"] is None
+    assert [e.error for e in events if e.kind == "finish"] == [out.stopped]
+    assert local.lock_holder(rd) is None and local.run_status(rd)["state"] == "failed"
+    assert not local.run_dir_of(tmp_path / "sw", "r1").exists()  # nothing else was started
+
+
+def test_runs_locked_elsewhere_leave_the_sweep_incomplete(tmp_path, standin):
+    sweep_dir = tmp_path / "sw"
+    lock = local.RunLock(local.run_dir_of(sweep_dir, "r1"))
+    assert lock.acquire()
+    try:
+        out = _backend(sweep_dir, standin).run(make_specs(3))
+    finally:
+        lock.release()
+    assert out == {"r0": "ok", "r1": "running elsewhere", "r2": "ok"}
+    assert out.incomplete == ["r1"] and not out.complete and out.stopped is None
+    again = _backend(sweep_dir, standin).run(make_specs(3))
+    assert again.complete and again.incomplete == []
+
+
+def test_bookkeeping_files_go_through_the_durable_writer(tmp_path, standin, monkeypatch):
+    written = []
+    real = rundir.write_json
+    monkeypatch.setattr(rundir, "write_json", lambda path, obj: (written.append(path.name), real(path, obj)))
+    local.write_manifest(tmp_path / "sw", make_specs(1), "test")
+    _backend(tmp_path / "sw", standin).run(make_specs(1))
+    assert written == ["sweep.json", "launch_config.json", "launch.json", "launch.json"]

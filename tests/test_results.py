@@ -169,3 +169,14 @@ def test_manifest_budget_and_not_started(tmp_path):
     with pytest.warns(UserWarning, match="(?s)1 unfinished.*C3e13-c: unfinished: planned in sweep.json"):
         df = results.load(s)
     assert list(df.budget) == [1e13, 1e13]
+
+
+def test_result_that_is_a_list_and_corrupt_manifest_name_the_file(tmp_path):
+    s = tmp_path / "s"
+    _write_run(s, "a", _result(10, 20, 2.0))
+    bad = _write_run(s, "b", result_text="[1, 2]")
+    with pytest.raises(results.RunLoadError, match=f"{bad / 'result.json'}: holds a JSON list"):
+        results.load(s, on_error="raise")
+    (s / "sweep.json").write_text("[]")
+    with pytest.raises(ValueError, match=f"{s / 'sweep.json'}: holds a JSON list"):
+        results.load(s)

@@ -135,7 +135,7 @@ def _run_steps(cfg, mesh, n_steps, batches):
     rules = sh.logical_rules(mesh, cfg)
     model = build_model(cfg, 0, mesh, rules)
     graphdef, state = nnx.split(model)
-    state_sh = sh.shardings_of(state, mesh, rules)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)  # placed by build_model under the rules
     step = jax.jit(_sgd_step_fn(graphdef), in_shardings=(state_sh, sh.batch_sharding(mesh)),
                    out_shardings=(state_sh, sh.replicated(mesh)), donate_argnums=0)
     losses = []

@@ -1,16 +1,21 @@
 """The training loop end to end on CPU: run-directory contract, learning, determinism, failures."""
+import errno
+import io
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from scaling import accounting, data
+from scaling import accounting, data, rundir
 from scaling import config as cfg_lib
-from scaling.metrics import read_metrics
-from scaling.train import NonFiniteLossError, train
+from scaling.checkpoint import Checkpointer
+from scaling.metrics import MetricsWriter, Progress
+from scaling.rundir import read_metrics
+from scaling.train import HostState, NonFiniteLossError, train
 
 
 def _curve(run_dir, split="train"):
@@ -150,3 +155,91 @@ def test_eval_loss_does_not_depend_on_batch_size(tiny_config, tmp_path):
                 for b in data.eval_batches(corpus, seq_len=32, batch_size=batch, n_tokens=32 * 32)]
         losses.append(sum(float(n) for n, _ in sums) / sum(float(w) for _, w in sums))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] == pytest.approx(losses[2], rel=1e-6)
+
+
+def test_an_ok_result_is_never_downgraded_by_a_late_error(tiny_config, tmp_path, monkeypatch):
+    """The final progress line raising (stdout closed by `| head`) cannot turn the finished run into a failed one."""
+    def message(self, text):
+        if text.startswith("done"):
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(Progress, "message", message)
+    with pytest.raises(BrokenPipeError):
+        train(tiny_config, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "ok"
+
+
+def test_progress_on_a_closed_stream_turns_itself_off():
+    stream = io.StringIO()
+    stream.close()
+    progress = Progress(10, stream=stream)
+    progress.message("hello")  # does not raise: progress is only a view of metrics.jsonl
+    progress.log(1, 2.0, 100.0, None, steps_per_s=1.0)
+    assert not progress.enabled
+
+
+def test_resume_keeps_rows_truthful_about_a_corrupt_line_and_retries_a_corrupt_result(tiny_config, tmp_path, capsys):
+    """A corrupt line before the checkpoint cannot be redone: the resumed run warns (file and line)
+    and its result lists it. A corrupt result.json (here a list) is moved aside and the run retried."""
+    train(tiny_config, tmp_path / "full", verbose=False)
+    run = tmp_path / "run"
+    train(tiny_config, run, stop_after_steps=10, verbose=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[1])["step"] == 10 and json.loads(lines[1])["split"] == "train"
+    lines[1] = '{"split": "train", "st'
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "result.json").write_text("[1]")
+    result = train(tiny_config, run)
+    out = capsys.readouterr().out
+    note = f"{run / 'metrics.jsonl'} line 2 does not parse"
+    assert note in out and "result.json: holds a JSON list" in out
+    assert result["status"] == "ok" and len(result["metrics_lost"]) == 1 and note in result["metrics_lost"][0]
+    assert (run / "result.failed.json").read_text() == "[1]"
+    assert _curve(run) == [r for r in _curve(tmp_path / "full") if r[0] != 10]  # only the lost row differs
+    assert _curve(run, "eval") == _curve(tmp_path / "full", "eval")
+
+
+def test_metrics_reach_the_disk_before_each_checkpoint(tiny_config, tmp_path, monkeypatch):
+    events = []
+    sync, save = MetricsWriter.sync, Checkpointer.save
+    monkeypatch.setattr(MetricsWriter, "sync", lambda self: (events.append("sync"), sync(self)))
+    monkeypatch.setattr(Checkpointer, "save",
+                        lambda self, step, *a, **k: (events.append(f"save {step}"), save(self, step, *a, **k))[1])
+    train(tiny_config, tmp_path / "run", verbose=False)
+    saves = [i for i, e in enumerate(events) if e.startswith("save")]
+    assert [events[i] for i in saves] == ["save 10", "save 20"]
+    assert all(events[i - 1] == "sync" for i in saves)
+
+
+def _fill_disk_at(monkeypatch, names):
+    """Writes (appends or atomic JSON) to files with these names fail as on a full disk."""
+    real_open = pathlib.Path.open
+
+    def open_(self, mode="r", *a, **k):
+        if ("a" in mode or "w" in mode) and any(self.name.startswith(n) or self.name.startswith(f".{n}")
+                                                for n in names):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *a, **k)
+    monkeypatch.setattr(pathlib.Path, "open", open_)
+
+
+def test_disk_full_during_training_says_what_filled_and_records_stay_truthful(tiny_config, tmp_path, monkeypatch):
+    _fill_disk_at(monkeypatch, [rundir.METRICS])
+    with pytest.raises(rundir.DiskFullError, match=f"^disk full .* while writing {tmp_path / 'a' / 'metrics.jsonl'};"):
+        train(tiny_config, tmp_path / "a", verbose=False)
+    failed = rundir.read_result(tmp_path / "a")
+    assert failed["status"] == "failed" and failed["error"].startswith("DiskFullError: disk full")
+    # when even the failed result does not fit, the run stays unfinished (rerun resumes it): no torn file
+    _fill_disk_at(monkeypatch, [rundir.METRICS, rundir.RESULT])
+    with pytest.raises(rundir.DiskFullError, match="metrics.jsonl"):
+        train(tiny_config, tmp_path / "b", verbose=False)
+    assert not (tmp_path / "b" / "result.json").exists()
+    assert not [p for p in (tmp_path / "b").iterdir() if ".tmp" in p.name]
+
+
+def test_host_state_reads_checkpoints_written_before_it_was_a_dataclass():
+    old = {"host": {"interval_losses": [2.5], "last_train_loss": 2.0, "last_eval": 2.1, "elapsed_s": 3.0,
+                    "timed_s": 1.5, "timed_tokens": 512}}
+    host = HostState.from_meta(old)
+    assert host == HostState([2.5], 2.0, 2.1, 3.0, 1.5, 512, [])
+    assert HostState.from_meta({}) == HostState()
+    assert HostState.from_meta(host.to_meta(elapsed_s=4.0)) == HostState([2.5], 2.0, 2.1, 4.0, 1.5, 512, [])
