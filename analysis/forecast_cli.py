@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import backtest, laws, predict
-from analysis.cli import _Parser, _plain_warnings, starts_subset
+from analysis.cli import _Parser, _plain_warnings
+from analysis.workflows import starts_subset
 
 CSV_ALIASES = {"Model Size": "n_params", "Training FLOP": "flops"}  # Epoch's digitised points
 
