@@ -9,9 +9,10 @@ which files they hold and which one means "finished"). A run without result.json
 `status: failed` is failed; a JSON file that does not parse is corrupt. `on_error='warn'` skips
 such runs with ONE warning that counts them by reason and names them; `on_error='raise'` raises `RunLoadError` listing every problem.
 Either way nothing is dropped silently: the skipped runs are also in `df.attrs['skipped']`.
-When the sweep's manifest (the planned runs, written by launch) exists, its planned runs that have
-no directory yet count as unfinished, and each row gets the run's nominal isoFLOP `budget`
-(FLOPs; NaN for grid sweeps).
+When the sweep's manifest (the planned runs) exists, only its planned runs are loaded: planned runs
+without a directory count as unfinished, and run directories outside the plan (an edited sweep
+file, another sweep) are listed in a warning and in `df.attrs['unplanned']`, never mixed in. Each
+row's nominal isoFLOP `budget` (FLOPs; NaN outside isoFLOP sweeps) comes from the run's own files.
 
 Units: `loss` is nats/token; `tokens` is D; `n_params` total, `n_params_nonembed` Kaplan's N;
 `flops` exact training FLOPs, `flops_6nd` = 6 * n_params * tokens.
@@ -129,14 +130,20 @@ def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
     rows = []
     runs = rundir.run_dirs(path)
     planned = rundir.planned_runs(path)  # RunDirError (a ValueError naming the file) when corrupt
+    unplanned = [r for r in runs if planned and r.name not in planned]
+    if unplanned:  # left by an edited sweep file or another sweep: listed, never mixed in
+        warnings.warn(f"{path}: {len(unplanned)} run directories are not in the sweep's plan "
+                      f"({rundir.SWEEP_MANIFEST}) and were not loaded: "
+                      + ", ".join(r.name for r in unplanned[:5]) + (" ..." if len(unplanned) > 5 else ""),
+                      stacklevel=2)
+        runs = [r for r in runs if r.name in planned]
     for run in runs:
         try:
             row = _run_row(run, LOSS_SOURCES[loss])
         except _Unusable as e:
             skips.add(str(run), e.reason, e.detail)
             continue
-        if planned:
-            row["budget"] = (planned.get(run.name) or {}).get("budget")
+        row["budget"] = _budget(run, row)
         rows.append(row)
     for run_id in sorted(set(planned) - {r.name for r in runs}):
         skips.add(str(rundir.run_dir_of(path, run_id)), "unfinished",
@@ -148,8 +155,21 @@ def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
     df = pd.DataFrame(rows).sort_values(["n_params", "tokens"], kind="stable")
     df = df.reset_index(drop=True)
     df.attrs["skipped"] = skips.items
+    df.attrs["unplanned"] = [str(r) for r in unplanned]
     df.attrs["source"] = str(path)
     return df
+
+
+def _budget(run: pathlib.Path, row: dict) -> float:
+    """The run's nominal isoFLOP budget C from its own files (result.json, else config.json's
+    meta.budget); NaN for runs outside an isoFLOP sweep."""
+    budget = row.get("budget")
+    if budget is None:
+        try:
+            budget = ((rundir.read_json_object(run / rundir.CONFIG) or {}).get("meta") or {}).get("budget")
+        except rundir.RunDirError:
+            budget = None
+    return float(budget) if budget else math.nan
 
 
 def _load_csv(path: pathlib.Path, on_error: str) -> pd.DataFrame:

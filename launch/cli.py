@@ -12,6 +12,7 @@ import pathlib
 import sys
 import time
 
+from scaling import rundir
 from scaling.config import ConfigError
 
 
@@ -76,6 +77,9 @@ def sweep_main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, ConfigError) as e:
         print(f"scaling sweep: error: {e}", file=sys.stderr)
         return 2
+    except rundir.DiskFullError as e:
+        print(f"scaling sweep: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _sweep(args) -> int:
@@ -91,6 +95,9 @@ def _sweep(args) -> int:
     cfg = sweep.load_sweep(path)
     dropped: list[str] = []
     specs = sweep.expand(cfg, dropped)
+    if not specs:
+        raise ValueError(f"{path} expands to 0 runs ({len(dropped)} grid points dropped by sweep.tokens_per_param "
+                         "/ sweep.min_steps; -v --dry-run lists them): widen the grid or relax those filters")
     if args.only:
         specs = [s for s in specs if args.only in s.run_id]
         if not specs:
@@ -131,8 +138,13 @@ def _sweep(args) -> int:
     print(f"\n{len(results) - len(failed) - len(elsewhere)} ok, {len(failed)} failed, "
           f"{len(elsewhere)} running in another process; wall time {time.time() - t0:.1f}s")
     for r in failed:
-        print(f"  failed: {r} (log: {local.run_dir_of(sweep_dir, r) / 'train.log'})")
-    return 1 if failed else 0
+        print(f"  failed: {r} (log: {rundir.run_dir_of(sweep_dir, r) / rundir.TRAIN_LOG})")
+    if results.stopped:
+        print(f"sweep stopped early: {results.stopped}")
+    if results.incomplete:
+        print(f"sweep incomplete: {len(results.incomplete)} of {len(specs)} runs not finished here "
+              f"({len(elsewhere)} running in another process); rerun to continue")
+    return 1 if failed or not results.complete else 0
 
 
 def status_main(argv: list[str]) -> int:

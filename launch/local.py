@@ -54,7 +54,15 @@ def is_done(run_dir) -> bool:
 
 
 def write_manifest(sweep_dir, specs, source: str = "") -> pathlib.Path:
-    """The sweep manifest: the planned runs (so `scaling status` can list the pending ones)."""
+    """The sweep manifest: the planned runs (so `scaling status` can list the pending ones).
+
+    A directory planned by another sweep file is refused (its runs would be mixed with ours); the
+    same sweep file, edited, replaces the plan (analysis then loads only the planned runs)."""
+    old = rundir.read_manifest(sweep_dir)
+    old_name, new_name = pathlib.Path((old or {}).get("source") or "").stem, pathlib.Path(str(source)).stem
+    if old and old_name and new_name and old_name != new_name:
+        raise ValueError(f"{sweep_dir} holds the sweep {old_name!r} ({rundir.SWEEP_MANIFEST}); this is "
+                         f"{new_name!r}: use --sweep-dir sweeps/{new_name}, or delete {sweep_dir} to start over")
     return rundir.write_manifest(sweep_dir, {"source": str(source), "written_at": time.time(),
                                              "runs": [s.summary() for s in specs]})
 

@@ -315,16 +315,16 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
 
 def _resume(run: _Run) -> None:
     """Restore state, data position and HostState from the newest checkpoint; align the metrics file with it."""
-    latest = run.ckpt.latest_step()
-    if latest is not None:
-        run.state, meta = run.ckpt.restore(latest, abstract_of(run.state), run.data_iter)
+    # The newest checkpoint that restores: damaged newer ones are moved aside, each named in one line.
+    restored = run.ckpt.restore_latest(abstract_of(run.state), run.data_iter, log=run.progress.message)
+    if restored is not None:
+        run.start, run.state, meta = restored
         run.host = HostState.from_meta(meta)
-        run.start = latest
     lost = run.writer.truncate_after(run.start)  # rows newer than the checkpoint are redone
     for note in lost:  # kept in the host state and result.json: the finished run lacks these rows
         run.progress.message(f"warning: {note}")
     run.host.metrics_lost += lost
-    if latest is not None:
+    if restored is not None:
         run.progress.message(f"resumed from checkpoint at step {run.start}")
     else:
         c, fpt = run.counts, run.fpt
@@ -441,7 +441,7 @@ def _finish(run: _Run, tokens_per_s: float, mfu: float | None) -> dict:
         "tokens_per_s": tokens_per_s, "mfu": mfu, "seq_len": seq_len, "batch_size": config.train.batch_size,
         "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                                     "mlp", "tie_embeddings", "qk_norm", "compute_dtype")},
-        "seed": config.seed, "data_seed": config.data.seed, "num_devices": int(run.mesh.devices.size),
+        "budget": config.meta.budget or None, "seed": config.seed, "data_seed": config.data.seed, "num_devices": int(run.mesh.devices.size),
         "process_count": jax.process_count(), "versions": _versions(), "git_sha": _git_sha(),
         "metrics_lost": list(host.metrics_lost),
     }

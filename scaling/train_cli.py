@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
                         help="checkpoint and exit after this step, as a preemption would (testing resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args, rest = parser.parse_known_args(argv)
+    if args.stop_after_steps is not None and args.stop_after_steps < 1:
+        parser.error(f"--stop-after-steps={args.stop_after_steps}: must be >= 1 (a step to stop after)")
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.train.tokens=1e6)")
@@ -57,13 +59,14 @@ def main(argv: list[str]) -> int:
         from absl import flags
         flags.FLAGS.mark_as_parsed()
 
+    from scaling import rundir
     from scaling.train import NonFiniteLossError, train
     try:
         result = train(config, args.workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
     except cfg_lib.ConfigError as e:
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except (NonFiniteLossError, FileNotFoundError, ValueError, rundir.DiskFullError) as e:
         print(f"scaling train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0 if result.get("status") in ("ok", "stopped") else 1

@@ -350,3 +350,16 @@ def test_bookkeeping_files_go_through_the_durable_writer(tmp_path, standin, monk
     local.write_manifest(tmp_path / "sw", make_specs(1), "test")
     _backend(tmp_path / "sw", standin).run(make_specs(1))
     assert written == ["sweep.json", "launch_config.json", "launch.json", "launch.json"]
+
+
+def test_manifest_of_another_sweep_is_refused_an_edited_one_replaces_it(tmp_path):
+    """A second, different sweep file on an occupied directory is refused with what to do; the same
+    sweep file (edited) writes the new plan."""
+    specs = make_specs(2)
+    local.write_manifest(tmp_path / "s", specs, "experiments/demo_cpu.py")
+    with pytest.raises(ValueError, match=r"holds the sweep 'demo_cpu' \(sweep.json\); this is 'kaplan_n': "
+                                         r"use --sweep-dir sweeps/kaplan_n"):
+        local.write_manifest(tmp_path / "s", specs, "experiments/kaplan_n.py")
+    local.write_manifest(tmp_path / "s", specs[:1], "/elsewhere/demo_cpu.py")
+    assert [r["run_id"] for r in json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]] == \
+        [specs[0].run_id]

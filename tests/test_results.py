@@ -158,17 +158,23 @@ def test_csv_missing_column_names_it(tmp_path):
         results.load(p)
 
 
-def test_manifest_budget_and_not_started(tmp_path):
-    """sweep.json (launch's manifest): budgets join by run id; planned-but-absent runs are counted."""
+def test_budget_from_the_runs_own_files_plan_selects_runs(tmp_path):
+    """The nominal budget comes from the run (result.json, else config.json's meta.budget), never from
+    launch's manifest; the manifest says which runs belong: planned-but-absent runs are counted, run
+    directories outside the plan (another sweep, an edited sweep file) are listed and not loaded."""
     s = tmp_path / "s"
-    _write_run(s, "C1e13-a", _result(10, 20, 2.0))
-    _write_run(s, "C1e13-b", _result(20, 10, 2.1))
+    _write_run(s, "C1e13-a", _result(10, 20, 2.0, budget=1e13))
+    b = _write_run(s, "C1e13-b", _result(20, 10, 2.1))
+    (b / "config.json").write_text(json.dumps({"seed": 0, "meta": {"budget": 1e13}}))
+    _write_run(s, "stale-run", _result(30, 10, 1.0))
     (s / "sweep.json").write_text(json.dumps({"runs": [
-        {"run_id": "C1e13-a", "budget": 1e13}, {"run_id": "C1e13-b", "budget": 1e13},
-        {"run_id": "C3e13-c", "budget": 3e13}]}))
-    with pytest.warns(UserWarning, match="(?s)1 unfinished.*C3e13-c: unfinished: planned in sweep.json"):
+        {"run_id": "C1e13-a"}, {"run_id": "C1e13-b"}, {"run_id": "C3e13-c"}]}))
+    with pytest.warns(UserWarning) as caught:
         df = results.load(s)
-    assert list(df.budget) == [1e13, 1e13]
+    text = "\n".join(str(w.message) for w in caught)
+    assert "C3e13-c: unfinished: planned in sweep.json" in text
+    assert "1 run directories are not in the sweep's plan (sweep.json) and were not loaded: stale-run" in text
+    assert list(df.budget) == [1e13, 1e13] and df.attrs["unplanned"] == [str(s / "runs" / "stale-run")]
 
 
 def test_result_that_is_a_list_and_corrupt_manifest_name_the_file(tmp_path):

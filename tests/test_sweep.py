@@ -201,6 +201,22 @@ def test_plan_table_and_cli_dry_run(capsys):
     assert "--parallel=0: must be >= 1" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_sweep_of_zero_runs(tmp_path, capsys):
+    cfg = tmp_path / "empty_sweep.py"
+    cfg.write_text(f"from experiments.demo_cpu import get_config as g\n\n\ndef get_config():\n"
+                   f"    c = g()\n    c.sweep.min_steps = 10**9\n    return c\n")
+    assert cli.sweep_main([str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "expands to 0 runs" in err and "grid points dropped" in err
+
+
+def test_train_cli_refuses_a_negative_stop_step(capsys):
+    from scaling import train_cli
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--config", str(DEMO), "--workdir", "x", "--stop-after-steps", "-3"])
+    assert e.value.code == 2 and "--stop-after-steps=-3: must be >= 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_end_to_end_real_trainer_records_the_planned_numbers(tmp_path, capsys, monkeypatch):
     """Two tiny runs through `scaling sweep` with the real trainer; result.json must match the plan."""
