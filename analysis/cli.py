@@ -182,6 +182,7 @@ def _fit_main(argv: list[str]) -> int:
 PAPERS = {  # paper -> the default data file in ../shared/data
     "chinchilla": "epoch_chinchilla_svg_extracted_data.csv",
     "muennighoff": "muennighoff2023_c4_runs_rd_rn_fitset.csv",
+    "bnsl": "caballero2022_bnsl_4digit_addition.csv",
 }
 
 
@@ -277,5 +278,26 @@ def _print_muennighoff(s) -> None:
         print(f"warning: {w}")
 
 
-_REPRODUCE = {"chinchilla": _run_chinchilla, "muennighoff": _run_muennighoff}
-_PRINT = {"chinchilla": _print_chinchilla, "muennighoff": _print_muennighoff}
+def _run_bnsl(data, out, options):
+    from analysis import laws, reproduce_bnsl, workflows
+    return reproduce_bnsl.run_bnsl(data, out, n_bootstrap=options.n_bootstrap, seed=options.seed,
+                                   starts=workflows.starts_subset(laws.bnsl("D"), options.n_starts))
+
+
+def _print_bnsl(s) -> None:
+    print(f"Caballero et al. 4-digit addition: fit on {s['n_fit']} rows, extrapolated to "
+          f"{s['n_extrapolate']} held-out rows (x = {s['x_extrapolate']}); sum Huber delta=1e-3 on "
+          f"log y (theirs: least squares on log(y + 1))")
+    for name, f in s["fit_objs"].items():
+        print(f"{name}:")
+        _print_fit(f)
+        sc = s["scores"][name]
+        print(f"  RMSLE held-out {sc['rmsle_extrapolate']:.4g} (fit rows {sc['rmsle_fit']:.4g}); "
+              f"predicted {', '.join(f'{p:.4g}' for p in sc['pred_extrapolate'])} vs measured "
+              f"{', '.join(f'{y:.4g}' for y in s['y_extrapolate'])}")
+        for w in f.warnings:
+            print(f"warning: {name}: {w}")
+
+
+_REPRODUCE = {"chinchilla": _run_chinchilla, "muennighoff": _run_muennighoff, "bnsl": _run_bnsl}
+_PRINT = {"chinchilla": _print_chinchilla, "muennighoff": _print_muennighoff, "bnsl": _print_bnsl}

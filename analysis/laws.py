@@ -266,7 +266,10 @@ def bnsl(var: str = "D") -> Law:
                formula=f"L({var}) = a + b {var}^-c0 (1 + ({var}/d1)^(1/f1))^(-c1 f1)",
                inputs=(var,), param_names=("e", "b", "c0", "c1", "log_d1", "log_f1"),
                reported_names=("a", "b", "c0", "c1", "d1", "f1"), log_predict=log_predict,
-               to_reported=to_reported, start_grid=_bnsl_grid, irreducible=True)
+               to_reported=to_reported, start_grid=_bnsl_grid,
+               # Not `irreducible`: that flag's checks (curvature F-test, "curves the wrong way")
+               # assume one power law + E; a break legitimately bends log y downward.
+               irreducible=False)
 
 
 def get(name: str) -> Law:
