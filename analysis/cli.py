@@ -183,6 +183,7 @@ PAPERS = {  # paper -> the default data file in ../shared/data
     "chinchilla": "epoch_chinchilla_svg_extracted_data.csv",
     "muennighoff": "muennighoff2023_c4_runs_rd_rn_fitset.csv",
     "bnsl": "caballero2022_bnsl_4digit_addition.csv",
+    "porian": "porian2024_isoflop_points.csv",
 }
 
 
@@ -299,5 +300,26 @@ def _print_bnsl(s) -> None:
             print(f"warning: {name}: {w}")
 
 
-_REPRODUCE = {"chinchilla": _run_chinchilla, "muennighoff": _run_muennighoff, "bnsl": _run_bnsl}
-_PRINT = {"chinchilla": _print_chinchilla, "muennighoff": _print_muennighoff, "bnsl": _print_bnsl}
+def _run_porian(data, out, options):
+    from analysis import reproduce_porian
+    return reproduce_porian.run_porian(data, out, n_bootstrap=options.n_bootstrap, seed=options.seed)
+
+
+def _print_porian(s) -> None:
+    print(f"Porian et al. 2024: Approach 2 (parabolas in log N) per set-up; ours: {s['our_ci_kind']}; "
+          f"theirs (Akima interpolation): {s['their_ci_kind']}")
+    print(f"  {'data':4} {'set-up':46} {'budgets':>7} {'a ours':>7} {'ours CI':>16} "
+          f"{'a theirs':>8} {'theirs CI':>16}")
+    for r in s["results"]:
+        ours = "refused" if r.a is None else f"{r.a:.4f}"
+        ci = "({:.3f}, {:.3f})".format(*r.a_ci) if r.a_ci else ""
+        print(f"  {r.dataset:4} {r.label[:46]:46} {r.n_budgets:>3}/{r.n_budgets_total:<3} {ours:>7} "
+              f"{ci:>16} {r.a_theirs:>8.4f} {'({:.3f}, {:.3f})'.format(*r.a_theirs_ci):>16}")
+        for n in r.notes:
+            print(f"warning: {r.dataset} {r.label}: {n}")
+
+
+_REPRODUCE = {"chinchilla": _run_chinchilla, "muennighoff": _run_muennighoff, "bnsl": _run_bnsl,
+              "porian": _run_porian}
+_PRINT = {"chinchilla": _print_chinchilla, "muennighoff": _print_muennighoff, "bnsl": _print_bnsl,
+          "porian": _print_porian}
