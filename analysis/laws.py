@@ -9,8 +9,9 @@ Fitting in log space (log L, log N, log D; positive constants as their logs) kee
 parameters O(1) and the residuals relative; the logsumexp form log(E + A/N^α + B/D^β) =
 LSE(a − α log N, b − β log D, e) is exact and never takes the log of a negative number.
 
-`chinchilla()` and `kaplan(var, irreducible)` build the laws, `get(name)` finds one by name
-("chinchilla", "kaplan-n", ..., optionally "+e"). Fit-space names follow one convention that
+`chinchilla()`, `kaplan(var, irreducible)`, `data_constrained(base)` (Muennighoff et al. 2023)
+and `bnsl(var)` (Caballero et al. 2022, one break) build the laws, `get(name)` finds one by name
+("chinchilla", "kaplan-n", ..., optionally "+e", "data-constrained", "bnsl"). Fit-space names follow one convention that
 analysis.diagnostics relies on: a, b, e are log-coefficients of additive terms (log A, log B,
 log E; Kaplan's a = alpha·log X_c), alpha* and beta* are exponents.
 """
@@ -153,13 +154,137 @@ def kaplan(var: str = "N", irreducible: bool = False) -> Law:
     )
 
 
+# ----- Muennighoff et al. (2023): data-constrained L(N, D, U) ------------------------------
+
+
+def _chinchilla_log_g(a, b, alpha, beta):
+    """log G of the compute-optimal split N_opt = G (C/6)^a, G = (αA / βB)^(1/(α+β))."""
+    return (jnp.log(alpha) + a - jnp.log(beta) - b) / (alpha + beta)
+
+
+def _log_effective(log_u, log_x, log_r_star):
+    """log(U + U·R*·(1 − e^(−R/R*))) with R = X/U − 1 (clipped at 0): the effective count of X."""
+    r = jnp.maximum(jnp.exp(log_x - log_u) - 1.0, 0.0)
+    r_star = jnp.exp(log_r_star)
+    return log_u + jnp.log1p(-r_star * jnp.expm1(-r / r_star))
+
+
+def data_constrained_log_predict(base_theta, log_rd, log_rn, logx_NI):
+    """log L(N, D, U) for fit-space base (a, b, e, alpha, beta) and log R_D*, log R_N*.
+
+    D' = U + U R_D* (1 − e^(−R_D/R_D*)), R_D = D/U − 1; N' likewise from U_N = min(N, N_opt(U)),
+    N_opt(U) = G² U the parameters whose compute-optimal D_opt is U; L = E + A/N'^α + B/D'^β.
+    """
+    a, b, e, alpha, beta = base_theta
+    log_n, log_d, log_u = logx_NI[:, 0], logx_NI[:, 1], logx_NI[:, 2]
+    log_un = jnp.minimum(log_n, 2.0 * _chinchilla_log_g(a, b, alpha, beta) + log_u)
+    log_d_eff = _log_effective(log_u, log_d, log_rd)
+    log_n_eff = _log_effective(log_un, log_n, log_rn)
+    return _lse3(a - alpha * log_n_eff, b - beta * log_d_eff, e)
+
+
+def _dc_grid(fixed: bool):
+    r = np.log([1.0, 3.0, 10.0, 30.0, 100.0])  # log R*: from 1 to 100 effective repetitions
+    if fixed:
+        return grid(r, r)
+    # A coarse Chinchilla grid around typical LM values (log A, log B, log E, α, β) × R* grid.
+    return grid([4.0, 6.0, 8.0], [5.0, 7.0, 9.0], [0.0, 0.6], [0.3, 0.5], [0.3, 0.5],
+                r[[1, 3]], r[[0, 2]])
+
+
+@functools.lru_cache(maxsize=None)
+def data_constrained(base: tuple | None = None) -> Law:
+    """Muennighoff et al. (2023) L(N, D, U): the Chinchilla law of effective N', D' (unique
+    tokens U). base = (E, A, B, alpha, beta) holds the base law fixed (fit R_D*, R_N* only);
+    None fits all seven parameters."""
+    formula = ("L = E + A/N'^alpha + B/D'^beta, D' = U + U R_D* (1 - exp(-R_D/R_D*)), "
+               "N' likewise (U_N = min(N, N_opt(U)))")
+    if base is not None:
+        E, A, B, alpha, beta = (float(v) for v in base)
+        base_theta = (np.log(A), np.log(B), np.log(E), alpha, beta)
+
+        def log_predict(theta_P, logx_NI):
+            return data_constrained_log_predict(base_theta, theta_P[0], theta_P[1], logx_NI)
+
+        def to_reported(theta):
+            theta = np.asarray(theta, dtype=np.float64)
+            return {"R_D*": np.exp(theta[..., 0]), "R_N*": np.exp(theta[..., 1])}
+
+        return Law(name="data-constrained-fixed-base", formula=formula + f" with base {base}",
+                   inputs=("N", "D", "U"), param_names=("log_rd", "log_rn"),
+                   reported_names=("R_D*", "R_N*"), log_predict=log_predict,
+                   to_reported=to_reported, start_grid=lambda: _dc_grid(True), irreducible=False)
+
+    def log_predict(theta_P, logx_NI):
+        return data_constrained_log_predict(tuple(theta_P[i] for i in range(5)), theta_P[5],
+                                            theta_P[6], logx_NI)
+
+    def to_reported(theta):
+        theta = np.asarray(theta, dtype=np.float64)
+        return dict(_chinchilla_reported(theta[..., :5]), **{"R_D*": np.exp(theta[..., 5]),
+                                                             "R_N*": np.exp(theta[..., 6])})
+
+    return Law(name="data-constrained", formula=formula, inputs=("N", "D", "U"),
+               param_names=("a", "b", "e", "alpha", "beta", "log_rd", "log_rn"),
+               reported_names=("E", "A", "B", "alpha", "beta", "R_D*", "R_N*"),
+               log_predict=log_predict, to_reported=to_reported,
+               start_grid=lambda: _dc_grid(False), irreducible=True)
+
+
+# ----- Caballero et al. (2022): broken neural scaling law, one break -------------------------
+
+
+def _bnsl_grid():
+    return grid([-3.0, 0.0],  # log a (the floor)
+                [0.0, 3.0, 6.0],  # log b
+                [0.0, 0.3],  # c0: the exponent before the break
+                [0.5, 2.0, 8.0],  # c1: the change of exponent at the break
+                np.linspace(2.0, 28.0, 14),  # log d1: the break's location, e^2 .. e^28
+                [np.log(0.1), 0.0])  # log f1: sharp or smooth break
+
+
+@functools.lru_cache(maxsize=None)
+def bnsl(var: str = "D") -> Law:
+    """Caballero et al. (2022) broken power law in one variable x, one break:
+    y = a + b x^(−c0) (1 + (x/d1)^(1/f1))^(−c1 f1). Fit space: e = log a, b = log b, c0, c1,
+    log d1, log f1, with log(1 + (x/d1)^(1/f1)) = softplus((log x − log d1)/f1)."""
+    if var not in ("N", "D", "C"):
+        raise ValueError(f"bnsl law: var={var!r} is not one of 'N', 'D', 'C'")
+
+    def log_predict(theta_P, logx_NI):
+        e, b, c0, c1, log_d1, log_f1 = (theta_P[i] for i in range(6))
+        lx, f1 = logx_NI[:, 0], jnp.exp(log_f1)
+        power = b - c0 * lx - c1 * f1 * jax.nn.softplus((lx - log_d1) / f1)
+        return jnp.logaddexp(power, jnp.broadcast_to(e, power.shape))
+
+    def to_reported(theta):
+        theta = np.asarray(theta, dtype=np.float64)
+        return {"a": np.exp(theta[..., 0]), "b": np.exp(theta[..., 1]), "c0": theta[..., 2],
+                "c1": theta[..., 3], "d1": np.exp(theta[..., 4]), "f1": np.exp(theta[..., 5])}
+
+    return Law(name="bnsl" if var == "D" else f"bnsl-{var.lower()}",
+               formula=f"L({var}) = a + b {var}^-c0 (1 + ({var}/d1)^(1/f1))^(-c1 f1)",
+               inputs=(var,), param_names=("e", "b", "c0", "c1", "log_d1", "log_f1"),
+               reported_names=("a", "b", "c0", "c1", "d1", "f1"), log_predict=log_predict,
+               to_reported=to_reported, start_grid=_bnsl_grid,
+               # Not `irreducible`: that flag's checks (curvature F-test, "curves the wrong way")
+               # assume one power law + E; a break legitimately bends log y downward.
+               irreducible=False)
+
+
 def get(name: str) -> Law:
-    """A law by name: chinchilla | kaplan-n | kaplan-d | kaplan-c, optionally with '+e'."""
+    """A law by name: chinchilla | kaplan-n | kaplan-d | kaplan-c (optionally with '+e') |
+    data-constrained (all seven parameters fitted) | bnsl (x = D)."""
     key = name.lower()
     if key == "chinchilla":
         return chinchilla()
+    if key == "data-constrained":
+        return data_constrained()
+    if key == "bnsl":
+        return bnsl("D")
     base, plus_e = (key[:-2], True) if key.endswith("+e") else (key, False)
     if base in ("kaplan-n", "kaplan-d", "kaplan-c"):
         return kaplan(base[-1].upper(), irreducible=plus_e)
-    valid = "chinchilla, kaplan-n, kaplan-d, kaplan-c (each kaplan-* optionally with '+e')"
+    valid = ("chinchilla, kaplan-n, kaplan-d, kaplan-c (each kaplan-* optionally with '+e'), "
+             "data-constrained, bnsl")
     raise ValueError(f"unknown law {name!r}; valid: {valid}")
