@@ -28,7 +28,7 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, figures, fit, kaplan, laws, workflows
+from analysis import chinchilla, figures, fit, kaplan, laws, results, workflows
 
 # ===================== published numbers (quoted from the papers; never computed) ==============
 # Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556).
@@ -64,15 +64,7 @@ PARAMS = ("E", "A", "B", "alpha", "beta")
 
 def load_epoch(path) -> pd.DataFrame:
     """The Epoch CSV as n_params (N, total), flops (C), tokens (D = C/(6N)), loss (nats/token)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: Epoch data not found; it is "
-                                "epoch_chinchilla_svg_extracted_data.csv in ../shared/data")
-    raw = pd.read_csv(path)  # pandas copes with the '#' in the colour columns
-    missing = [c for c in EPOCH_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(f"{path}: lacks column(s) {missing}; expected the Epoch CSV with "
-                         f"{list(EPOCH_COLUMNS)}; found {list(raw.columns)}")
+    raw = results.read_published(path, EPOCH_COLUMNS, "epoch_chinchilla_svg_extracted_data.csv", "Epoch")
     df = raw[list(EPOCH_COLUMNS)].rename(columns=EPOCH_COLUMNS).astype(float)
     df["tokens"] = df.flops / (6.0 * df.n_params)
     return df
@@ -160,7 +152,7 @@ def run_chinchilla(data, out, *, starts=None, n_bootstrap=1000, seed=0) -> dict:
     pts = drop_highest_loss(df)
     ours = approach3(pts, starts=starts, n_bootstrap=n_bootstrap, seed=seed)
     table = comparison_table(ours, pts)
-    table.to_csv(out / "table.csv")
+    table.to_csv(out / "table.csv", "Epoch")
     a3 = chinchilla.scaling_from_fit(ours)
 
     # Approach 2 on the same 240 points: 4 of the 5 dropped high-loss points sit on the 1e19

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis import figures, fit, laws
+from analysis import figures, fit, laws, results
 
 COLUMNS = ("train_dataset_size", "test_cross_entropy", "split")
 SPLITS = ("fit", "extrapolate")
@@ -28,15 +28,7 @@ SPLITS = ("fit", "extrapolate")
 
 def load_curve(path) -> pd.DataFrame:
     """Caballero's learning curve: x (training set size), y (test cross-entropy), split."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: BNSL data not found; it is "
-                                "caballero2022_bnsl_4digit_addition.csv in ../shared/data")
-    raw = pd.read_csv(path)
-    missing = [c for c in COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(f"{path}: lacks column(s) {missing}; expected {list(COLUMNS)}; "
-                         f"found {list(raw.columns)}")
+    raw = results.read_published(path, COLUMNS, "caballero2022_bnsl_4digit_addition.csv", "BNSL")
     bad = sorted(set(raw.split) - set(SPLITS))
     if bad:
         raise ValueError(f"{path}: column 'split' has value(s) {bad}; valid: {list(SPLITS)}")

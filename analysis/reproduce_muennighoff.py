@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, figures, fit, laws
+from analysis import chinchilla, figures, fit, laws, results
 
 # ===================== published numbers (quoted from the paper; never computed) ===============
 # Muennighoff et al. 2023, "Scaling Data-Constrained Language Models" (arXiv:2305.16264), C4 fit.
@@ -45,15 +45,7 @@ def base_tuple(base: dict = MUENNIGHOFF_2023_BASE) -> tuple:
 
 def load_runs(path) -> pd.DataFrame:
     """The datablations runs as N (parameters), D (tokens), U (unique tokens), loss (nats/token)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: Muennighoff runs not found; they are "
-                                "muennighoff2023_c4_runs_rd_rn_fitset.csv in ../shared/data")
-    raw = pd.read_csv(path)
-    missing = [c for c in COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(f"{path}: lacks column(s) {missing}; expected {list(COLUMNS)}; "
-                         f"found {list(raw.columns)}")
+    raw = results.read_published(path, COLUMNS, "muennighoff2023_c4_runs_rd_rn_fitset.csv", "Muennighoff")
     return raw[list(COLUMNS)].rename(columns=COLUMNS).astype(float)
 
 

@@ -25,24 +25,13 @@ import numpy as np
 import pandas as pd
 
 from analysis import chinchilla, figures
+from analysis.results import read_published
 
 POINT_COLUMNS = ("source_file", "dataset", "label", "flops", "n_params", "loss")
 FIT_COLUMNS = ("source_file", "dataset", "label", "a_n_exponent", "a_ci95_lo", "a_ci95_hi")
 EXPONENT_FILE = "porian2024_exponent_fits.csv"
 THEIR_CI_KIND = "95% seed-noise bootstrap (Porian et al.)"
 KEY = ["source_file", "dataset", "label"]
-
-
-def _read(path, columns) -> pd.DataFrame:
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: Porian data not found (../shared/data holds it)")
-    df = pd.read_csv(path)
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: lacks column(s) {missing}; expected {list(columns)}; "
-                         f"found {list(df.columns)}")
-    return df
 
 
 @dataclasses.dataclass
@@ -116,8 +105,8 @@ def run_porian(data, out, *, n_bootstrap=200, seed=0, ci=0.95) -> dict:
     """Every set-up's Approach 2 exponent next to theirs; table.csv, figure, reproduce.json."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    points = _read(data, POINT_COLUMNS)
-    theirs = _read(pathlib.Path(data).parent / EXPONENT_FILE, FIT_COLUMNS)
+    points = read_published(data, POINT_COLUMNS, "porian2024_isoflop_points.csv", "Porian")
+    theirs = read_published(pathlib.Path(data).parent / EXPONENT_FILE, FIT_COLUMNS, EXPONENT_FILE, "Porian")
     results = fit_setups(points, theirs, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
     ci_label = f"{100 * ci:.0f}% bootstrap percentile over points" if n_bootstrap else "no CI"
     table = pd.DataFrame([{**{k: v for k, v in dataclasses.asdict(r).items() if k != "notes"},

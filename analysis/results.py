@@ -172,6 +172,20 @@ def _budget(run: pathlib.Path, row: dict) -> float:
     return float(budget) if budget else math.nan
 
 
+def read_published(path, columns, name: str, what: str) -> pd.DataFrame:
+    """A published data file (../shared/data): the CSV with `columns` checked; errors name the file,
+    what is missing, whose data it is (`what`) and the file expected there (`name`)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} data not found; it is {name} in ../shared/data")
+    raw = pd.read_csv(path)  # pandas copes with '#' in Epoch's colour columns
+    missing = [c for c in columns if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: lacks column(s) {missing}; expected {name} with {list(columns)}; "
+                         f"found {list(raw.columns)}")
+    return raw
+
+
 def _load_csv(path: pathlib.Path, on_error: str) -> pd.DataFrame:
     """CSV with n_params, tokens, loss (nats/token) and optional flops; adds flops_6nd."""
     skips = _Skips(on_error, "CSV rows")
