@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from scaling import accounting, memory, model as model_lib, sharding
-from scaling import config as cfg_lib
+from scaling.config import defaults as get_config
 from scaling.train import make_trainer
 
 # Temporaries: XLA:CPU's buffer assignment vs the estimate's max(activations, grads) + transients.
@@ -25,7 +25,7 @@ TEMP_RTOL_BF16 = 0.35
 
 
 def make_config(B=8, T=64, mesh=None, **model):
-    c = cfg_lib.load(cfg_lib._BASE)
+    c = get_config()
     c.data.seq_len = T
     c.model.update(dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4), **model)
     c.model.max_seq_len = T
@@ -117,7 +117,8 @@ def test_param_elements_match_model_shardings(kw, mesh_shape):
     rules = sharding.logical_rules(mesh, config.model)
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: model_lib.build_model(config.model, 0))
-    shard = sharding.shardings_of(nnx.state(abstract, nnx.Param), mesh, rules)
+    with nnx.logical_axis_rules(rules):
+        shard = nnx.get_named_sharding(nnx.state(abstract, nnx.Param), mesh)
     leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
     per_device = sum(math.prod(s.shard_shape(leaf.shape)) for s, leaf in zip(jax.tree.leaves(shard), leaves))
     counts = memory.param_elements_per_device(config.model, mesh_shape)
