@@ -1,4 +1,4 @@
-"""Parameter counts, FLOPs and MFU from the model config alone (no model is built).
+"""Parameter counts, FLOPs, MFU and device peak/memory tables from the model config alone (no model is built).
 
 Conventions (units named everywhere):
 - `param_counts`: "total" = every parameter once (tied embeddings counted once);
@@ -49,6 +49,38 @@ PEAK_FLOPS = {
     "gh200": 989e12,
     "h200": 989e12,
     "b200": 2250e12,
+}
+
+GIB, GB = 2 ** 30, 1e9
+# Per-device memory in bytes (HBM / GPU memory), keyed like PEAK_FLOPS (lowercase substrings of
+# `device.device_kind`, first match wins; sizes named in the kind come first). "Per device as JAX
+# sees devices": TPU v2/v3 expose each core (half a chip's HBM) as a device; v4 and later one per chip.
+# Sources: Google Cloud TPU system-architecture pages (v2 16 GiB and v3 32 GiB per chip, v4 32 GiB,
+# v5e 16 GiB, v5p 95 GiB, v6e 32 GiB per chip); NVIDIA datasheets (GB, decimal).
+DEVICE_MEMORY = {
+    "tpu v2": 8 * GIB,            # 16 GiB per chip, 2 cores
+    "tpu v3": 16 * GIB,           # 32 GiB per chip, 2 cores
+    "tpu v4": 32 * GIB,
+    "tpu v5 lite": 16 * GIB,      # v5e
+    "tpu v5e": 16 * GIB,
+    "tpu v5p": 95 * GIB,
+    "tpu v5": 95 * GIB,           # v5p reports itself as "TPU v5"
+    "tpu v6 lite": 32 * GIB,      # v6e (Trillium)
+    "tpu v6e": 32 * GIB,
+    "v100-sxm2-32gb": 32 * GB,
+    "v100": 16 * GB,              # the 16 GB part unless the kind names 32GB
+    "a100-sxm4-80gb": 80 * GB,
+    "a100 80gb": 80 * GB,         # "NVIDIA A100 80GB PCIe"
+    "a100": 40 * GB,
+    "l40s": 48 * GB,
+    "l40": 48 * GB,
+    "l4": 24 * GB,
+    "h100 pcie": 80 * GB,
+    "h100 nvl": 94 * GB,
+    "h100": 80 * GB,              # SXM
+    "gh200": 96 * GB,             # the 96 GB HBM3 part (a 144 GB HBM3e part exists)
+    "h200": 141 * GB,
+    "b200": 180 * GB,             # HGX B200: 180 GB per GPU
 }
 
 
@@ -116,11 +148,19 @@ def run_flops(cfg, seq_len: int, tokens: int) -> dict:
 def peak_flops_for(device) -> float | None:
     """Dense bf16 peak FLOP/s of one device (a jax Device or a device_kind string); None if the
     device is not in PEAK_FLOPS (e.g. CPUs: use measure_cpu_peak)."""
+    return _lookup(PEAK_FLOPS, device)
+
+
+def _lookup(table: dict, device):
+    """The value of the first key of `table` found in the device's lowercased device_kind."""
     kind = (device if isinstance(device, str) else device.device_kind).lower()
-    for key, peak in PEAK_FLOPS.items():
-        if key in kind:
-            return peak
-    return None
+    return next((value for key, value in table.items() if key in kind), None)
+
+
+def device_memory_for(device) -> float | None:
+    """Memory of one device in bytes (a jax Device or a device_kind string); None if the device
+    is not in DEVICE_MEMORY (e.g. CPUs: host memory is shared, no per-device limit)."""
+    return _lookup(DEVICE_MEMORY, device)
 
 
 def measure_cpu_peak(dtype="float32", n: int = 1024, seconds: float = 0.5) -> float:
