@@ -34,6 +34,8 @@ EXPERIMENT_IMPORTS = ("ml_collections", "experiments.base", "__future__")
 IMPORT_CALLS = ("import_module", "__import__", "find_spec", "run_module")
 MODULE_RE = re.compile(r"(?:%s)(?:\.\w+)*" % "|".join(PACKAGES))
 DOTTED_RE = re.compile(r"(?:%s)(?:\.\w+)+" % "|".join(PACKAGES))  # "launch.cli", not a bare "launch"
+# "launch.json" is a file name, not the module launch.json: a bare string ending so is not an edge.
+FILE_SUFFIXES = {"json", "jsonl", "py", "md", "txt", "csv", "log", "yaml", "yml", "html", "png", "pdf"}
 DASH_M_RE = re.compile(r"(?:^|\s)-m\s+(%s)\b" % MODULE_RE.pattern)
 
 
@@ -93,7 +95,7 @@ def edges(path: pathlib.Path, root: pathlib.Path):
                     skip.add(id(value))
                     yield value.lineno, value.value, "-m string"
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-            if DOTTED_RE.fullmatch(node.value):
+            if DOTTED_RE.fullmatch(node.value) and node.value.rpartition(".")[2] not in FILE_SUFFIXES:
                 yield node.lineno, node.value, "module-name string"
             for m in DASH_M_RE.finditer(node.value):
                 yield node.lineno, m.group(1), "-m in a command string"
