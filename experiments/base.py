@@ -25,8 +25,9 @@ def cloud_lm(seq_len: int) -> ml_collections.ConfigDict:
     """The cloud sweeps' shared model and data: bf16, untied 32k-BPE LM on FineWeb-Edu, FSDP over the pod.
 
     Before launching: prepare the corpus once with `scaling data prepare` (BPE, 32k vocab) and copy
-    the prepared directory to gs://YOUR-BUCKET/corpora/fineweb-edu-bpe32k; the sweeps mount
-    gs://YOUR-BUCKET/corpora at /data (their cloud.data_mounts).
+    the prepared directory to gs://<your bucket>/corpora/fineweb-edu-bpe32k; the sweeps mount
+    gs://<your bucket>/corpora at /data (their cloud.data_mounts), the bucket being the one
+    --cloud.bucket=gs://<your bucket>/scaling names.
     """
     c = ml_collections.ConfigDict()
     c.model = dict(vocab_size=32768, tie_embeddings=False, compute_dtype="bfloat16")
@@ -37,4 +38,4 @@ def cloud_lm(seq_len: int) -> ml_collections.ConfigDict:
     return c
 
 
-CORPUS_MOUNTS = (("/data", "gs://YOUR-BUCKET/corpora"),)  # cloud.data_mounts of the cloud sweeps
+CORPUS_MOUNTS = (("/data", "{bucket_root}/corpora"),)  # cloud.data_mounts of the cloud sweeps: gs://<bucket>/corpora

@@ -1,11 +1,12 @@
 """Chinchilla-style isoFLOP grid on cloud TPUs: 5 budgets 1e18..1e20 FLOPs x a ladder of shapes.
 
     scaling sweep experiments/chinchilla_isoflop.py --backend skypilot --dry-run   # plan + task YAML
-    scaling sweep experiments/chinchilla_isoflop.py --backend skypilot             # launch (managed jobs)
-    scaling fit sweeps/chinchilla_isoflop --law chinchilla                         # after syncing the bucket
+    scaling sweep experiments/chinchilla_isoflop.py --backend skypilot --cloud.bucket=gs://B/scaling  # launch
+    scaling sync sweeps/chinchilla_isoflop                            # results back from the bucket
+    scaling fit sweeps/chinchilla_isoflop --law chinchilla                         # on the synced results
 
-Corpus: see experiments/base.py `cloud_lm` (prepare it once, copy it to the bucket); set
-cloud.bucket to your bucket.
+Corpus: see experiments/base.py `cloud_lm` (prepare it once, copy it to the bucket). The bucket,
+accelerator, region (cloud.infra) and spot policy are overridden with --cloud.KEY=VALUE.
 
 Time: 26 runs, 8.2e20 training FLOPs in all; the plan estimates 2.1 days of v5e-64 pod time at an
 assumed 40% MFU plus 10 minutes per run (the managed jobs run side by side). Expected result: each

@@ -1,8 +1,9 @@
 """Kaplan-style L(D) sweep on GPUs: one 560M-parameter model at 7 token counts (0.3B..20B).
 
     scaling sweep experiments/kaplan_d.py --backend skypilot --dry-run   # plan + task YAML
-    scaling sweep experiments/kaplan_d.py --backend skypilot             # launch (managed jobs)
-    scaling fit sweeps/kaplan_d --law kaplan_d                           # after syncing the bucket
+    scaling sweep experiments/kaplan_d.py --backend skypilot --cloud.bucket=gs://B/scaling  # launch
+    scaling sync sweeps/kaplan_d                                      # results back from the bucket
+    scaling fit sweeps/kaplan_d --law kaplan_d                           # on the synced results
 
 Kaplan et al. (2020) fit L(D) = (D_c / D)^alpha_D for a model large enough that N is not the
 bottleneck. One shape (24 layers, d_model 1280, head_dim 64; 476M non-embedding parameters,
@@ -37,5 +38,5 @@ def get_config():
     s.overhead_s = 600.0
 
     c.cloud = dict(accelerator="H100:8", runtime_version="", num_nodes=2, chips=16, peak_flops_per_chip=989e12,
-                   setup='pip install -e . && pip install "jax[cuda12]==0.10.2"', data_mounts=CORPUS_MOUNTS)
+                   data_mounts=CORPUS_MOUNTS)  # setup: uv env with jax[cuda12] (launch/skypilot.py)
     return c

@@ -1,8 +1,9 @@
 """Kaplan-style L(N) sweep on a TPU v4-32 pod: 8 model sizes (non-embedding N 1M..1B), one large D.
 
     scaling sweep experiments/kaplan_n.py --backend skypilot --dry-run   # plan + task YAML
-    scaling sweep experiments/kaplan_n.py --backend skypilot             # launch (managed jobs)
-    scaling fit sweeps/kaplan_n --law kaplan_n                           # after syncing the bucket
+    scaling sweep experiments/kaplan_n.py --backend skypilot --cloud.bucket=gs://B/scaling  # launch
+    scaling sync sweeps/kaplan_n                                      # results back from the bucket
+    scaling fit sweeps/kaplan_n --law kaplan_n                           # on the synced results
 
 Kaplan et al. (2020) fit L(N) = (N_c / N)^alpha_N with N the NON-embedding parameter count, each
 model trained long enough that data is not the bottleneck; here every size sees D = 20B tokens

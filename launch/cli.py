@@ -3,7 +3,11 @@
     scaling sweep experiments/demo_cpu.py --dry-run               # plan table: N, D, C, est. time
     scaling sweep experiments/demo_cpu.py [--parallel 2]          # run locally (rerun = resume)
     scaling sweep experiments/chinchilla_isoflop.py --backend skypilot --dry-run   # tasks' YAML
+    scaling sweep experiments/chinchilla_isoflop.py --backend skypilot --cloud.bucket=gs://b/scaling \
+        --cloud.accelerator=tpu-v5litepod-16 --cloud.chips=16 --cloud.infra=gcp/us-west4 --cloud.use_spot=false
     scaling status sweeps/demo_cpu                                # done / running / failed / pending
+    scaling status sweeps/chinchilla_isoflop --backend skypilot   # ... next to the managed jobs' states
+    scaling sync sweeps/chinchilla_isoflop [--checkpoints]        # results back from the bucket
 
 The sweep directory defaults to sweeps/<config file stem> (--sweep-dir to change it).
 """
@@ -13,6 +17,7 @@ import sys
 import time
 
 from scaling import rundir
+from scaling import config as cfg_lib
 from scaling.config import ConfigError
 
 
@@ -56,7 +61,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None, help="local: comma-separated GPU ids to split among parallel runs")
     p.add_argument("--only", default=None, help="run only the runs whose id contains this substring")
     p.add_argument("-v", "--verbose", action="store_true", help="forward every trainer output line")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="skypilot: launch from a tree with uncommitted changes (recorded as git_dirty)")
+    p.epilog = "skypilot: --cloud.KEY=VALUE overrides a key of the config's cloud section (bucket, accelerator, ...)"
     return p
+
+
+def _parse_sweep_args(argv: list[str]):
+    """The sweep arguments; --cloud.KEY=VALUE items are kept apart (args.cloud_overrides)."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--cloud.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (cloud overrides look like "
+                     "--cloud.bucket=gs://my-bucket/scaling)")
+    args.cloud_overrides = rest
+    return args
+
+
+def _sweep_skypilot(args, cfg, specs, dropped, path: pathlib.Path, sweep_dir: pathlib.Path) -> int:
+    """--backend skypilot: the plan and the validated tasks (--dry-run), or launch them as managed jobs."""
+    from launch import local, skypilot, sweep, sync
+
+    if "cloud" not in cfg:
+        raise ValueError(f"{path} has no `cloud` section; --backend skypilot needs one (see "
+                         "experiments/chinchilla_isoflop.py)")
+    for item in args.cloud_overrides:
+        cfg_lib.apply_override(cfg, item)
+    print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s))
+    _print_dropped(dropped, args.verbose)
+    source = skypilot.source_state(allow_dirty=args.allow_dirty or args.dry_run)
+    tasks = [skypilot.build_task(s, cfg.cloud, path.stem, source, for_launch=not args.dry_run) for s in specs]
+    if args.dry_run:
+        for problem in skypilot.placeholder_problems(cfg.cloud):
+            print(f"warning: {problem} (a launch would be refused)")
+        print(f"\n# {len(tasks)} SkyPilot managed-job tasks (validated with sky.Task.validate), "
+              f"commit {source['git_sha'][:12]}{' + uncommitted changes' if source['git_dirty'] else ''}:\n")
+        print(skypilot.tasks_yaml(tasks))
+        return 0
+    local.write_manifest(sweep_dir, specs, path)
+    sync.write_cloud_record(sweep_dir, f"{str(cfg.cloud.bucket).rstrip('/')}/{path.stem}")
+    skypilot.launch(tasks)
+    print(f"launched {len(tasks)} managed jobs; `scaling status {sweep_dir} --backend skypilot` shows them, "
+          f"`scaling sync {sweep_dir}` brings their results back")
+    return 0
 
 
 def _print_dropped(dropped: list[str], verbose: bool) -> None:
@@ -71,7 +119,7 @@ def _print_dropped(dropped: list[str], verbose: bool) -> None:
 
 def sweep_main(argv: list[str]) -> int:
     """`scaling sweep`: 0 when every run finished ok (or the plan was printed), 1 if any failed, 2 on bad input."""
-    args = _parser().parse_args(argv)
+    args = _parse_sweep_args(argv)
     try:
         return _sweep(args)
     except (ValueError, FileNotFoundError, ConfigError) as e:
@@ -105,22 +153,9 @@ def _sweep(args) -> int:
     sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path("sweeps") / path.stem)
 
     if args.backend == "skypilot":
-        from launch import skypilot
-
-        if "cloud" not in cfg:
-            raise ValueError(f"{path} has no `cloud` section; --backend skypilot needs one (see "
-                             "experiments/chinchilla_isoflop.py)")
-        print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s))
-        _print_dropped(dropped, args.verbose)
-        tasks = [skypilot.build_task(s, cfg.cloud, path.stem) for s in specs]
-        if args.dry_run:
-            print(f"\n# {len(tasks)} SkyPilot managed-job tasks (validated with sky.Task.validate):\n")
-            print(skypilot.tasks_yaml(tasks))
-            return 0
-        local.write_manifest(sweep_dir, specs, path)
-        skypilot.launch(tasks)
-        print(f"launched {len(tasks)} managed jobs; `sky jobs queue` shows them")
-        return 0
+        return _sweep_skypilot(args, cfg, specs, dropped, path, sweep_dir)
+    if args.cloud_overrides:
+        raise ValueError(f"{args.cloud_overrides[0]}: --cloud.* overrides apply to --backend skypilot only")
 
     print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel))
     _print_dropped(dropped, args.verbose)
@@ -148,15 +183,35 @@ def _sweep(args) -> int:
 
 
 def status_main(argv: list[str]) -> int:
-    """`scaling status SWEEP_DIR`: print the sweep's status table; 2 if it cannot be read."""
+    """`scaling status SWEEP_DIR [--backend skypilot]`: print the sweep's status table; 2 if it cannot be read."""
     p = argparse.ArgumentParser(prog="scaling status", description="Status table of a sweep directory.")
     p.add_argument("sweep_dir")
+    p.add_argument("--backend", choices=("local", "skypilot"), default="local",
+                   help="skypilot: also the managed jobs' states (run states come from the synced run dirs)")
     args = p.parse_args(argv)
     from launch import local
 
     try:
         print(local.status_table(args.sweep_dir))
+        if args.backend == "skypilot":
+            from launch import skypilot
+
+            print(managed_jobs_table(args.sweep_dir, skypilot.queue_records()))
     except (FileNotFoundError, ValueError) as e:
         print(f"scaling status: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def managed_jobs_table(sweep_dir, records) -> str:
+    """Each planned run's managed-job state next to its run state (run dirs as last synced)."""
+    from launch import local, skypilot
+
+    rows = local.sweep_status(sweep_dir)
+    manifest = rundir.read_manifest(sweep_dir) or {}
+    name = pathlib.Path(manifest.get("source") or pathlib.Path(sweep_dir).name).stem
+    jobs = skypilot.job_states([r["run_id"] for r in rows], name, records)
+    width = max([len("run_id")] + [len(r["run_id"]) for r in rows])
+    lines = ["", f"{'run_id'.ljust(width)}  {'managed job':<12}  run (as synced: `scaling sync {sweep_dir}`)"]
+    lines += [f"{r['run_id'].ljust(width)}  {jobs[r['run_id']]:<12}  {r['state']}" for r in rows]
+    return "\n".join(lines)

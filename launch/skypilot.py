@@ -1,42 +1,132 @@
 """Cloud backend: one SkyPilot managed job per run, on TPU VM slices/pods or GPU machines.
 
-    tasks = [build_task(spec, cfg.cloud, sweep_name) for spec in specs]   # sky.Task, validated
+    source = source_state(allow_dirty=False)                              # git sha; refuses a dirty tree
+    tasks = [build_task(spec, cfg.cloud, sweep_name, source) for spec in specs]   # sky.Task, validated
     print(tasks_yaml(tasks))                                               # what --dry-run shows
     launch(tasks)                                                          # sky.jobs.launch per task
 
-Why it is spot-safe: every run's directory (config, metrics, Orbax checkpoints, result.json) lives
-in a bucket mounted with MOUNT_CACHED at cloud.mount; a preempted job is recovered by SkyPilot
-(job_recovery FAILOVER, restarts on errors bounded by cloud.max_restarts_on_errors) and reruns the
-same command, and the trainer resumes from the newest complete checkpoint (or returns at once if
-result.json says ok).
-Multi-host: a TPU pod (e.g. tpu-v4-32, tpu-v5litepod-64) is ONE SkyPilot node and SkyPilot runs
-the command on every host; on TPU jax.distributed.initialize() takes no arguments. Multi-node GPU
-(cloud.num_nodes > 1) gets SKYPILOT_NODE_IPS / SKYPILOT_NUM_NODES / SKYPILOT_NODE_RANK from
-SkyPilot, which scaling/distributed.py turns into the coordinator address; the command is the same.
-Tasks are built with SkyPilot's own API (Task.from_yaml_config + validate), so SkyPilot parses them.
-Offline limits: accelerator names of GPUs and regions are checked against SkyPilot's catalog (a
-download) — regions only at launch. `launch()` needs cloud credentials and was not run here.
+Host environment (`setup_script`): the image's Python is not used (Ubuntu 22.04 TPU images ship
+3.10; the pinned JAX stack needs >= 3.11). Setup installs a pinned `uv` (from PyPI with the image's
+pip, else uv's standalone installer), a uv-managed CPython (cloud.python) in ~/scaling-env, the
+project from the synced working tree (the launching commit: its sha is in SCALING_GIT_SHA) and JAX
+with the accelerator's extra (jax[tpu] or jax[cuda12], the launching machine's JAX version).
+Run directories (`RUN_SCRIPT`): the trainer writes to a LOCAL run directory on the host; results
+reach BUCKET/<sweep>/runs/<run_id> through launch.sync (pulled before training so a recovered job
+resumes, pushed every cloud.sync_every_s while it trains, pushed once more at the end, result.json
+last). Checkpoints are written by Orbax straight into the bucket when the trainer has a
+`checkpoint.dir` key; until then they travel with the sync (complete steps only; single-host only:
+on a multi-host pod each host holds only its own shards, so pods need that key).
+Spot: job_recovery FAILOVER (restarts on errors bounded by cloud.max_restarts_on_errors); a
+recovered job reruns the same command and the trainer resumes from the newest complete checkpoint.
+Multi-host: a TPU pod (e.g. tpu-v4-32) is ONE SkyPilot node and SkyPilot runs the command on every
+host (jax.distributed.initialize() with no arguments); multi-node GPU (cloud.num_nodes > 1) gets
+SKYPILOT_NODE_IPS / _NUM_NODES / _NODE_RANK, which scaling/distributed.py turns into a coordinator.
+Corpora are mounted read-only in use (mode MOUNT, no write-back cache): nothing writes to them.
+Offline limits: GPU names and regions are checked against SkyPilot's catalog only at launch;
+`launch()` needs cloud credentials and was not run here.
 """
 import copy
+import importlib.metadata
 import json
 import pathlib
+import subprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+PLACEHOLDER = "YOUR-BUCKET"  # the experiments' stand-in bucket name: refused at launch
+HOST_ENV = "$HOME/scaling-env"  # the host environment setup_script creates
+
+SETUP_SCRIPT = """\
+set -euo pipefail
+export PATH="$HOME/.local/bin:$PATH"
+# 1. uv {uv}: from PyPI with the image's pip; uv's standalone installer if that pip is missing or refuses
+if ! uv --version 2>/dev/null | grep -qx "uv {uv}.*"; then
+  python3 -m pip install --user --quiet "uv=={uv}" || curl -LsSf https://astral.sh/uv/{uv}/install.sh | sh
+fi
+# 2. our own Python: a uv-managed CPython {python}, whatever the image's python3 is
+uv venv --quiet --allow-existing --python {python} --python-preference only-managed "{env}"
+# 3. the project as synced from the launching commit, and JAX for this accelerator
+uv pip install --quiet --python "{env}/bin/python" -e . "{jax}"
+"{env}/bin/python" -c "import jax, scaling; print('host environment ready: python', __import__('sys').version.split()[0], 'jax', jax.__version__)"
+"""
 
 RUN_SCRIPT = """\
 set -euo pipefail
+PY="{env}/bin/python"
 mkdir -p "$SCALING_RUN_DIR"
+# a recovered (preempted) job: bring back what the bucket holds, so the trainer resumes
+"$PY" -m launch.sync pull "$SCALING_BUCKET_RUN" "$SCALING_RUN_DIR" $SCALING_SYNC_FLAGS
 printf '%s' "$SCALING_RUN_CONFIG" > "$HOME/scaling_launch_config_$SCALING_RUN_ID.json"
-python -m scaling train --config "$HOME/scaling_launch_config_$SCALING_RUN_ID.json" --workdir "$SCALING_RUN_DIR"
+"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" $SCALING_SYNC_FLAGS --watch "$SCALING_SYNC_EVERY_S" &
+SYNC_PID=$!
+rc=0
+"$PY" -m scaling train --config "$HOME/scaling_launch_config_$SCALING_RUN_ID.json" --workdir "$SCALING_RUN_DIR" || rc=$?
+kill "$SYNC_PID" 2>/dev/null || true
+wait "$SYNC_PID" 2>/dev/null || true
+"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" $SCALING_SYNC_FLAGS
+exit "$rc"
 """
+
+
+def source_state(allow_dirty: bool = False, repo=REPO, warn=print) -> dict:
+    """{git_sha, git_dirty} of the tree SkyPilot will sync; ValueError on a dirty tree unless allow_dirty
+    (then a warning): a run must be reproducible from its recorded commit."""
+    def git(*args):
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+        if out.returncode:
+            raise ValueError(f"{repo} is not a git checkout ({out.stderr.strip()}): runs record the launching "
+                             "commit; launch from a clone of the project")
+        return out.stdout
+    sha, changes = git("rev-parse", "HEAD").strip(), git("status", "--porcelain").splitlines()
+    if changes:
+        msg = (f"the working tree has {len(changes)} uncommitted change(s) (e.g. {changes[0].strip()!r}); the "
+               f"runs would not match commit {sha[:12]}")
+        if not allow_dirty:
+            raise ValueError(msg + ": commit them, or pass --allow-dirty (recorded as git_dirty)")
+        warn(f"warning: {msg} (--allow-dirty: recorded as git_dirty=1)")
+    return {"git_sha": sha, "git_dirty": bool(changes)}
+
+
+def jax_requirement(accelerator: str, extra: str = "") -> str:
+    """The JAX the host installs: this machine's JAX version with the accelerator's extra."""
+    extra = extra or ("tpu" if _is_tpu(accelerator) else "cuda12")
+    return f"jax[{extra}]=={importlib.metadata.version('jax')}"
+
+
+def setup_script(cloud) -> str:
+    """The task's setup: host environment (uv, managed Python, project, JAX) plus cloud.setup."""
+    script = SETUP_SCRIPT.format(uv=cloud.uv_version, python=cloud.python, env=HOST_ENV,
+                                 jax=jax_requirement(cloud.accelerator, cloud.jax_extra))
+    return script + (cloud.setup.rstrip() + "\n" if cloud.setup else "")
+
+
+def bucket_root(bucket: str) -> str:
+    """'gs://b/scaling' -> 'gs://b' (data_mounts sources may say '{bucket_root}/corpora')."""
+    scheme, _, rest = str(bucket).partition("://")
+    return f"{scheme}://{rest.split('/')[0]}"
+
+
+def data_mounts(cloud) -> dict:
+    """SkyPilot file_mounts for the prepared corpora, sources with {bucket_root} filled in."""
+    root = bucket_root(cloud.bucket)
+    return {remote: {"source": source.format(bucket_root=root), "mode": "MOUNT"}
+            for remote, source in cloud.data_mounts}
+
+
+def placeholder_problems(cloud) -> list[str]:
+    """The bucket paths that still name the experiments' placeholder bucket."""
+    paths = [("cloud.bucket", str(cloud.bucket))] + [
+        (f"cloud.data_mounts[{remote!r}]", m["source"]) for remote, m in data_mounts(cloud).items()]
+    return [f"{key}={path!r} is the placeholder bucket; pass --cloud.bucket=gs://YOUR-REAL-BUCKET/scaling"
+            for key, path in paths if PLACEHOLDER in path]
 
 
 def _is_tpu(accelerator: str) -> bool:
     return accelerator.lower().startswith("tpu-")
 
 
-def check_cloud(cloud) -> None:
-    """Our own checks, before SkyPilot's: the mistakes SkyPilot would only catch at launch (or never)."""
+def check_cloud(cloud, for_launch: bool = True) -> None:
+    """Our own checks, before SkyPilot's: the mistakes SkyPilot would only catch at launch (or never).
+    A placeholder bucket is refused only for_launch (a dry run shows the tasks anyway)."""
     acc = cloud.accelerator
     if not acc:
         raise ValueError("cloud.accelerator is empty; e.g. 'tpu-v5litepod-16', 'tpu-v4-32' or 'H100:8'")
@@ -53,14 +143,29 @@ def check_cloud(cloud) -> None:
                              "SkyPilot node (it runs the command on every host); pick a bigger slice instead")
     if not str(cloud.bucket).startswith(("gs://", "s3://", "r2://", "https://")):
         raise ValueError(f"cloud.bucket={cloud.bucket!r}: must be a bucket URL such as 'gs://my-bucket/scaling' "
-                         "(run directories and checkpoints live there so preempted runs resume)")
+                         "(run results and checkpoints live there so preempted runs resume)")
     if not cloud.max_restarts_on_errors >= 0:
         raise ValueError(f"cloud.max_restarts_on_errors={cloud.max_restarts_on_errors!r}: must be >= 0")
+    if not cloud.sync_every_s > 0:
+        raise ValueError(f"cloud.sync_every_s={cloud.sync_every_s!r}: must be > 0 (seconds between result pushes)")
+    if cloud.jax_extra not in ("", "tpu", "cuda12", "cuda13"):
+        raise ValueError(f"cloud.jax_extra={cloud.jax_extra!r}: use '' (tpu for TPUs, cuda12 otherwise), "
+                         "'tpu', 'cuda12' or 'cuda13'")
+    if for_launch and placeholder_problems(cloud):
+        raise ValueError("; ".join(placeholder_problems(cloud)))
 
 
-def task_config(spec, cloud, sweep_name: str) -> dict:
-    """The SkyPilot task YAML (as a dict) for one run; build_task() turns it into a validated sky.Task."""
-    check_cloud(cloud)
+def _checkpoints_direct() -> bool:
+    """Whether the trainer takes a checkpoint.dir (then Orbax writes the bucket itself)."""
+    from scaling import config as cfg_lib
+
+    return "dir" in cfg_lib.defaults().checkpoint
+
+
+def task_config(spec, cloud, sweep_name: str, source: dict | None = None, for_launch: bool = True) -> dict:
+    """The SkyPilot task YAML (as a dict) for one run; build_task() turns it into a validated sky.Task.
+    source: {git_sha, git_dirty} of the launching tree (source_state())."""
+    check_cloud(cloud, for_launch)
     resources = {
         "accelerators": cloud.accelerator,
         "use_spot": bool(cloud.use_spot),
@@ -72,13 +177,20 @@ def task_config(spec, cloud, sweep_name: str) -> dict:
         resources["accelerator_args"] = {"runtime_version": cloud.runtime_version}
     if cloud.disk_size:
         resources["disk_size"] = int(cloud.disk_size)
-    bucket = f"{str(cloud.bucket).rstrip('/')}/{sweep_name}"
-    file_mounts = {cloud.mount: {"source": bucket, "mode": "MOUNT_CACHED"}}
-    for remote, source in cloud.data_mounts:
-        file_mounts[remote] = {"source": source, "mode": "MOUNT_CACHED"}
+    bucket_run = f"{str(cloud.bucket).rstrip('/')}/{sweep_name}/runs/{spec.run_id}"
+    run_config = spec.config.to_dict()
+    direct = _checkpoints_direct()
+    if direct:
+        run_config["checkpoint"]["dir"] = f"{bucket_run}/checkpoints"
+    source = source or {}
     envs = {"SCALING_RUN_ID": spec.run_id,
-            "SCALING_RUN_DIR": f"{cloud.mount}/runs/{spec.run_id}",
-            "SCALING_RUN_CONFIG": json.dumps(spec.config.to_dict(), sort_keys=True, separators=(",", ":"))}
+            "SCALING_RUN_DIR": f"{cloud.local_runs}/{spec.run_id}",
+            "SCALING_BUCKET_RUN": bucket_run,
+            "SCALING_SYNC_EVERY_S": str(cloud.sync_every_s),
+            "SCALING_SYNC_FLAGS": "" if direct else "--checkpoints",
+            "SCALING_GIT_SHA": str(source.get("git_sha") or ""),
+            "SCALING_GIT_DIRTY": "1" if source.get("git_dirty") else "0",
+            "SCALING_RUN_CONFIG": json.dumps(run_config, sort_keys=True, separators=(",", ":"))}
     for k, v in cloud.envs.items():
         envs[k] = str(v)
     return {
@@ -86,24 +198,52 @@ def task_config(spec, cloud, sweep_name: str) -> dict:
         "resources": resources,
         "num_nodes": int(cloud.num_nodes),
         "workdir": str(REPO),
-        "file_mounts": file_mounts,
+        "file_mounts": data_mounts(cloud),
         "envs": envs,
-        "setup": cloud.setup,
-        "run": RUN_SCRIPT,
+        "setup": setup_script(cloud),
+        "run": RUN_SCRIPT.format(env=HOST_ENV),
     }
 
 
 def job_name(spec, sweep_name: str) -> str:
+    """Managed-job name of a RunSpec (see job_name_of)."""
+    return job_name_of(spec.run_id, sweep_name)
+
+
+def job_name_of(run_id: str, sweep_name: str) -> str:
     """Managed-job name: sweep name + run id, lowercase, [a-z0-9-] only."""
-    raw = f"{sweep_name}-{spec.run_id}".lower()
+    raw = f"{sweep_name}-{run_id}".lower()
     return "".join(ch if ch.isalnum() else "-" for ch in raw).strip("-")
 
 
-def build_task(spec, cloud, sweep_name: str):
+def _field(record, key: str):
+    return record.get(key) if isinstance(record, dict) else getattr(record, key, None)
+
+
+def job_states(run_ids, sweep_name: str, records) -> dict[str, str]:
+    """{run_id: state of its newest managed job ('RUNNING', 'RECOVERING', 'SUCCEEDED', ...)} from the
+    records of `sky jobs queue` (dicts or objects with job_id, job_name, status); '-' when it has none."""
+    newest = {}
+    for r in records:
+        name, job_id = _field(r, "job_name"), _field(r, "job_id") or 0
+        if name not in newest or job_id > newest[name][0]:
+            newest[name] = (job_id, str(_field(r, "status")).rsplit(".", 1)[-1])
+    return {rid: newest.get(job_name_of(rid, sweep_name), (0, "-"))[1] for rid in run_ids}
+
+
+def queue_records() -> list:
+    """The managed jobs of this user, from the SkyPilot API server (needs it running; untested here)."""
+    import sky
+
+    return sky.get(sky.jobs.queue(refresh=False))
+
+
+def build_task(spec, cloud, sweep_name: str, source: dict | None = None, for_launch: bool = True):
     """A validated sky.Task for one run (SkyPilot parses and checks the task config)."""
     import sky
 
-    task = sky.Task.from_yaml_config(copy.deepcopy(task_config(spec, cloud, sweep_name)))  # it empties its input
+    config = task_config(spec, cloud, sweep_name, source, for_launch)
+    task = sky.Task.from_yaml_config(copy.deepcopy(config))  # it empties its input
     task.validate()
     return task
 
@@ -140,9 +280,12 @@ def cloud_config(**overrides):
     Keys: accelerator (SkyPilot name: 'tpu-v5litepod-16', 'tpu-v4-32', 'H100:8'), runtime_version
     (TPU VM software; required for TPUs), num_nodes (GPU machines; 1 for any TPU slice or pod),
     infra ('gcp' or 'gcp/us-west4': the region is checked against the catalog only at launch),
-    use_spot, max_restarts_on_errors (job_recovery FAILOVER), bucket (run dirs + checkpoints live at
-    BUCKET/<sweep name>/runs/<run_id>), mount (where the bucket appears on the hosts), data_mounts
-    ((remote path, bucket URL) pairs for prepared corpora), setup (install command), envs, disk_size
+    use_spot, max_restarts_on_errors (job_recovery FAILOVER), bucket (run results + checkpoints live at
+    BUCKET/<sweep name>/runs/<run_id>; the 'YOUR-BUCKET' placeholder is refused at launch),
+    local_runs (the hosts' local run directories), sync_every_s (seconds between result pushes),
+    data_mounts ((remote path, source) pairs for prepared corpora; '{bucket_root}' = gs://<bucket>),
+    python (the uv-managed CPython of the host environment), uv_version, jax_extra ('' = 'tpu' for
+    TPUs, 'cuda12' otherwise), setup (extra commands after the host environment), envs, disk_size
     (GB, 0 = default), and for the plan's time estimate: chips, peak_flops_per_chip (bf16, see
     scaling.accounting.PEAK_FLOPS), assumed_mfu, overhead_s (provisioning + install + compile).
     """
@@ -155,10 +298,14 @@ def cloud_config(**overrides):
     c.infra = "gcp"
     c.use_spot = True
     c.max_restarts_on_errors = 3
-    c.bucket = "gs://YOUR-BUCKET/scaling"
-    c.mount = "/ckpt"
+    c.bucket = f"gs://{PLACEHOLDER}/scaling"
+    c.local_runs = "/tmp/scaling_runs"
+    c.sync_every_s = 300.0
     c.data_mounts = ()
-    c.setup = 'pip install -e . && pip install "jax[tpu]==0.10.2"'
+    c.python = "3.11"
+    c.uv_version = "0.13.9"
+    c.jax_extra = ""
+    c.setup = ""
     c.envs = ml_collections.ConfigDict()
     c.disk_size = 0
     c.chips = 16

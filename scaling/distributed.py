@@ -5,10 +5,16 @@ Where the process layout comes from, first match wins:
        SCALING_COORDINATOR (host:port), SCALING_NUM_PROCESSES, SCALING_PROCESS_ID
     2. SkyPilot multi-node GPU jobs: SKYPILOT_NODE_IPS (first line = coordinator host),
        SKYPILOT_NUM_NODES, SKYPILOT_NODE_RANK; port SCALING_COORDINATOR_PORT (default 8476)
-    3. a Cloud TPU VM (libtpu installed and TPU chips present, or SCALING_DISTRIBUTED=tpu):
+    3. Slurm (srun: SLURM_NTASKS > 1 with SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_PROCID,
+       SLURM_LOCALID) or Open MPI (mpirun: OMPI_COMM_WORLD_SIZE > 1 with OMPI_MCA_orte_hnp_uri):
+       `jax.distributed.initialize()` with no arguments; JAX reads the layout from those variables
+       (port from the job id, or JAX_COORDINATOR_PORT)
+    4. a Cloud TPU VM (libtpu installed and TPU chips present, or SCALING_DISTRIBUTED=tpu):
        `jax.distributed.initialize()` with no arguments; JAX reads the pod layout itself
-    4. otherwise a single process (nothing is initialized)
-SCALING_DISTRIBUTED=none forces 4. Call `initialize_from_env` before anything touches a JAX
+    5. otherwise a single process (nothing is initialized)
+SCALING_DISTRIBUTED=none forces 5. A launcher that started several processes (SLURM_NTASKS or
+OMPI_COMM_WORLD_SIZE > 1) whose layout JAX cannot read, or with SCALING_DISTRIBUTED=none, is
+refused: N single-process trainers would each train alone into the same run directory. Call `initialize_from_env` before anything touches a JAX
 device. CPU processes use gloo collectives, JAX 0.10's default for CPU
 (jax_cpu_collectives_implementation), so nothing extra is needed for CPU multi-process runs.
 
@@ -59,6 +65,7 @@ def resolve(cfg: Any = None, env: Mapping[str, str] | None = None) -> dict | Non
     env = os.environ if env is None else env
     mode = env.get("SCALING_DISTRIBUTED", "").lower()
     if mode in ("none", "off", "0"):
+        _refuse_lone_copies(env, "SCALING_DISTRIBUTED=none asks for one process")
         return None
     if mode not in ("", "auto", "tpu"):
         raise ValueError(f"SCALING_DISTRIBUTED={mode!r}: use 'auto' (default), 'tpu' or 'none'")
@@ -96,10 +103,39 @@ def resolve(cfg: Any = None, env: Mapping[str, str] | None = None) -> dict | Non
         port = _int("SCALING_COORDINATOR_PORT", env.get("SCALING_COORDINATOR_PORT", DEFAULT_PORT))
         return _checked(f"{ips[0]}:{port}", n, i, "SKYPILOT_NUM_NODES", "SKYPILOT_NODE_RANK")
 
-    # 3. TPU VM / pod: JAX discovers the layout from the TPU metadata
+    # 3. Slurm / Open MPI: JAX's own cluster detection reads their variables
+    if _launcher_size(env, SLURM) > 1 or _launcher_size(env, OPENMPI) > 1:
+        _refuse_lone_copies(env, "")
+        return {}
+    # 4. TPU VM / pod: JAX discovers the layout from the TPU metadata
     if mode == "tpu" or _on_tpu_vm():
         return {}
     return None
+
+
+# (name, process-count variable, the variables JAX 0.10's detection needs)
+SLURM = ("Slurm", "SLURM_NTASKS", ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID"))
+OPENMPI = ("Open MPI", "OMPI_COMM_WORLD_SIZE", ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_RANK",
+                                                 "OMPI_COMM_WORLD_LOCAL_RANK"))
+
+
+def _launcher_size(env: Mapping[str, str], launcher: tuple) -> int:
+    """How many processes the launcher started (1 when its count variable is absent)."""
+    return _int(launcher[1], env.get(launcher[1], 1))
+
+
+def _refuse_lone_copies(env: Mapping[str, str], why: str) -> None:
+    """ValueError when a launcher started several processes that would not form one JAX job."""
+    for name, count, needed in (SLURM, OPENMPI):
+        n = _launcher_size(env, (name, count, needed))
+        missing = [v for v in needed if v not in env]
+        if n > 1 and (why or missing):
+            reason = why or (f"{', '.join(missing)} not set, so jax.distributed cannot find the other "
+                             "processes (Slurm: start the trainer with srun inside the allocation; Open MPI "
+                             "5 has no ORTE URI: set SCALING_COORDINATOR / SCALING_NUM_PROCESSES / "
+                             "SCALING_PROCESS_ID from the launcher's rank variables)")
+            raise ValueError(f"{name} started {n} processes ({count}={n}) but {reason}: each would train "
+                             "alone into the same run directory; refusing")
 
 
 def _checked(addr: str, n: int, i: int, n_name: str, i_name: str) -> dict | None:

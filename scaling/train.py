@@ -28,6 +28,7 @@ from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
 from scaling.model import build_model, cross_entropy
 from scaling.optim import make_optimizer
+from scaling.provenance import provenance
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -443,5 +444,5 @@ def _finish(run: _Run, tokens_per_s: float, mfu: float | None) -> dict:
                                     "mlp", "tie_embeddings", "qk_norm", "compute_dtype")},
         "budget": config.meta.budget or None, "seed": config.seed, "data_seed": config.data.seed, "num_devices": int(run.mesh.devices.size),
         "process_count": jax.process_count(), "versions": _versions(), "git_sha": _git_sha(),
-        "metrics_lost": list(host.metrics_lost),
+        "metrics_lost": list(host.metrics_lost), **provenance(run),
     }

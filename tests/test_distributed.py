@@ -46,6 +46,38 @@ def test_resolve_skypilot():
         == "10.1.0.5:7000"
 
 
+SLURM_2 = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_NTASKS": "2",
+           "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+OMPI_2 = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "OMPI_COMM_WORLD_SIZE": "2",
+          "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
+
+
+@pytest.mark.parametrize("env", [SLURM_2, OMPI_2], ids=["slurm", "openmpi"])
+def test_resolve_slurm_and_openmpi_leave_the_layout_to_jax(env, monkeypatch):
+    """initialize() with no arguments; JAX's own detection then finds this launcher and its layout."""
+    assert dist.resolve(env=env) == {}
+    from jax._src import clusters  # the detection JAX runs inside initialize()
+    monkeypatch.setattr(os, "environ", dict(env))
+    addr, n, i, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, 10)
+    assert (n, i) == (2, int(env.get("SLURM_PROCID", env.get("OMPI_COMM_WORLD_RANK"))))
+    assert addr.split(":")[0] in ("node001", "10.96.0.1")
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"}, r"Slurm started 4 processes .*SLURM_STEP_NODELIST.* not set"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, r"Open MPI started 2 processes .*OMPI_MCA_orte_hnp_uri"),
+    (SLURM_2 | {"SCALING_DISTRIBUTED": "none"}, r"Slurm started 2 processes .*SCALING_DISTRIBUTED=none"),
+])
+def test_a_multi_process_launcher_never_gets_lone_trainers(env, match):
+    with pytest.raises(ValueError, match=match + ".*same run directory"):
+        dist.resolve(env=env)
+
+
+def test_single_task_launchers_stay_single_process():
+    assert dist.resolve(env={"SLURM_NTASKS": "1", "SLURM_JOB_ID": "1"}) is None or dist._on_tpu_vm()
+    assert dist.resolve(env={"OMPI_COMM_WORLD_SIZE": "1", "SCALING_DISTRIBUTED": "none"}) is None
+
+
 def test_resolve_tpu_pod():
     assert dist.resolve(env={"SCALING_DISTRIBUTED": "tpu"}) == {}  # initialize() with no args
 
