@@ -26,7 +26,6 @@ from etils import epath
 
 from scaling import rundir
 
-CLOUD_RECORD = "cloud.json"  # in the sweep directory: {"bucket": BUCKET/<sweep>} (see write_cloud_record)
 COMMIT = "commit_success.txt"  # Orbax's marker of a complete checkpoint step
 RESULT_FILES = (rundir.CONFIG, rundir.METRICS, rundir.FAILED_RESULT, rundir.RESULT)  # RESULT last
 SYNC_TMP = ".orbax-checkpoint-tmp-sync"
@@ -113,7 +112,7 @@ def write_cloud_record(sweep_dir, bucket_sweep: str) -> None:
     import pathlib
 
     pathlib.Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    rundir.write_json(pathlib.Path(sweep_dir) / CLOUD_RECORD, {"bucket": str(bucket_sweep)})
+    rundir.write_json(pathlib.Path(sweep_dir) / rundir.CLOUD_RECORD, {"bucket": str(bucket_sweep)})
 
 
 def bucket_of(sweep_dir, given: str | None) -> epath.Path:
@@ -122,9 +121,9 @@ def bucket_of(sweep_dir, given: str | None) -> epath.Path:
 
     if given:
         return epath.Path(given)
-    rec = rundir.read_json_object(pathlib.Path(sweep_dir) / CLOUD_RECORD)
+    rec = rundir.read_json_object(pathlib.Path(sweep_dir) / rundir.CLOUD_RECORD)
     if not rec or not rec.get("bucket"):
-        raise ValueError(f"{sweep_dir}/{CLOUD_RECORD} not found (written when a sweep is launched with "
+        raise ValueError(f"{sweep_dir}/{rundir.CLOUD_RECORD} not found (written when a sweep is launched with "
                          "--backend skypilot); pass --from BUCKET/<sweep name>, e.g. gs://my-bucket/scaling/x")
     return epath.Path(rec["bucket"])
 

@@ -25,7 +25,8 @@ Added by the local sweep runner (`launch.local`), one writer per run at a time:
     .lock               flock()ed while an attempt runs; holds {pid, host, since}.
 
 A sweep directory holds `sweep.json` (the planned runs, atomic, written by the runner before it
-starts) and one run directory per run under `runs/<run_id>/`.
+starts), one run directory per run under `runs/<run_id>/`, and for a sweep launched on the cloud
+`cloud.json` ({"bucket": BUCKET/<sweep>}: where `scaling sync` fetches the runs from).
 
 Every JSON file here is written with `write_json` (temp file, fsync, rename, fsync of the
 directory), so a crash leaves the old file or the new one, never a torn one. Readers raise
@@ -49,6 +50,7 @@ LAUNCH = "launch.json"
 TRAIN_LOG = "train.log"
 LOCK = ".lock"
 SWEEP_MANIFEST = "sweep.json"
+CLOUD_RECORD = "cloud.json"
 RUNS = "runs"
 
 _TAIL_BYTES = 8192  # enough for the last few metrics rows
