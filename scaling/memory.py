@@ -36,7 +36,7 @@ Checked against XLA (tests/test_memory.py) on CPU, the compiled train step's
   'batch'/'act_embed' rules exist but nothing applies them), and the partitioner replicates some
   activations and keeps gathered FSDP weights for the backward pass. Here the estimate is the
   floor a batch-sharded layout reaches, tested as such;
-- remat 'full' (blocks wrapped in nnx.remat by the test): XLA:CPU's schedule keeps most
+- remat 'full' (model.remat: each block under nnx.remat): XLA:CPU's schedule keeps most
   recomputed values live (temporaries fall only ~8%), so the 'full' estimate is tested as a
   floor. Neither of the last two is checked against a GPU/TPU yet.
 The estimate never sees XLA's workspace for collectives, cuBLAS/cuDNN scratch or the program
@@ -49,8 +49,7 @@ from __future__ import annotations
 import dataclasses
 
 from scaling.accounting import d_ff_of
-
-REMAT_POLICIES = ("none", "full")
+from scaling.config import REMAT_POLICIES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count
@@ -144,11 +143,13 @@ def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
     return 2 * norm + qkv + qk_norm + scores + attn_out + hidden
 
 
-def estimate(config, mesh_shape, *, remat: str = "none", batch_per_device: int | None = None) -> MemoryEstimate:
+def estimate(config, mesh_shape, *, remat: str | None = None, batch_per_device: int | None = None) -> MemoryEstimate:
     """Per-device memory of a training step of `config` on a (data, fsdp, model) mesh.
 
+    remat: the policy to estimate (default: the config's model.remat).
     batch_per_device: sequences per device (default: train.batch_size / (data * fsdp)).
     """
+    remat = config.model.remat if remat is None else remat
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not valid; use one of {REMAT_POLICIES}")
     m, T = config.model, int(config.data.seq_len)
@@ -181,7 +182,7 @@ def fits(est: MemoryEstimate, device_bytes: float, usable_fraction: float = USAB
     return est.peak <= usable_fraction * device_bytes
 
 
-def max_batch_per_device(config, mesh_shape, device_bytes: float, *, remat: str = "none",
+def max_batch_per_device(config, mesh_shape, device_bytes: float, *, remat: str | None = None,
                          usable_fraction: float = USABLE_FRACTION) -> int:
     """The largest number of sequences per device whose step fits (0: not even one fits)."""
     def ok(rows):

@@ -32,6 +32,10 @@ Parameters and their axes:
     final_norm.scale             [embed]
     lm_head                      [embed, vocab]     (untied only)
 
+Remat (`model.remat`): 'none' saves every activation for the backward pass; 'full' calls each block
+through `nnx.remat` (jax.checkpoint), so only block inputs are saved and each block's forward is
+recomputed during its backward (the same numbers, ~1/3 more FLOPs; scaling/memory.py estimates both).
+
 Initialisation: every matrix ~ normal(init_std); the two projections that write into the
 residual stream (attn.wo, mlp.w_down) use init_std / sqrt(2 * n_layers) (GPT-2's scaling, so the
 residual variance at init does not grow with depth); norm scales = 1. All from the seed.
@@ -171,6 +175,9 @@ class Block(nnx.Module):
         return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
 
+_remat_block = nnx.remat(Block.__call__)  # Block.__call__ under jax.checkpoint (model.remat='full')
+
+
 class Transformer(nnx.Module):
     """Decoder-only LM: `model(tokens_BT int32[B,T]) -> logits_BTV float32`.
 
@@ -200,6 +207,7 @@ class Transformer(nnx.Module):
         out_std = hidden_std / math.sqrt(2 * L)  # GPT-2: residual-writing projections
         self.vocab_size, self.max_seq_len = V, cfg.max_seq_len
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.remat = cfg.remat
         self.embedding = _matrix(rngs, (V, D), std, ("vocab", "embed"), pdt)
         self.blocks = nnx.List([Block(cfg, std=hidden_std, out_std=out_std,
                                       attn_scale=attn_scale, rngs=rngs) for _ in range(L)])
@@ -213,8 +221,9 @@ class Transformer(nnx.Module):
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.max_seq_len}")
         cdt = self.compute_dtype
         x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cdt)  # a gather
+        call = _remat_block if self.remat == "full" else Block.__call__
         for block in self.blocks:
-            x_BTD = block(x_BTD)
+            x_BTD = call(block, x_BTD)
         x_BTD = self.final_norm(x_BTD)
         w_DV = self.embedding[...].T if self.lm_head is None else self.lm_head[...]
         logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(cdt),

@@ -44,12 +44,6 @@ def compiled_memory(config):
     return analysis, tuple(mesh.shape[a] for a in sharding.AXES)
 
 
-@pytest.fixture
-def remat_blocks(monkeypatch):
-    """The trainer with each block under jax.checkpoint (what remat 'full' would do in model.py)."""
-    monkeypatch.setattr(model_lib.Block, "__call__", nnx.remat(model_lib.Block.__call__))
-
-
 CASES = {  # name -> make_config kwargs; one device: the estimate's activation layout is XLA's
     "MHA tied f32": dict(),
     "GQA QK-norm untied": dict(n_kv_heads=2, qk_norm=True, tie_embeddings=False),
@@ -93,12 +87,12 @@ def test_sharded_arguments_exact_temporaries_a_floor(name):
     assert est.temporaries <= got.temp_size_in_bytes, (name, est.as_dict(), got.temp_size_in_bytes)
 
 
-def test_full_remat_arguments_exact(remat_blocks):
+def test_full_remat_arguments_exact():
     """Blocks under jax.checkpoint: the state is exact; the activations' estimate is a floor (XLA:CPU's
     schedule keeps most recomputed values live: measured 17.9 MB vs 19.5 MB without remat here)."""
-    config = make_config(n_layers=4)
+    config = make_config(n_layers=4, remat="full")
     got, mesh_shape = compiled_memory(config)
-    full = memory.estimate(config, mesh_shape, remat="full")
+    full = memory.estimate(config, mesh_shape)
     none = memory.estimate(config, mesh_shape, remat="none")
     check_arguments(got, full)
     assert full.temporaries <= got.temp_size_in_bytes < none.temporaries * (1 + TEMP_RTOL)
