@@ -31,11 +31,11 @@ Checked against XLA (tests/test_memory.py) on CPU, the compiled train step's
   [B, T] statistics and residual duplicates the estimate leaves out, and fuses some elementwise
   chains it counts. bfloat16 compute: within 35% (measured ~20% over): XLA:CPU has no native
   bf16 dot and keeps float32 copies of matmul operands a GPU/TPU would not;
-- temporaries on sharded meshes: XLA:CPU needs 1.4-2.8x the estimate. The estimate assumes
-  activations sharded over the batch axes; the model constrains no activation sharding (the
-  'batch'/'act_embed' rules exist but nothing applies them), and the partitioner replicates some
-  activations and keeps gathered FSDP weights for the backward pass. Here the estimate is the
-  floor a batch-sharded layout reaches, tested as such;
+- temporaries on sharded meshes (FSDP over 8; DP2 x FSDP2 x TP2): within 30% above the estimate
+  (measured 8-21% above). The model constrains the residual stream to batch-sharded rows (the
+  'batch'/'seq'/'act_embed' rules); XLA:CPU also keeps the all-gathered weights of more than one
+  block and a few replicated [B, T] statistics. (Without the constraint it needed 1.4-2.8x: the
+  partitioner replicated activations.);
 - remat 'full' (model.remat: each block under nnx.remat): XLA:CPU's schedule keeps most
   recomputed values live (temporaries fall only ~8%), so the 'full' estimate is tested as a
   floor. Neither of the last two is checked against a GPU/TPU yet.

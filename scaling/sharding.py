@@ -47,7 +47,7 @@ _RULES = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
-    # activations (if the model constrains them): batch over DP x FSDP, the rest replicated
+    # activations (the model constrains its residual stream x_BTD): batch over DP x FSDP, the rest replicated
     ("batch", BATCH_AXES),
     ("seq", None),
     ("act_embed", None),

@@ -22,6 +22,11 @@ TEMP_RTOL = 0.15
 # bfloat16 compute: XLA:CPU has no native bf16 dot and upcasts operands to float32, which adds
 # float32 copies a GPU/TPU would not keep (module docstring); measured ~20% above the estimate.
 TEMP_RTOL_BF16 = 0.35
+# Sharded meshes (the model constrains the residual stream to batch-sharded rows): XLA:CPU measured
+# 8% (DP2 x FSDP2 x TP2) and 21% (FSDP over 8) above the estimate, never below: it also keeps the
+# all-gathered weights of more than one block and some replicated [B, T] statistics. 30% still
+# fails if activations were replicated again (that measured 1.4-2.8x).
+TEMP_RTOL_SHARDED = 0.30
 
 
 def make_config(B=8, T=64, mesh=None, **model):
@@ -75,16 +80,15 @@ def test_estimate_matches_xla(name):
 
 
 @pytest.mark.parametrize("name", list(SHARDED))
-def test_sharded_arguments_exact_temporaries_a_floor(name):
-    """Sharded: the state per device is exact. XLA:CPU's temporaries are measured at 1.4-2.8x the
-    estimate, which assumes batch-sharded activations: the model constrains no activation
-    sharding, so the partitioner replicates some of them (module docstring). The estimate stays
-    the floor a batch-sharded layout reaches; this test fails if XLA ever needs less than that."""
+def test_sharded_arguments_exact_temporaries_within_tolerance(name):
+    """Sharded: the state per device is exact; temporaries are at least the estimate and within
+    TEMP_RTOL_SHARDED above it (the model keeps activations batch-sharded)."""
     config = make_config(**SHARDED[name])
     got, mesh_shape = compiled_memory(config)
     est = memory.estimate(config, mesh_shape)
     check_arguments(got, est)
-    assert est.temporaries <= got.temp_size_in_bytes, (name, est.as_dict(), got.temp_size_in_bytes)
+    assert est.temporaries <= got.temp_size_in_bytes <= est.temporaries * (1 + TEMP_RTOL_SHARDED), (
+        name, est.as_dict(), got.temp_size_in_bytes)
 
 
 def test_full_remat_arguments_exact():
