@@ -103,6 +103,7 @@ def _sweep(args) -> int:
         if not specs:
             raise ValueError(f"--only={args.only!r} matches no run id of {path}")
     sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path("sweeps") / path.stem)
+    mem = sweep.memory_plan(cfg)  # the mem/dev column; check_memory refuses what won't fit
 
     if args.backend == "skypilot":
         from launch import skypilot
@@ -110,8 +111,9 @@ def _sweep(args) -> int:
         if "cloud" not in cfg:
             raise ValueError(f"{path} has no `cloud` section; --backend skypilot needs one (see "
                              "experiments/chinchilla_isoflop.py)")
-        print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s))
+        print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s, memory_on=mem))
         _print_dropped(dropped, args.verbose)
+        sweep.check_memory(specs, mem)
         tasks = [skypilot.build_task(s, cfg.cloud, path.stem) for s in specs]
         if args.dry_run:
             print(f"\n# {len(tasks)} SkyPilot managed-job tasks (validated with sky.Task.validate):\n")
@@ -122,8 +124,9 @@ def _sweep(args) -> int:
         print(f"launched {len(tasks)} managed jobs; `sky jobs queue` shows them")
         return 0
 
-    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel))
+    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel, mem))
     _print_dropped(dropped, args.verbose)
+    sweep.check_memory(specs, mem)
     if args.dry_run:
         return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None

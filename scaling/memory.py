@@ -47,12 +47,17 @@ JAX-free, like scaling/accounting.py: the launcher plans sweeps with it without 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
-from scaling.accounting import d_ff_of
+from scaling.accounting import DEVICE_MEMORY, d_ff_of
 from scaling.config import REMAT_POLICIES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count
+MESH_AXES = ("data", "fsdp", "model")
+# SkyPilot GPU names whose memory is not the default part's, as the DEVICE_MEMORY key they match.
+_SKYPILOT_GPU_KINDS = {"a100-80gb": "a100-sxm4-80gb", "v100-32gb": "v100-sxm2-32gb"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,50 @@ def _mesh_axes(mesh_shape) -> tuple[int, int, int]:
         raise ValueError(f"mesh_shape={mesh_shape!r} is not valid; every axis must be >= 1 (resolve -1 "
                          f"first with scaling.sharding.mesh_shape)")
     return data, fsdp, model
+
+
+def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
+    """Resolve mesh.{data,fsdp,model} (one may be -1 = the remaining devices) for n_devices."""
+    sizes = {}
+    for name in MESH_AXES:
+        if name not in mesh_cfg:
+            raise KeyError(f"mesh config lacks key {name!r} (expected keys: data, fsdp, model, num_devices)")
+        v = mesh_cfg[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"mesh.{name}={v!r}: must be a positive int or -1")
+        if v == 0 or v < -1:
+            raise ValueError(f"mesh.{name}={v}: must be a positive int or -1 (= the remaining devices)")
+        sizes[name] = int(v)
+    free = [n for n, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError(
+            f"mesh.{' and mesh.'.join(free)} are all -1: at most one mesh axis may be -1 "
+            f"(got data={sizes['data']}, fsdp={sizes['fsdp']}, model={sizes['model']})")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    desc = ", ".join(f"{n}={v}" for n, v in sizes.items())
+    if free:
+        if n_devices % fixed:
+            raise ValueError(
+                f"mesh ({desc}): the fixed axes multiply to {fixed}, which does not divide the "
+                f"{n_devices} devices; choose sizes whose product divides {n_devices}")
+        sizes[free[0]] = n_devices // fixed
+    elif fixed != n_devices:
+        raise ValueError(
+            f"mesh ({desc}): product {fixed} != {n_devices} devices; make data*fsdp*model equal "
+            f"{n_devices}, set one axis to -1, or set mesh.num_devices={fixed}")
+    return sizes["data"], sizes["fsdp"], sizes["model"]
+
+
+def accelerator_memory(accelerator: str) -> float | None:
+    """Bytes per device of a SkyPilot accelerator name ('tpu-v5litepod-64', 'tpu-v4-32', 'H100:8',
+    'A100-80GB:8'), via accounting.DEVICE_MEMORY; None when the table does not know it."""
+    name = accelerator.split(":")[0].strip().lower()
+    if name.startswith("tpu-"):  # tpu-<version>-<cores or chips>: the version names the device kind
+        version = name[len("tpu-"):].rsplit("-", 1)[0]
+        kind = "tpu " + version.replace("litepod", " lite")
+    else:
+        kind = _SKYPILOT_GPU_KINDS.get(name, name.replace("-", " "))
+    return next((v for k, v in DEVICE_MEMORY.items() if k in kind), None)
 
 
 def _split(n: int, ways: int) -> int:
@@ -205,3 +254,34 @@ def gib(n_bytes: float) -> str:
     """Bytes as GiB with two decimals, e.g. '15.75 GiB'."""
     return f"{n_bytes / 2 ** 30:.2f} GiB"
 
+
+
+def refusal(config, mesh_shape, device_bytes: float, run: str,
+            usable_fraction: float = USABLE_FRACTION) -> str | None:
+    """None if the run's step fits the device; else one line naming the run, the estimate, the limit
+    and what would fit: the largest batch, FSDP over more devices, remat 'full'."""
+    est = estimate(config, mesh_shape)
+    if fits(est, device_bytes, usable_fraction):
+        return None
+    data, fsdp, tp = _mesh_axes(mesh_shape)
+    rows = _split(config.train.batch_size, data * fsdp)
+    options = []
+    b = max_batch_per_device(config, mesh_shape, device_bytes, usable_fraction=usable_fraction)
+    if b:
+        options.append(f"train.batch_size <= {b * data * fsdp} ({b} per device)")
+    wider = fsdp * 2
+    while data * wider <= config.train.batch_size:  # every device needs at least one row
+        shape = (data, wider, tp)
+        if config.train.batch_size % (data * wider) == 0 and fits(estimate(config, shape, batch_per_device=_split(config.train.batch_size, data * wider)),
+                device_bytes, usable_fraction):
+            options.append(f"FSDP over {data * wider * tp} devices (mesh.fsdp={wider})")
+            break
+        wider *= 2
+    if est.remat != "full":
+        full = estimate(config, mesh_shape, remat="full")
+        if fits(full, device_bytes, usable_fraction):
+            options.append(f"--config.model.remat=full ({gib(full.peak)})")
+    return (f"run {run} does not fit: estimated peak {gib(est.peak)} per device (remat {est.remat!r}, "
+            f"{rows} sequences of {config.data.seq_len} per device, mesh data={data} fsdp={fsdp} model={tp}) "
+            f"> {gib(usable_fraction * device_bytes)} usable ({usable_fraction:.0%} of {gib(device_bytes)}); "
+            f"what would fit: {'; '.join(options) or 'none of a smaller batch, more FSDP or remat full'}")

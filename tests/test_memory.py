@@ -171,3 +171,33 @@ def test_device_memory_table():
 def test_import_does_not_load_jax():
     code = "import sys, scaling.memory; assert 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("tpu-v5litepod-64", 16 * 2 ** 30), ("tpu-v4-32", 32 * 2 ** 30), ("tpu-v5p-8", 95 * 2 ** 30),
+    ("tpu-v6e-16", 32 * 2 ** 30), ("tpu-v3-8", 16 * 2 ** 30), ("H100:8", 80e9), ("A100-80GB:8", 80e9),
+    ("A100:8", 40e9), ("V100-32GB:4", 32e9), ("L4", 24e9), ("H200:8", 141e9), ("T4:1", None)])
+def test_skypilot_accelerator_names_map_to_device_memory(name, expected):
+    assert memory.accelerator_memory(name) == expected
+
+
+def test_refusal_names_the_run_and_what_would_fit():
+    """Every remedy the refusal offers fits by the same estimate; a run that fits is not refused."""
+    c = make_config(B=64, T=256, n_layers=4)
+    shape, budget = (1, 4, 1), 48 * 2 ** 20
+    assert memory.refusal(c, shape, 1e12, "ok-run") is None
+    msg = memory.refusal(c, shape, budget, "big-run")
+    assert msg.startswith("run big-run does not fit: estimated peak " + memory.gib(memory.estimate(c, shape).peak))
+    assert f"usable ({memory.USABLE_FRACTION:.0%} of {memory.gib(budget)})" in msg
+    b = memory.max_batch_per_device(c, shape, budget)
+    assert f"train.batch_size <= {4 * b} ({b} per device)" in msg and b >= 1
+    fsdp = int(msg.split("(mesh.fsdp=")[1].split(")")[0])
+    assert memory.fits(memory.estimate(c, (1, fsdp, 1), batch_per_device=64 // fsdp), budget)
+    assert not memory.fits(memory.estimate(c, (1, fsdp // 2, 1), batch_per_device=128 // fsdp), budget)
+    assert memory.fits(memory.estimate(c, shape, remat="full"), budget) == ("remat=full" in msg)
+
+
+def test_mesh_shape_resolves_without_jax():
+    assert memory.mesh_shape(dict(data=1, fsdp=-1, model=2), 16) == (1, 8, 2)
+    with pytest.raises(ValueError, match="product 4 != 8 devices"):
+        memory.mesh_shape(dict(data=2, fsdp=2, model=1), 8)
