@@ -26,18 +26,18 @@ Checked against XLA (tests/test_memory.py) on CPU, the compiled train step's
 `memory_analysis()`:
 - arguments equal params + opt_state + batch + counters EXACTLY, per device, on 1 device, FSDP
   over 8, DP2 x FSDP2 x TP2 and with remat; the outputs (new state) alias the donated arguments;
-- temporaries on one device, float32 compute (MHA tied; GQA + QK-norm untied; GELU, T=128,
-  vocab 1024): within 15% of `temporaries` (measured within ~6%). XLA:CPU keeps a few small
-  [B, T] statistics and residual duplicates the estimate leaves out, and fuses some elementwise
-  chains it counts. bfloat16 compute: within 35% (measured ~20% over): XLA:CPU has no native
-  bf16 dot and keeps float32 copies of matmul operands a GPU/TPU would not;
+- temporaries on one device, float32 compute (MHA tied, 4 layers; GQA + QK-norm untied GELU):
+  within 15% of `temporaries` (measured within ~6%). XLA:CPU keeps a few small [B, T] statistics
+  and residual duplicates the estimate leaves out, and fuses some elementwise chains it counts.
+  bfloat16 compute measured ~20% over (not tested: XLA:CPU has no native bf16 dot and keeps
+  float32 copies of matmul operands a GPU/TPU would not);
 - temporaries on sharded meshes (FSDP over 8; DP2 x FSDP2 x TP2): within 30% above the estimate
   (measured 8-21% above). The model constrains the residual stream to batch-sharded rows (the
   'batch'/'seq'/'act_embed' rules); XLA:CPU also keeps the all-gathered weights of more than one
   block and a few replicated [B, T] statistics. (Without the constraint it needed 1.4-2.8x: the
   partitioner replicated activations.);
 - remat 'full' (model.remat: each block under nnx.remat): XLA:CPU's schedule keeps most
-  recomputed values live (temporaries fall only ~8%), so the 'full' estimate is tested as a
+  recomputed values live (temporaries fall only 7-8%), so the 'full' estimate is tested as a
   floor. Neither of the last two is checked against a GPU/TPU yet.
 The estimate never sees XLA's workspace for collectives, cuBLAS/cuDNN scratch or the program
 itself: keep headroom (`fits` uses a usable fraction of the device memory).
