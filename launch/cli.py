@@ -88,8 +88,10 @@ def _sweep_skypilot(args, cfg, specs, dropped, path: pathlib.Path, sweep_dir: pa
                          "experiments/chinchilla_isoflop.py)")
     for item in args.cloud_overrides:
         cfg_lib.apply_override(cfg, item)
-    print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s))
+    mem = sweep.memory_plan(cfg)  # after the --cloud.* overrides: the accelerator decides the limit
+    print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s, memory_on=mem))
     _print_dropped(dropped, args.verbose)
+    sweep.check_memory(specs, mem)
     source = skypilot.source_state(allow_dirty=args.allow_dirty or args.dry_run)
     tasks = [skypilot.build_task(s, cfg.cloud, path.stem, source, for_launch=not args.dry_run) for s in specs]
     if args.dry_run:
@@ -157,8 +159,10 @@ def _sweep(args) -> int:
     if args.cloud_overrides:
         raise ValueError(f"{args.cloud_overrides[0]}: --cloud.* overrides apply to --backend skypilot only")
 
-    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel))
+    mem = sweep.memory_plan(cfg)  # the mem/dev column; check_memory refuses what won't fit
+    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel, mem))
     _print_dropped(dropped, args.verbose)
+    sweep.check_memory(specs, mem)
     if args.dry_run:
         return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None

@@ -17,6 +17,11 @@ Identity: a run's id is a readable prefix plus the first 8 hex digits of the has
 config's canonical JSON (scaling.config.config_hash), e.g. `C1e13-L2-d64-D1.2M-3fa1c2d9`. Same config
 -> same id -> same run directory SWEEP_DIR/runs/<id>, which is what makes a rerun resume.
 
+Memory: the plan shows each run's estimated peak bytes per device (scaling.memory) against the
+memory of the device it will run on (`memory_plan`: the cloud section's accelerator, or
+sweep.device_memory_gb for local sweeps); `check_memory` refuses the sweep, before anything
+launches, when a run would not fit.
+
 All parameter and FLOP counts come from scaling.accounting (never recounted here):
   N = n_params (total), N_ne = n_params_nonembed (Kaplan's N), D = tokens, C = exact training FLOPs
   (3 x forward, incl. attention and LM head), C_6nd = 6 * N * D.
@@ -26,7 +31,7 @@ import math
 
 import ml_collections
 
-from scaling import accounting
+from scaling import accounting, memory
 from scaling import config as cfg_lib
 
 SWEEP_KINDS = ("grid", "isoflop")
@@ -83,6 +88,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     (batch_ref 0: keep train.batch_size); warmup_steps = warmup_fraction * steps (0: keep);
     eval_every = eval_every_fraction * steps (0: keep).
     est_flops_per_s, overhead_s: the local plan's time estimate per run (C / FLOP/s + overhead).
+    device_memory_gb: local sweeps: memory of one device in GB (1e9 bytes) that every run must fit
+    (0: no limit); cloud sweeps: overrides the accelerator's memory.
     """
     s = ml_collections.ConfigDict()
     s.kind = "isoflop"
@@ -113,6 +120,7 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     r.eval_every_fraction = 0.0
     s.est_flops_per_s = 1e10
     s.overhead_s = 10.0
+    s.device_memory_gb = 0.0
     return s
 
 
@@ -342,21 +350,73 @@ def est_time_s(spec: RunSpec, flops_per_s: float, overhead_s: float = 0.0) -> fl
     return overhead_s + spec.flops / flops_per_s
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """The device every run of a sweep is planned on, for the memory column and check_memory."""
+    n_devices: int  # devices of one run, unless its mesh.num_devices says otherwise
+    device_bytes: float | None  # memory of one device; None: unknown or no limit (local, unset)
+    source: str  # where device_bytes and n_devices come from, for the plan's footer
+
+    def mesh_shape(self, spec: RunSpec) -> tuple[int, int, int]:
+        """The run's (data, fsdp, model) mesh on its devices."""
+        return memory.mesh_shape(spec.config.mesh, spec.config.mesh.num_devices or self.n_devices)
+
+
+def memory_plan(cfg) -> MemoryPlan:
+    """The device of a sweep's runs: with a `cloud` section (whichever backend runs it), cloud.chips
+    devices of cloud.accelerator's memory; local-only: 1 device (mesh.num_devices if set) with no
+    limit. sweep.device_memory_gb > 0 sets the limit in either case."""
+    override = cfg.sweep.device_memory_gb
+    if not (isinstance(override, (int, float)) and override >= 0):
+        raise ValueError(f"sweep.device_memory_gb={override!r}: must be GB (1e9 bytes) >= 0 (0 = no limit)")
+    if "cloud" in cfg:
+        acc = cfg.cloud.accelerator
+        limit = override * 1e9 or memory.accelerator_memory(acc)
+        where = f"sweep.device_memory_gb={override:g}" if override else (
+            f"{acc}" if limit else f"{acc}: memory unknown, no limit (set sweep.device_memory_gb)")
+        return MemoryPlan(int(cfg.cloud.chips), limit, f"{where}, {cfg.cloud.chips} devices (cloud.chips)")
+    where = f"sweep.device_memory_gb={override:g}" if override else "local: no limit (sweep.device_memory_gb=0)"
+    return MemoryPlan(1, override * 1e9 or None, f"{where}, 1 device unless mesh.num_devices is set")
+
+
+def check_memory(specs: list[RunSpec], plan: MemoryPlan) -> None:
+    """Raise ValueError naming every run whose estimated peak does not fit plan.device_bytes (with
+    the estimate, the limit and what would fit); nothing to check without a limit."""
+    if plan.device_bytes is None:
+        return
+    problems = [memory.refusal(s.config, plan.mesh_shape(s), plan.device_bytes, s.run_id) for s in specs]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(specs)} runs would not fit in device memory "
+                         f"({plan.source}); nothing was launched:\n  " + "\n  ".join(problems))
+
+
+def _fmt_memory(spec: RunSpec, plan: MemoryPlan) -> str:
+    """The run's estimated peak per device in GiB, '!' when it exceeds the usable device memory."""
+    est = memory.estimate(spec.config, plan.mesh_shape(spec))
+    over = plan.device_bytes is not None and not memory.fits(est, plan.device_bytes)
+    return f"{est.peak / 2 ** 30:.2f}" + ("!" if over else "")
+
+
 def plan_table(specs: list[RunSpec], backend_flops_per_s: float, overhead_s: float = 0.0,
-               parallel: int = 1) -> str:
+               parallel: int = 1, memory_on: MemoryPlan | None = None) -> str:
     """Text table, one row per run, plus totals. Time = overhead_s + C / backend_flops_per_s.
 
     backend_flops_per_s is the sustained training throughput of ONE run on the backend (FLOP/s,
     exact-FLOP convention); parallel runs share the total only for the wall-time total.
+    memory_on: the device plan of the 'mem/dev' column (estimated peak GiB per device); default:
+    one device, no limit.
     """
     if not backend_flops_per_s > 0:
         raise ValueError(f"backend_flops_per_s={backend_flops_per_s!r}: must be > 0")
-    head = ("run_id", "shape", "N", "N_nonemb", "D", "D/N", "steps", "C(exact)", "C(6ND)", "est.time")
+    plan = memory_on or MemoryPlan(1, None, "1 device unless mesh.num_devices is set, no limit")
+    head = ("run_id", "shape", "N", "N_nonemb", "D", "D/N", "steps", "C(exact)", "C(6ND)", "est.time",
+            "mem/dev")
     rows = [head]
     for s in specs:
         rows.append((s.run_id, s.shape, _fmt_si(s.n_params), _fmt_si(s.n_params_nonembed), _fmt_si(s.tokens),
                      f"{s.tokens / s.n_params:.3g}", str(s.steps), f"{s.flops:.3g}", f"{s.flops_6nd:.3g}",
-                     _fmt_time(est_time_s(s, backend_flops_per_s, overhead_s))))
+                     _fmt_time(est_time_s(s, backend_flops_per_s, overhead_s)), _fmt_memory(s, plan)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
@@ -370,6 +430,10 @@ def plan_table(specs: list[RunSpec], backend_flops_per_s: float, overhead_s: flo
     lines.append(f"est. time at {backend_flops_per_s:.3g} FLOP/s per run + {overhead_s:g}s/run: "
                  f"{_fmt_time(total_t)} sequential"
                  + (f", ~{_fmt_time(total_t / parallel)} with --parallel {parallel}" if parallel > 1 else ""))
+    limit = "no limit" if plan.device_bytes is None else (
+        f"limit {memory.gib(memory.USABLE_FRACTION * plan.device_bytes)} usable of {memory.gib(plan.device_bytes)}")
+    lines.append(f"mem/dev: estimated peak GiB per device of a training step (scaling.memory; '!' = does "
+                 f"not fit); {limit} ({plan.source})")
     lines.append("units: N = total params, N_nonemb = non-embedding (Kaplan), D = training tokens, "
                  "C = training FLOPs")
     return "\n".join(lines)

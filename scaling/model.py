@@ -20,6 +20,7 @@ axes with `nnx.logical_axis_rules`, the model itself never names a mesh axis):
     'heads'     query heads, n_heads
     'kv'        key/value heads, n_kv_heads (== 'heads' for MHA, 1 for MQA: don't shard it then)
     'head_dim'  the per-head dimension, d_model // n_heads
+    'batch', 'seq', 'act_embed'  the residual stream x_BTD between blocks (activations, not parameters)
 Parameters and their axes:
     embedding                    [vocab, embed]
     blocks[i].attn_norm.scale    [embed]            blocks[i].mlp_norm.scale [embed]
@@ -31,6 +32,13 @@ Parameters and their axes:
     blocks[i].mlp.w_down         [mlp, embed]
     final_norm.scale             [embed]
     lm_head                      [embed, vocab]     (untied only)
+
+Activations: built on a mesh, the model constrains x_BTD after the embedding and after every block
+to the layout the rules give ('batch', 'seq', 'act_embed': rows over the batch axes), so the
+partitioner keeps the residual stream batch-sharded instead of choosing to replicate it.
+Remat (`model.remat`): 'none' saves every activation for the backward pass; 'full' calls each block
+through `nnx.remat` (jax.checkpoint), so only block inputs are saved and each block's forward is
+recomputed during its backward (the same numbers, ~1/3 more FLOPs; scaling/memory.py estimates both).
 
 Initialisation: every matrix ~ normal(init_std); the two projections that write into the
 residual stream (attn.wo, mlp.w_down) use init_std / sqrt(2 * n_layers) (GPT-2's scaling, so the
@@ -56,6 +64,7 @@ from scaling.accounting import d_ff_of
 from scaling.config import PARAMETRIZATIONS, validate_model_config
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
+ACTIVATION_AXES = ("batch", "seq", "act_embed")  # x_BTD's logical axes
 
 
 def _matrix(rngs, shape, std, axes, dtype):
@@ -171,15 +180,19 @@ class Block(nnx.Module):
         return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
 
+_remat_block = nnx.remat(Block.__call__)  # Block.__call__ under jax.checkpoint (model.remat='full')
+
+
 class Transformer(nnx.Module):
     """Decoder-only LM: `model(tokens_BT int32[B,T]) -> logits_BTV float32`.
 
     cfg is the `model` ConfigDict of experiments/base.py with max_seq_len resolved (> 0).
     parametrization: 'standard' or 'mup' (needs base_d_model; see the module docstring).
+    act_sharding: the residual stream's sharding between blocks (None: no constraint, unsharded).
     """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, parametrization: str = "standard",
-                 base_d_model: int | None = None):
+                 base_d_model: int | None = None, act_sharding=None):
         validate_model_config(cfg)
         if parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"parametrization={parametrization!r} is not valid; "
@@ -200,6 +213,7 @@ class Transformer(nnx.Module):
         out_std = hidden_std / math.sqrt(2 * L)  # GPT-2: residual-writing projections
         self.vocab_size, self.max_seq_len = V, cfg.max_seq_len
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.remat, self.act_sharding = cfg.remat, act_sharding
         self.embedding = _matrix(rngs, (V, D), std, ("vocab", "embed"), pdt)
         self.blocks = nnx.List([Block(cfg, std=hidden_std, out_std=out_std,
                                       attn_scale=attn_scale, rngs=rngs) for _ in range(L)])
@@ -212,14 +226,21 @@ class Transformer(nnx.Module):
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.max_seq_len}")
         cdt = self.compute_dtype
-        x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cdt)  # a gather
+        x_BTD = self._constrain(jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cdt))  # a gather
+        call = _remat_block if self.remat == "full" else Block.__call__
         for block in self.blocks:
-            x_BTD = block(x_BTD)
+            x_BTD = self._constrain(call(block, x_BTD))
         x_BTD = self.final_norm(x_BTD)
         w_DV = self.embedding[...].T if self.lm_head is None else self.lm_head[...]
         logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(cdt),
                                 preferred_element_type=jnp.float32)
         return logits_BTV * self.logit_mult if self.logit_mult != 1.0 else logits_BTV
+
+    def _constrain(self, x_BTD):
+        """x_BTD in the activation layout of the mesh the model was built on (as is without one)."""
+        if self.act_sharding is None:
+            return x_BTD
+        return jax.lax.with_sharding_constraint(x_BTD, self.act_sharding)
 
 
 def cross_entropy(logits_BTV, targets_BT, z_loss: float):
@@ -244,7 +265,7 @@ def full_axis_rules(rules) -> tuple:
     """
     rules = tuple(tuple(r) for r in (rules or ()))
     mapped = {name for name, _ in rules}
-    return rules + tuple((name, None) for name in LOGICAL_AXES if name not in mapped)
+    return rules + tuple((name, None) for name in LOGICAL_AXES + ACTIVATION_AXES if name not in mapped)
 
 
 def build_model(cfg, seed: int, mesh=None, rules=None, *, parametrization: str = "standard",
@@ -254,14 +275,17 @@ def build_model(cfg, seed: int, mesh=None, rules=None, *, parametrization: str =
     mesh None: unsharded (inside `nnx.use_eager_sharding(False)`; annotations stay as metadata).
     mesh given: built under `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)`, so every
     parameter is created directly with the sharding its logical axes map to; logical names
-    missing from `rules` are replicated (see full_axis_rules).
+    missing from `rules` are replicated (see full_axis_rules); the residual stream is constrained
+    to what the rules map ACTIVATION_AXES to.
     """
-    def make():
+    def make(act_sharding=None):
         return Transformer(cfg, rngs=nnx.Rngs(params=seed), parametrization=parametrization,
-                           base_d_model=base_d_model)
+                           base_d_model=base_d_model, act_sharding=act_sharding)
 
     if mesh is None:
         with nnx.use_eager_sharding(False):
             return make()
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(full_axis_rules(rules)):
-        return make()
+    rules = full_axis_rules(rules)
+    act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*(dict(rules)[a] for a in ACTIVATION_AXES)))
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        return make(act)

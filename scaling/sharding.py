@@ -33,7 +33,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "model")
+from scaling.memory import MESH_AXES as AXES, mesh_shape  # JAX-free: the planner resolves meshes too
+
 BATCH_AXES = ("data", "fsdp")  # the global batch is split over these (DP x FSDP)
 
 # logical axis -> mesh axis. Every logical name the model may use must appear here: flax passes
@@ -47,7 +48,7 @@ _RULES = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
-    # activations (if the model constrains them): batch over DP x FSDP, the rest replicated
+    # activations (the model constrains its residual stream x_BTD): batch over DP x FSDP, the rest replicated
     ("batch", BATCH_AXES),
     ("seq", None),
     ("act_embed", None),
@@ -62,36 +63,6 @@ def _get(cfg: Any, key: str) -> Any:
     if not hasattr(cfg, key):
         raise KeyError(f"mesh config lacks key {key!r} (expected keys: data, fsdp, model, num_devices)")
     return getattr(cfg, key)
-
-
-def mesh_shape(mesh_cfg: Any, n_devices: int) -> tuple[int, int, int]:
-    """Resolve mesh.{data,fsdp,model} (one may be -1 = the remaining devices) for n_devices."""
-    sizes = {}
-    for name in AXES:
-        v = _get(mesh_cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"mesh.{name}={v!r}: must be a positive int or -1")
-        if v == 0 or v < -1:
-            raise ValueError(f"mesh.{name}={v}: must be a positive int or -1 (= the remaining devices)")
-        sizes[name] = int(v)
-    free = [n for n, v in sizes.items() if v == -1]
-    if len(free) > 1:
-        raise ValueError(
-            f"mesh.{' and mesh.'.join(free)} are all -1: at most one mesh axis may be -1 "
-            f"(got data={sizes['data']}, fsdp={sizes['fsdp']}, model={sizes['model']})")
-    fixed = math.prod(v for v in sizes.values() if v != -1)
-    desc = ", ".join(f"{n}={v}" for n, v in sizes.items())
-    if free:
-        if n_devices % fixed:
-            raise ValueError(
-                f"mesh ({desc}): the fixed axes multiply to {fixed}, which does not divide the "
-                f"{n_devices} devices; choose sizes whose product divides {n_devices}")
-        sizes[free[0]] = n_devices // fixed
-    elif fixed != n_devices:
-        raise ValueError(
-            f"mesh ({desc}): product {fixed} != {n_devices} devices; make data*fsdp*model equal "
-            f"{n_devices}, set one axis to -1, or set mesh.num_devices={fixed}")
-    return sizes["data"], sizes["fsdp"], sizes["model"]
 
 
 def select_devices(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> list[Any]:

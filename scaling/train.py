@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scaling import accounting, data, distributed, rundir, sharding
+from scaling import accounting, data, distributed, memory, rundir, sharding
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
@@ -252,6 +252,7 @@ class _Run:
     counts: dict  # parameter counts: total, embedding, nonembedding
     fpt: dict  # FLOPs per token (exact): train, forward
     peak: float | None  # peak FLOP/s of the mesh, for MFU
+    memory: dict  # scaling.memory's per-device estimate of a step (bytes), for result.json
     t_segment: float  # time.time() when this segment (process) started the run
     stopped_at: int | None = None
 
@@ -295,6 +296,7 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
     steps = cfg_lib.num_steps(config)
     seq_len, batch = config.data.seq_len, t.batch_size
 
+    mem = _memory_estimate(config, mesh, run_dir)  # refuses a run that would not fit, before compiling
     trainer = make_trainer(config, mesh, rules, steps)
     loader, data_info = data.train_loader(
         corpus, seq_len=seq_len, global_batch=batch, num_steps=steps, seed=config.data.seed,
@@ -309,9 +311,29 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
                           keep=config.checkpoint.keep, async_save=config.checkpoint.async_save),
         writer=MetricsWriter(run_dir, enabled=is_main), host=HostState(), start=0, steps=steps,
         tokens_per_step=batch * seq_len, counts=accounting.param_counts(m),
-        fpt=accounting.flops_per_token(m, seq_len), peak=_peak_flops(config, mesh), t_segment=t_segment)
+        fpt=accounting.flops_per_token(m, seq_len), peak=_peak_flops(config, mesh), memory=mem,
+        t_segment=t_segment)
     _resume(run)
     return run
+
+
+def _memory_estimate(config, mesh, run_dir: pathlib.Path) -> dict:
+    """The step's per-device memory estimate (bytes); a ConfigError naming what would fit when the
+    device's memory is known (GPU/TPU: accounting.DEVICE_MEMORY; not CPU) and the run exceeds it."""
+    shape = tuple(mesh.shape[a] for a in sharding.AXES)
+    limit = accounting.device_memory_for(mesh.devices.flat[0])
+    problem = memory.refusal(config, shape, limit, run_dir.name) if limit else None
+    if problem:
+        raise cfg_lib.ConfigError(problem)
+    return memory.estimate(config, shape).as_dict()
+
+
+def _peak_bytes_measured(mesh) -> int | None:
+    """Peak bytes in use on this process's busiest device of the mesh, where the platform reports
+    it (GPU/TPU memory_stats); None on CPU."""
+    stats = [d.memory_stats() for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+    return max(peaks) if peaks else None
 
 
 def _resume(run: _Run) -> None:
@@ -445,4 +467,5 @@ def _finish(run: _Run, tokens_per_s: float, mfu: float | None) -> dict:
         "budget": config.meta.budget or None, "seed": config.seed, "data_seed": config.data.seed, "num_devices": int(run.mesh.devices.size),
         "process_count": jax.process_count(), "versions": _versions(), "git_sha": _git_sha(),
         "metrics_lost": list(host.metrics_lost), **provenance(run),
+        "memory": run.memory, "peak_bytes_measured": _peak_bytes_measured(run.mesh),
     }

@@ -1,6 +1,7 @@
 """Tests for scaling/memory.py: the per-device estimate against the compiled train step's own
 memory analysis (XLA:CPU, 1 and 8 fake devices), the sharded parameter counts against the model,
 max_batch_per_device, and the device-memory table."""
+import functools
 import math
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from scaling.train import make_trainer
 # room for XLA's scheduling choices (which residual duplicates it keeps, what it fuses) while still
 # failing when a whole term is wrong (dropping the T x T scores or the MLP hidden moves it >25%).
 TEMP_RTOL = 0.15
-# bfloat16 compute: XLA:CPU has no native bf16 dot and upcasts operands to float32, which adds
-# float32 copies a GPU/TPU would not keep (module docstring); measured ~20% above the estimate.
-TEMP_RTOL_BF16 = 0.35
+# Sharded meshes (the model constrains the residual stream to batch-sharded rows): XLA:CPU measured
+# 21% (FSDP over 8) and 8% (DP2 x FSDP2 x TP2) above the estimate, never below: it also keeps the
+# all-gathered weights of more than one block and some replicated [B, T] statistics. 30% still
+# fails if activations were replicated again (that measured 1.4-2.8x).
+TEMP_RTOL_SHARDED = 0.30
 
 
 def make_config(B=8, T=64, mesh=None, **model):
@@ -44,22 +47,25 @@ def compiled_memory(config):
     return analysis, tuple(mesh.shape[a] for a in sharding.AXES)
 
 
-@pytest.fixture
-def remat_blocks(monkeypatch):
-    """The trainer with each block under jax.checkpoint (what remat 'full' would do in model.py)."""
-    monkeypatch.setattr(model_lib.Block, "__call__", nnx.remat(model_lib.Block.__call__))
-
-
-CASES = {  # name -> make_config kwargs; one device: the estimate's activation layout is XLA's
-    "MHA tied f32": dict(),
-    "GQA QK-norm untied": dict(n_kv_heads=2, qk_norm=True, tie_embeddings=False),
-    "GELU T128 V1024": dict(B=4, T=128, mlp="gelu", vocab_size=1024, n_layers=3),
-    "bf16 compute": dict(compute_dtype="bfloat16"),
-}
-SHARDED = {  # per-device numbers on 8 fake devices
+# One compile per shape, shared by the tests (compiling dominates this file's time). Together they
+# cover GQA + QK-norm, tied and untied embeddings, SwiGLU and GELU, FSDP over 8 fake devices and
+# both remat policies on one deeper config. (DP2 x FSDP2 x TP2 measured 8% over the estimate, args
+# exact; left out to keep this file near 40 s of CPU: tensor-parallel counts are checked below.)
+CASES = {  # name -> make_config kwargs
+    "MHA tied L4": dict(n_layers=4),
+    "MHA tied L4 remat full": dict(n_layers=4, remat="full"),
+    "GQA QK-norm untied GELU": dict(n_kv_heads=2, qk_norm=True, tie_embeddings=False, mlp="gelu", vocab_size=512),
     "FSDP over 8": dict(B=16, mesh=dict(data=1, fsdp=8, num_devices=8), d_model=128),
-    "DP2 x FSDP2 x TP2": dict(B=16, mesh=dict(data=2, fsdp=2, model=2, num_devices=8)),
 }
+ONE_DEVICE = ("MHA tied L4", "GQA QK-norm untied GELU")  # the estimate's activation layout is XLA's
+SHARDED = ("FSDP over 8",)
+
+
+@functools.cache
+def compiled_case(name):
+    """(config, memory_analysis of its compiled step, resolved mesh shape), compiled once per session."""
+    config = make_config(**CASES[name])
+    return (config, *compiled_memory(config))
 
 
 def check_arguments(got, est):
@@ -69,62 +75,60 @@ def check_arguments(got, est):
     assert got.alias_size_in_bytes >= est.params + est.opt_state - 4 * memory.ADAM_COUNTERS
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_estimate_matches_xla(name):
-    config = make_config(**CASES[name])
-    got, mesh_shape = compiled_memory(config)
+@pytest.mark.parametrize("name", CASES)
+def test_arguments_exact(name):
+    config, got, mesh_shape = compiled_case(name)
+    check_arguments(got, memory.estimate(config, mesh_shape))
+
+
+@pytest.mark.parametrize("name", ONE_DEVICE)
+def test_temporaries_one_device_within_tolerance(name):
+    config, got, mesh_shape = compiled_case(name)
     est = memory.estimate(config, mesh_shape)
-    check_arguments(got, est)
-    rtol = TEMP_RTOL_BF16 if config.model.compute_dtype == "bfloat16" else TEMP_RTOL
-    assert est.temporaries == pytest.approx(got.temp_size_in_bytes, rel=rtol), (
+    assert est.temporaries == pytest.approx(got.temp_size_in_bytes, rel=TEMP_RTOL), (
         name, est.as_dict(), got.temp_size_in_bytes)
 
 
-@pytest.mark.parametrize("name", list(SHARDED))
-def test_sharded_arguments_exact_temporaries_a_floor(name):
-    """Sharded: the state per device is exact. XLA:CPU's temporaries are measured at 1.4-2.8x the
-    estimate, which assumes batch-sharded activations: the model constrains no activation
-    sharding, so the partitioner replicates some of them (module docstring). The estimate stays
-    the floor a batch-sharded layout reaches; this test fails if XLA ever needs less than that."""
-    config = make_config(**SHARDED[name])
-    got, mesh_shape = compiled_memory(config)
+@pytest.mark.parametrize("name", SHARDED)
+def test_temporaries_sharded_within_tolerance(name):
+    """At least the estimate and within TEMP_RTOL_SHARDED above it (the model keeps activations
+    batch-sharded)."""
+    config, got, mesh_shape = compiled_case(name)
     est = memory.estimate(config, mesh_shape)
-    check_arguments(got, est)
-    assert est.temporaries <= got.temp_size_in_bytes, (name, est.as_dict(), got.temp_size_in_bytes)
+    assert est.temporaries <= got.temp_size_in_bytes <= est.temporaries * (1 + TEMP_RTOL_SHARDED), (
+        name, est.as_dict(), got.temp_size_in_bytes)
 
 
-def test_full_remat_arguments_exact(remat_blocks):
-    """Blocks under jax.checkpoint: the state is exact; the activations' estimate is a floor (XLA:CPU's
-    schedule keeps most recomputed values live: measured 17.9 MB vs 19.5 MB without remat here)."""
-    config = make_config(n_layers=4)
-    got, mesh_shape = compiled_memory(config)
-    full = memory.estimate(config, mesh_shape, remat="full")
+def test_full_remat_shrinks_temporaries_and_the_estimate_is_a_floor():
+    """model.remat='full' on the same 4-layer config: XLA:CPU's temporaries do shrink, but only ~8%
+    (measured 7-8% at L4 and L8; its schedule keeps most recomputed values live), so the
+    'full' estimate (which frees them) is tested as a floor, not within a tolerance."""
+    _, none_got, _ = compiled_case("MHA tied L4")
+    config, got, mesh_shape = compiled_case("MHA tied L4 remat full")
+    full = memory.estimate(config, mesh_shape)
     none = memory.estimate(config, mesh_shape, remat="none")
-    check_arguments(got, full)
-    assert full.temporaries <= got.temp_size_in_bytes < none.temporaries * (1 + TEMP_RTOL)
+    assert full.temporaries <= got.temp_size_in_bytes < none_got.temp_size_in_bytes
     assert full.activations < none.activations / 2  # 4 layers: 3 of them keep only their input
 
 
-@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 4, 1), (1, 2, 2), (1, 1, 4)])
 @pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=2, qk_norm=True, tie_embeddings=False),
                                 dict(n_kv_heads=1, mlp="gelu")])
-def test_param_elements_match_model_shardings(kw, mesh_shape):
+def test_param_elements_match_model_shardings(kw):
     """Per-device parameter elements equal the model's own shard shapes under the trainer's rules."""
     config = make_config(**kw)
-    devices = jax.devices()[:math.prod(mesh_shape)]
-    mesh = jax.make_mesh(mesh_shape, sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                         devices=devices)
-    rules = sharding.logical_rules(mesh, config.model)
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: model_lib.build_model(config.model, 0))
-    with nnx.logical_axis_rules(rules):
-        shard = nnx.get_named_sharding(nnx.state(abstract, nnx.Param), mesh)
-    leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
-    per_device = sum(math.prod(s.shard_shape(leaf.shape)) for s, leaf in zip(jax.tree.leaves(shard), leaves))
-    counts = memory.param_elements_per_device(config.model, mesh_shape)
-    assert config.model.n_layers * counts["layer"] + counts["other"] == per_device
-    if mesh_shape == (1, 1, 1):
-        assert per_device == accounting.param_counts(config.model)["total"]
+    params = nnx.state(abstract, nnx.Param)
+    leaves = jax.tree.leaves(params)
+    assert sum(math.prod(leaf.shape) for leaf in leaves) == accounting.param_counts(config.model)["total"]
+    for mesh_shape in [(1, 1, 1), (2, 4, 1), (1, 2, 2), (1, 1, 4)]:
+        mesh = jax.make_mesh(mesh_shape, sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                             devices=jax.devices()[:math.prod(mesh_shape)])
+        with nnx.logical_axis_rules(sharding.logical_rules(mesh, config.model)):
+            shard = nnx.get_named_sharding(params, mesh)
+        per_device = sum(math.prod(s.shard_shape(leaf.shape)) for s, leaf in zip(jax.tree.leaves(shard), leaves))
+        counts = memory.param_elements_per_device(config.model, mesh_shape)
+        assert config.model.n_layers * counts["layer"] + counts["other"] == per_device, mesh_shape
 
 
 def test_terms_scale_as_stated():
@@ -173,3 +177,33 @@ def test_device_memory_table():
 def test_import_does_not_load_jax():
     code = "import sys, scaling.memory; assert 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("tpu-v5litepod-64", 16 * 2 ** 30), ("tpu-v4-32", 32 * 2 ** 30), ("tpu-v5p-8", 95 * 2 ** 30),
+    ("tpu-v6e-16", 32 * 2 ** 30), ("tpu-v3-8", 16 * 2 ** 30), ("H100:8", 80e9), ("A100-80GB:8", 80e9),
+    ("A100:8", 40e9), ("V100-32GB:4", 32e9), ("L4", 24e9), ("H200:8", 141e9), ("T4:1", None)])
+def test_skypilot_accelerator_names_map_to_device_memory(name, expected):
+    assert memory.accelerator_memory(name) == expected
+
+
+def test_refusal_names_the_run_and_what_would_fit():
+    """Every remedy the refusal offers fits by the same estimate; a run that fits is not refused."""
+    c = make_config(B=64, T=256, n_layers=4)
+    shape, budget = (1, 4, 1), 48 * 2 ** 20
+    assert memory.refusal(c, shape, 1e12, "ok-run") is None
+    msg = memory.refusal(c, shape, budget, "big-run")
+    assert msg.startswith("run big-run does not fit: estimated peak " + memory.gib(memory.estimate(c, shape).peak))
+    assert f"usable ({memory.USABLE_FRACTION:.0%} of {memory.gib(budget)})" in msg
+    b = memory.max_batch_per_device(c, shape, budget)
+    assert f"train.batch_size <= {4 * b} ({b} per device)" in msg and b >= 1
+    fsdp = int(msg.split("(mesh.fsdp=")[1].split(")")[0])
+    assert memory.fits(memory.estimate(c, (1, fsdp, 1), batch_per_device=64 // fsdp), budget)
+    assert not memory.fits(memory.estimate(c, (1, fsdp // 2, 1), batch_per_device=128 // fsdp), budget)
+    assert memory.fits(memory.estimate(c, shape, remat="full"), budget) == ("remat=full" in msg)
+
+
+def test_mesh_shape_resolves_without_jax():
+    assert memory.mesh_shape(dict(data=1, fsdp=-1, model=2), 16) == (1, 8, 2)
+    with pytest.raises(ValueError, match="product 4 != 8 devices"):
+        memory.mesh_shape(dict(data=2, fsdp=2, model=1), 8)

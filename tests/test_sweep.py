@@ -327,3 +327,46 @@ def test_planning_the_demo_sweep_imports_no_jax():
             "print('RC', rc, 'JAX', 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert "23 runs" in out.stdout and out.stdout.strip().endswith("RC 0 JAX False"), out.stdout + out.stderr
+
+
+def test_an_oversized_run_is_refused_before_anything_launches(tmp_path, capsys):
+    """A sweep whose device memory (sweep.device_memory_gb) holds the demo's runs but the largest
+    one(s): the plan prints the mem/dev column, then the error names exactly those runs with
+    their estimate (scaling.memory, computed here on the 1-device mesh), the limit and what would fit."""
+    from scaling import memory
+
+    specs = sweep.expand(sweep.load_sweep(DEMO))
+    peak = {s.run_id: memory.estimate(s.config, (1, 1, 1)).peak for s in specs}
+    top, second = sorted(set(peak.values()))[-1], sorted(set(peak.values()))[-2]
+    big = [s.run_id for s in specs if peak[s.run_id] == top]
+    limit_gb = (top + second) / 2 / memory.USABLE_FRACTION / 1e9
+    assert big and all(peak[r] > memory.USABLE_FRACTION * limit_gb * 1e9 for r in big)  # really oversized
+    path = tmp_path / "oversized.py"
+    path.write_text("from experiments.demo_cpu import get_config as g\n\n\ndef get_config():\n    c = g()\n"
+                    f"    c.sweep.device_memory_gb = {limit_gb!r}\n    return c\n")
+    for extra in (["--dry-run"], ["--sweep-dir", str(tmp_path / "out")]):
+        assert cli.sweep_main([str(path), *extra]) == 2
+        out, err = capsys.readouterr()
+        assert "mem/dev" in out and f"{peak[big[0]] / 2 ** 30:.2f}!" in out
+        assert f"{len(big)} of {len(specs)} runs would not fit in device memory" in err
+        refused = [ln for ln in err.splitlines() if "does not fit" in ln]
+        assert [ln.split()[1] for ln in refused] == big
+        assert memory.gib(peak[big[0]]) in refused[0] and memory.gib(limit_gb * 1e9) in refused[0]
+        assert "what would fit: train.batch_size <=" in refused[0] and "--config.model.remat=full" in refused[0]
+    assert not (tmp_path / "out").exists()  # refused before the sweep directory was written
+
+
+def test_the_shipped_chinchilla_sweep_fits_its_tpu_slice():
+    """experiments/chinchilla_isoflop.py on v5e-64 (16 GiB per chip): every run fits with remat 'full';
+    the same sweep without remat is refused (16 runs, the largest at ~103 GiB)."""
+    cfg = sweep.load_sweep(REPO / "experiments" / "chinchilla_isoflop.py")
+    specs = sweep.expand(cfg)
+    plan = sweep.memory_plan(cfg)
+    assert (plan.n_devices, plan.device_bytes) == (64, accounting.DEVICE_MEMORY["tpu v5 lite"])
+    sweep.check_memory(specs, plan)
+    table = sweep.plan_table(specs, 1e15, memory_on=plan)
+    assert all(not ln.endswith("!") for ln in table.splitlines()) and "limit 14.40 GiB usable of 16.00 GiB" in table
+    for s in specs:
+        s.config.model.remat = "none"
+    with pytest.raises(ValueError, match="16 of 26 runs would not fit"):
+        sweep.check_memory(specs, plan)

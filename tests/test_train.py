@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from scaling import accounting, data, rundir
+from scaling import accounting, data, memory, rundir
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer
 from scaling.metrics import MetricsWriter, Progress
@@ -48,6 +48,10 @@ def test_run_directory_contract(tiny_config, tmp_path):
         result["final_eval_loss"] / math.log(2) / corpus.bytes_per_token_eval)
     assert all(math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 for r in train_rows)
     assert (run / "tensorboard").is_dir()
+    # the step's memory estimate (bytes per device, on the run's mesh); CPU reports no measured peak
+    shape = memory.mesh_shape(tiny_config.mesh, result["num_devices"])
+    assert result["memory"] == memory.estimate(cfg_lib.resolve(tiny_config), shape).as_dict()
+    assert result["peak_bytes_measured"] is None
     # a finished run is not redone
     assert train(tiny_config, run, verbose=False)["wall_time_s"] == result["wall_time_s"]
 
@@ -243,3 +247,15 @@ def test_host_state_reads_checkpoints_written_before_it_was_a_dataclass():
     assert host == HostState([2.5], 2.0, 2.1, 3.0, 1.5, 512, [])
     assert HostState.from_meta({}) == HostState()
     assert HostState.from_meta(host.to_meta(elapsed_s=4.0)) == HostState([2.5], 2.0, 2.1, 4.0, 1.5, 512, [])
+
+
+def test_a_run_that_would_not_fit_its_device_is_refused_before_compiling(tiny_config, tmp_path, monkeypatch):
+    """On a device of known memory (faked here: CPU has none) the estimate is checked before the
+    step is built; the error names the run directory, the estimate and what would fit."""
+    import scaling.train as train_mod
+
+    monkeypatch.setattr(train_mod.accounting, "device_memory_for", lambda device: 2 ** 20)  # 1 MiB
+    monkeypatch.setattr(train_mod, "make_trainer", lambda *a: pytest.fail("compiled a refused run"))
+    with pytest.raises(cfg_lib.ConfigError, match=r"run big does not fit: estimated peak .* what would fit"):
+        train(tiny_config, tmp_path / "big", verbose=False)
+    assert json.loads((tmp_path / "big" / "result.json").read_text())["status"] == "failed"
