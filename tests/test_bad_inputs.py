@@ -187,3 +187,12 @@ def test_ctrl_c_in_the_sweep_command_is_one_line(tmp_path, capsys, monkeypatch):
     assert launch_cli.sweep_main([str(tmp_path / "s.py"), "--sweep-dir", str(tmp_path / "sw")]) == 130
     _one_error_line(capsys.readouterr().err, "interrupted", "rerun", f"--sweep-dir {tmp_path / 'sw'}")
     assert json.loads(pathlib.Path(tmp_path / "sw" / "sweep.json").read_text())["runs"]  # the plan stays
+
+
+def test_train_that_fails_before_its_first_checkpoint_leaves_no_run_dir(tmp_path, capsys):
+    """A corpus that does not load: one line, and no config.json left to refuse the corrected config."""
+    (tmp_path / "c.json").write_text(json.dumps({"data": {"corpus": str(tmp_path / "missing")}}))
+    rc = train_cli.main(["--config", str(tmp_path / "c.json"), "--workdir", str(tmp_path / "w"), "--quiet"])
+    assert rc == 1
+    _one_error_line(capsys.readouterr().err, "data.corpus", "missing", "valid sources")
+    assert not (tmp_path / "w").exists()
