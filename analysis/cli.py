@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import pathlib
+import shutil
 import sys
 import warnings
 
@@ -134,6 +135,21 @@ def _run_workflow(args, df, options, out):
 
 
 @contextlib.contextmanager
+def _output_dir(out: pathlib.Path, flag: str = "--out"):
+    """Check `out` can be a directory; if it is new and the work in the block fails, remove it again
+    (no half-written output is left behind)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is an existing file; give a directory for the output")
+    existed = out.exists()
+    try:
+        yield out
+    except BaseException:
+        if not existed and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def _plain_warnings():
     """Warnings (skipped runs, dropped budgets) print as 'warning: ...' lines, not source lines."""
     with warnings.catch_warnings():
@@ -163,18 +179,23 @@ def _fit_main(argv: list[str]) -> int:
         else:
             df = results.load(args.path, on_error=args.on_error, loss=args.loss)
         out = args.out or _default_out(pathlib.Path(args.path), args.law)
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{args.path}: {len(df)} {'eval points' if args.law == 'approach1' else 'runs'} loaded"
               + (f" ({len(df.attrs['skipped'])} skipped, see warning)" if df.attrs["skipped"] else ""))
-        res = _run_workflow(args, df, options, out)
-    except (ValueError, FileNotFoundError) as e:
+        with _output_dir(out):
+            out.mkdir(parents=True, exist_ok=True)
+            res = _run_workflow(args, df, options, out)
+    except (ValueError, OSError) as e:
         print(f"scaling fit: error: {e}", file=sys.stderr)
         return 2
     print_result(res)
     summary = {"law": args.law, "source": str(args.path), "argv": list(argv), "n_rows": len(df),
                "skipped": df.attrs["skipped"], "loss": args.loss, **res.to_dict()}
     summary["files"] = summary["files"] + [str(out / "fit.json")]
-    (out / "fit.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    try:
+        (out / "fit.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    except OSError as e:
+        print(f"scaling fit: error: cannot write {out / 'fit.json'}: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out / 'fit.json'} and {len(summary['files']) - 1} figure files in {out}")
     return 0
 
@@ -214,8 +235,11 @@ def _reproduce_main(argv: list[str]) -> int:
         options = workflows.FitOptions(n_bootstrap=args.bootstrap, n_starts=args.n_starts, seed=args.seed)
         data = args.data or pathlib.Path("..") / "shared" / "data" / PAPERS[args.paper]
         out = args.out or pathlib.Path("reproduce") / args.paper
-        s = _REPRODUCE[args.paper](data, out, options)
-    except (ValueError, FileNotFoundError) as e:
+        if data.is_file() and data.stat().st_size == 0:  # a missing file: the paper's loader says where it is
+            raise ValueError(f"--data {data} is an empty file; give the paper's CSV ({PAPERS[args.paper]})")
+        with _output_dir(out):
+            s = _REPRODUCE[args.paper](data, out, options)
+    except (ValueError, OSError) as e:
         print(f"scaling reproduce: error: {e}", file=sys.stderr)
         return 2
     _PRINT[args.paper](s)

@@ -130,6 +130,11 @@ def sweep_main(argv: list[str]) -> int:
     except rundir.DiskFullError as e:
         print(f"scaling sweep: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nscaling sweep: interrupted; finished runs are kept and an interrupted run resumes from its "
+              f"last checkpoint: rerun `scaling sweep {args.config}"
+              + (f" --sweep-dir {args.sweep_dir}" if args.sweep_dir else "") + "` to continue", file=sys.stderr)
+        return 130
 
 
 def _sweep(args) -> int:
@@ -153,6 +158,9 @@ def _sweep(args) -> int:
         if not specs:
             raise ValueError(f"--only={args.only!r} matches no run id of {path}")
     sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path("sweeps") / path.stem)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ValueError(f"sweep dir {sweep_dir} is an existing file; give a directory with --sweep-dir "
+                         f"(default sweeps/{path.stem})")
 
     if args.backend == "skypilot":
         return _sweep_skypilot(args, cfg, specs, dropped, path, sweep_dir)

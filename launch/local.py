@@ -306,11 +306,14 @@ class LocalBackend:
             raise
         return _Active(spec, proc, log, slot, attempt, lock, on_line)
 
-    def _settle(self, a: _Active, reason: str | None = None) -> tuple[str, str | None, dict | None]:
-        """-> (state 'ok'|'failed', reason, result) for a finished attempt; updates the launch record.
+    def _settle(self, a: _Active, reason: str | None = None,
+                interrupted: bool = False) -> tuple[str, str | None, dict | None]:
+        """-> (state 'ok'|'failed'|'interrupted', reason, result) for a finished attempt; updates the
+        launch record.
 
-        `reason` overrides the failure reason (the sweep stopped the attempt). With the disk full,
-        the log line and the launch record are written if they still fit."""
+        `reason` overrides the failure reason (the sweep stopped the attempt). `interrupted`: the sweep
+        itself was interrupted (Ctrl-C), so an unfinished attempt is 'interrupted' (to resume), not
+        failed. With the disk full, the log line and the launch record are written if they still fit."""
         rd = run_dir_of(self.sweep_dir, a.spec.run_id)
         rc = a.proc.returncode
         try:
@@ -326,6 +329,8 @@ class LocalBackend:
             if reason is None and result is not None:
                 reason = result.get("error") or f"{rundir.RESULT} status 'failed' with no error message"
             reason = reason or corrupt or self._exit_reason(a)
+            if interrupted and corrupt is None and result is None:
+                state = "interrupted"
         wall = time.time() - a.started
         status = _launch_record(rd, a.spec.run_id)
         status["history"].append({"attempt": a.attempt, "exit_code": rc, "state": state, "error": reason,
@@ -376,8 +381,8 @@ class LocalBackend:
         def on_line(a, line):
             emit(kind="output", run_id=a.spec.run_id, attempt=a.attempt, line=line)
 
-        def settle(a, reason=None):
-            state, reason, result = self._settle(a, reason)
+        def settle(a, reason=None, interrupted=False):
+            state, reason, result = self._settle(a, reason, interrupted)
             a.lock.release()
             free.append(a.slot_index)
             return state, reason, result
@@ -466,7 +471,7 @@ class LocalBackend:
                         a.proc.wait()
                 if results.stopped is None:
                     a.tail.append("interrupted by the sweep process")
-                    settle(a)
+                    settle(a, interrupted=True)
                     continue
                 _, reason, _ = settle(a, results.stopped)
                 results[a.spec.run_id] = "failed"

@@ -131,14 +131,45 @@ class ConfigError(ValueError):
 def load_py(path) -> ml_collections.ConfigDict:
     """What a Python config file's get_config() returns, as written (not laid over the defaults)."""
     path = pathlib.Path(path)
+    if path.suffix != ".py":
+        raise ConfigError(f"{path}: a config here must be a Python file (.py) with get_config()")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: SyntaxError: {e.msg}; fix the file") from None
+    except Exception as e:  # the file is user code: whatever it raises is a broken config
+        raise ConfigError(f"{path}: raised {_error_at(e, path)} while loading; fix the file") from None
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{path} defines no get_config() returning a ConfigDict")
-    return module.get_config()
+    try:
+        written = module.get_config()
+    except Exception as e:
+        raise ConfigError(f"{path}: get_config() raised {_error_at(e, path)}; fix the file") from None
+    return _mapping(written, f"{path}: get_config()", "returned")
+
+
+def _error_at(e: BaseException, path: pathlib.Path) -> str:
+    """'KeyError: 'x' (line 3)': an exception raised by a config file, with its deepest line in that file."""
+    import traceback
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if pathlib.Path(f.filename).resolve() == path.resolve()]
+    return f"{type(e).__name__}: {e}" + (f" (line {lines[-1]})" if lines else "")
+
+
+def _mapping(value, what: str, verb: str = "holds"):
+    """`value` when it is a dict or ConfigDict; else a ConfigError saying what `what` holds instead."""
+    if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"{what} {verb} {_short(value)} (type {type(value).__name__}); expected a mapping "
+                          "of keys to values (a dict or ConfigDict), e.g. {\"train\": {\"tokens\": 2000000}}")
+    return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
@@ -148,9 +179,11 @@ def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            written = json.loads(path.read_text())
+            written = _mapping(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot be read ({e})") from None
     elif path.suffix == ".py":
         written = load_py(path)
         if "sweep" in written:
@@ -171,6 +204,7 @@ def overlay(base, written, source: str, prefix: str = "") -> ml_collections.Conf
     lists for tuples), is a ConfigError naming `source` and the key. An empty section of `base` is
     a free-form mapping: it takes `written`'s keys as they are.
     """
+    _mapping(written, f"{source}: {prefix.rstrip('.') or 'the config'}")
     if isinstance(base, ml_collections.ConfigDict) and not base.keys():
         base.update(written)
         return base

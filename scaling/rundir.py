@@ -189,7 +189,10 @@ def metrics_lines(run_dir) -> list[tuple[int, str, dict | None, str | None]]:
     path = metrics_path(run_dir)
     if not path.exists():
         return []
-    text = path.read_text(errors="replace")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:  # e.g. a directory in its place
+        raise RunDirError(f"{path}: cannot be read ({e})") from None
     lines = text.split("\n")
     out = []
     for i, line in enumerate(lines, 1):
@@ -221,14 +224,16 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 def last_metrics_row(run_dir) -> dict | None:
-    """The last parsable row of metrics.jsonl, reading only the file's tail (for status tables)."""
+    """The last parsable row of metrics.jsonl, reading only the file's tail (for status tables);
+    None when there is none or the file cannot be read (status shows no step rather than failing)."""
     path = metrics_path(run_dir)
-    if not path.exists():
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    except OSError:  # absent, or e.g. a directory in its place
         return None
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - _TAIL_BYTES))
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
     for ln in reversed(lines):
         try:
             row = json.loads(ln)

@@ -9,6 +9,7 @@ Multi-host: set SCALING_COORDINATOR / SCALING_NUM_PROCESSES / SCALING_PROCESS_ID
 SkyPilot or on a TPU pod; see scaling/distributed.py.
 """
 import argparse
+import pathlib
 import sys
 
 
@@ -45,6 +46,10 @@ def main(argv: list[str]) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.train.tokens=1e6)")
 
+    workdir = pathlib.Path(args.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        parser.error(f"--workdir {workdir} is an existing file; give a run directory (new, or one to resume)")
+
     from scaling import config as cfg_lib
     try:
         config = cfg_lib.load(args.config, rest)
@@ -59,14 +64,33 @@ def main(argv: list[str]) -> int:
         from absl import flags
         flags.FLAGS.mark_as_parsed()
 
-    from scaling import rundir
     from scaling.train import NonFiniteLossError, train
+    fresh = not workdir.exists()
     try:
-        result = train(config, args.workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
+        result = train(config, workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
     except cfg_lib.ConfigError as e:
+        _remove_if_nothing_to_resume(workdir, fresh)
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, FileNotFoundError, ValueError, rundir.DiskFullError) as e:
+    except KeyboardInterrupt:
+        _remove_if_nothing_to_resume(workdir, fresh)
+        print(f"\nscaling train: interrupted; rerun the same command to resume {workdir} from its last "
+              "checkpoint", file=sys.stderr)
+        return 130
+    except (NonFiniteLossError, ValueError, OSError) as e:  # OSError: disk full, unreadable corpus, ...
+        if not isinstance(e, NonFiniteLossError):  # a diverged run's metrics are the evidence: kept
+            _remove_if_nothing_to_resume(workdir, fresh)
         print(f"scaling train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0 if result.get("status") in ("ok", "stopped") else 1
+
+
+def _remove_if_nothing_to_resume(workdir: pathlib.Path, fresh: bool) -> None:
+    """Remove a run directory this command created when it failed before its first checkpoint (e.g.
+    a corpus that does not load): its config.json would refuse the corrected config on the next try."""
+    from scaling import rundir
+
+    ckpts = workdir / rundir.CHECKPOINTS
+    if fresh and workdir.is_dir() and not (ckpts.is_dir() and any(ckpts.iterdir())):
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
