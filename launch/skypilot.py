@@ -13,9 +13,8 @@ with the accelerator's extra (jax[tpu] or jax[cuda12], the launching machine's J
 Run directories (`RUN_SCRIPT`): the trainer writes to a LOCAL run directory on the host; results
 reach BUCKET/<sweep>/runs/<run_id> through launch.sync (pulled before training so a recovered job
 resumes, pushed every cloud.sync_every_s while it trains, pushed once more at the end, result.json
-last). Checkpoints are written by Orbax straight into the bucket when the trainer has a
-`checkpoint.dir` key; until then they travel with the sync (complete steps only; single-host only:
-on a multi-host pod each host holds only its own shards, so pods need that key).
+last). Checkpoints are written by Orbax straight into the bucket (the run's `checkpoint.dir`), by
+every host of a pod its own shards; they never travel with the sync.
 Spot: job_recovery FAILOVER (restarts on errors bounded by cloud.max_restarts_on_errors); a
 recovered job reruns the same command and the trainer resumes from the newest complete checkpoint.
 Multi-host: a TPU pod (e.g. tpu-v4-32) is ONE SkyPilot node and SkyPilot runs the command on every
@@ -54,15 +53,15 @@ set -euo pipefail
 PY="{env}/bin/python"
 mkdir -p "$SCALING_RUN_DIR"
 # a recovered (preempted) job: bring back what the bucket holds, so the trainer resumes
-"$PY" -m launch.sync pull "$SCALING_BUCKET_RUN" "$SCALING_RUN_DIR" $SCALING_SYNC_FLAGS
+"$PY" -m launch.sync pull "$SCALING_BUCKET_RUN" "$SCALING_RUN_DIR"
 printf '%s' "$SCALING_RUN_CONFIG" > "$HOME/scaling_launch_config_$SCALING_RUN_ID.json"
-"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" $SCALING_SYNC_FLAGS --watch "$SCALING_SYNC_EVERY_S" &
+"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" --watch "$SCALING_SYNC_EVERY_S" &
 SYNC_PID=$!
 rc=0
 "$PY" -m scaling train --config "$HOME/scaling_launch_config_$SCALING_RUN_ID.json" --workdir "$SCALING_RUN_DIR" || rc=$?
 kill "$SYNC_PID" 2>/dev/null || true
 wait "$SYNC_PID" 2>/dev/null || true
-"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" $SCALING_SYNC_FLAGS
+"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN"
 exit "$rc"
 """
 
@@ -155,13 +154,6 @@ def check_cloud(cloud, for_launch: bool = True) -> None:
         raise ValueError("; ".join(placeholder_problems(cloud)))
 
 
-def _checkpoints_direct() -> bool:
-    """Whether the trainer takes a checkpoint.dir (then Orbax writes the bucket itself)."""
-    from scaling import config as cfg_lib
-
-    return "dir" in cfg_lib.defaults().checkpoint
-
-
 def task_config(spec, cloud, sweep_name: str, source: dict | None = None, for_launch: bool = True) -> dict:
     """The SkyPilot task YAML (as a dict) for one run; build_task() turns it into a validated sky.Task.
     source: {git_sha, git_dirty} of the launching tree (source_state())."""
@@ -179,15 +171,12 @@ def task_config(spec, cloud, sweep_name: str, source: dict | None = None, for_la
         resources["disk_size"] = int(cloud.disk_size)
     bucket_run = f"{str(cloud.bucket).rstrip('/')}/{sweep_name}/runs/{spec.run_id}"
     run_config = spec.config.to_dict()
-    direct = _checkpoints_direct()
-    if direct:
-        run_config["checkpoint"]["dir"] = f"{bucket_run}/checkpoints"
+    run_config["checkpoint"]["dir"] = f"{bucket_run}/checkpoints"  # Orbax writes the bucket itself
     source = source or {}
     envs = {"SCALING_RUN_ID": spec.run_id,
             "SCALING_RUN_DIR": f"{cloud.local_runs}/{spec.run_id}",
             "SCALING_BUCKET_RUN": bucket_run,
             "SCALING_SYNC_EVERY_S": str(cloud.sync_every_s),
-            "SCALING_SYNC_FLAGS": "" if direct else "--checkpoints",
             "SCALING_GIT_SHA": str(source.get("git_sha") or ""),
             "SCALING_GIT_DIRTY": "1" if source.get("git_dirty") else "0",
             "SCALING_RUN_CONFIG": json.dumps(run_config, sort_keys=True, separators=(",", ":"))}

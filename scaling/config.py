@@ -110,6 +110,7 @@ def defaults() -> ml_collections.ConfigDict:
     k.every_steps = 500
     k.keep = 2
     k.async_save = True
+    k.dir = ""  # "": RUN_DIR/checkpoints; or a bucket path (gs://..., s3://...) Orbax writes directly
 
     c.meta = e = ml_collections.ConfigDict()
     e.budget = 0.0  # the nominal FLOP budget C of an isoFLOP run (set by the planner); 0.0 = none

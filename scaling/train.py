@@ -307,7 +307,7 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
         state=trainer.state, data_iter=iter(loader), data_info=data_info,
         eval_set=data.eval_batches(corpus, seq_len=seq_len, batch_size=batch, n_tokens=t.eval_tokens),
         rows=slice(shard * batch // n_shards, (shard + 1) * batch // n_shards),
-        ckpt=Checkpointer(run_dir / rundir.CHECKPOINTS, every_steps=config.checkpoint.every_steps,
+        ckpt=Checkpointer(config.checkpoint.dir or run_dir / rundir.CHECKPOINTS, every_steps=config.checkpoint.every_steps,
                           keep=config.checkpoint.keep, async_save=config.checkpoint.async_save),
         writer=MetricsWriter(run_dir, enabled=is_main), host=HostState(), start=0, steps=steps,
         tokens_per_step=batch * seq_len, counts=accounting.param_counts(m),

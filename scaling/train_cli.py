@@ -59,7 +59,11 @@ def main(argv: list[str]) -> int:
 
     _enable_compilation_cache()
     from scaling import distributed
-    distributed.initialize_from_env()
+    try:
+        distributed.initialize_from_env()
+    except ValueError as e:  # a multi-process launcher that JAX cannot join: refused, not N lone trainers
+        print(f"scaling train: {e}", file=sys.stderr)
+        return 2
     if config.data.num_workers > 0:  # grain worker processes need parsed absl flags
         from absl import flags
         flags.FLAGS.mark_as_parsed()
