@@ -29,7 +29,7 @@ from analysis import backtest, laws, predict
 
 FORMAT = "scaling-forecast/1"
 HASHED_COLUMNS = ("n_params", "tokens", "loss")
-TARGET_TOL = 0.1  # a run scores a forecast if its C is within this relative distance of the target
+TARGET_TOL = 0.1  # a run scores a forecast if its 6ND is within this relative distance of the target
 
 
 def _canonical(obj) -> bytes:
@@ -164,16 +164,17 @@ class Score:
 
 
 def score(forecast_path, measured, *, inputs=None) -> list[Score]:
-    """Score the forecast against the runs of `measured` (a results table) at its target C.
+    """Score the forecast against the runs of `measured` (a results table) whose 6ND is its
+    target C (the convention the optimum was predicted under).
     `inputs`: the table the forecast was fitted on, re-read now (checked by verify_inputs)."""
     doc = load_forecast(forecast_path)
     if inputs is not None:
         verify_inputs(doc, inputs)
-    c = predict.columns(measured, laws.kaplan("C"))["C"]
+    c = 6.0 * measured["n_params"].to_numpy(dtype=float) * measured["tokens"].to_numpy(dtype=float)
     at = np.abs(c / doc["target_flops"] - 1) <= TARGET_TOL
     if not at.any():
-        raise ValueError(f"no run at the forecast's target C = {doc['target_flops']:.3g} FLOPs "
-                         f"(within {TARGET_TOL:.0%}); runs have C in [{c.min():.3g}, {c.max():.3g}]")
+        raise ValueError(f"no run at the forecast's target C = {doc['target_flops']:.3g} FLOPs (6ND, "
+                         f"within {TARGET_TOL:.0%}); runs have 6ND in [{c.min():.3g}, {c.max():.3g}]")
     runs = measured[at]
     planned = doc.get("config_hash")
     if planned and "config_hash" in runs:

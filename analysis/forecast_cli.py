@@ -2,7 +2,7 @@
 
     scaling backtest SWEEP_DIR_OR_CSV --law chinchilla [--level 0.9] [--bootstrap N] [--out DIR]
                      [--group-by COLS] [--budget-tol T] [--n-starts K]
-    scaling forecast SWEEP_DIR_OR_CSV --target-flops C [--law chinchilla] --out FILE
+    scaling forecast SWEEP_DIR_OR_CSV --target-flops C [--law chinchilla] --out FILE [--sweep CFG]
     scaling score FORECAST RUN_DIR_OR_CSV
 
 A CSV needs n_params, loss and tokens or flops (D = flops / 6N when tokens is absent; the
@@ -129,8 +129,18 @@ def _backtest(argv) -> int:
     return 0
 
 
+def config_path(forecast_path) -> pathlib.Path:
+    """Where `scaling forecast` writes the predicted-optimal run's config: beside the forecast,
+    FORECAST_STEM.config.json."""
+    forecast_path = pathlib.Path(forecast_path)
+    return forecast_path.with_name(f"{forecast_path.stem}.config.json")
+
+
 def forecast_main(argv: list[str], *, make_config=None, hash_config=None, git_sha=None) -> int:
-    """`scaling forecast`: write a frozen forecast file (the config hooks come from the caller)."""
+    """`scaling forecast`: write a frozen forecast file and, when `make_config` gives one, the run's
+    config beside it. make_config(source, sweep_file, target_flops) -> (N*, D*) -> config dict,
+    or None when the source has no sweep config (it raises ValueError for a bad one);
+    hash_config(config dict) -> str; git_sha: recorded as is."""
     return _run("forecast", lambda a: _forecast(a, make_config, hash_config, git_sha), argv)
 
 
@@ -141,16 +151,17 @@ def _forecast(argv, make_config, hash_config, git_sha) -> int:
     p.add_argument("--target-flops", required=True, type=_positive, metavar="C")
     p.add_argument("--law", choices=backtest.LAWS, default="chinchilla")
     p.add_argument("--out", required=True, type=pathlib.Path)
+    p.add_argument("--sweep", metavar="CFG", help="sweep config whose ladder and rules shape the "
+                   "run's config (default: the one the sweep dir's manifest names)")
     _common(p)
     args = p.parse_args(argv)
     _check(args)
     df = load_table(args.path)
-    is_csv = pathlib.Path(args.path).is_file()
+    config_hook = make_config(args.path, args.sweep, args.target_flops) if make_config else None
     doc = forecast.write_forecast(
         df, args.target_flops, args.out, law=args.law, level=args.level, n_bootstrap=args.bootstrap,
         starts=starts_subset(laws.chinchilla(), args.n_starts), seed=args.seed,
-        make_config=None if is_csv else make_config, hash_config=hash_config,
-        source=args.path, git_sha=git_sha)
+        make_config=config_hook, hash_config=hash_config, source=args.path, git_sha=git_sha)
     o = doc["optimum"]
     print(f"forecast at C = {args.target_flops:.3g} FLOPs ({doc['factor_beyond_data']:.3g}x the "
           f"largest budget in the data), law {args.law}, fitted on {len(df)} runs:")
@@ -161,7 +172,12 @@ def _forecast(argv, make_config, hash_config, git_sha) -> int:
     print(f"  noise: sigma(log L) = {o['noise']['sigma']:.3g} from {o['noise']['source']}")
     if o["note"]:
         print(f"warning: {o['note']}")
-    print(f"wrote {args.out}" + (" (with the run's config)" if doc["config"] else ""))
+    print(f"wrote {args.out}")
+    if doc["config"] is not None:
+        cfg = config_path(args.out)
+        cfg.write_text(json.dumps(doc["config"], indent=1) + "\n")
+        print(f"wrote {cfg}: the predicted-optimal run (config hash {doc['config_hash']}); "
+              f"train it with `scaling train --config {cfg} --workdir RUN_DIR`")
     return 0
 
 

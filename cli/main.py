@@ -6,6 +6,9 @@
     scaling status SWEEP_DIR
     scaling fit SWEEP_DIR_OR_CSV --law chinchilla
     scaling reproduce chinchilla --data PATH
+    scaling backtest SWEEP_DIR_OR_CSV --law chinchilla
+    scaling forecast SWEEP_DIR_OR_CSV --target-flops C --out FORECAST.json
+    scaling score FORECAST.json RUN_DIR_OR_CSV
     scaling demo
 
 Only the chosen subcommand's module is imported, so planning a sweep loads no JAX.
@@ -19,6 +22,9 @@ COMMANDS = {
     "status": ("launch.cli", "status_main", "status table of a sweep directory"),
     "fit": ("analysis.cli", "fit_main", "fit scaling laws to a sweep directory or CSV"),
     "reproduce": ("analysis.cli", "reproduce_main", "reproduce a paper's fit and figures"),
+    "backtest": ("analysis.forecast_cli", "backtest_main", "rollout backtest: fit small budgets, predict larger"),
+    "forecast": ("cli.forecast", "forecast_main", "pre-register a forecast (+ the run's config) at a budget"),
+    "score": ("analysis.forecast_cli", "score_main", "score a forecast against the run it predicted"),
     "demo": ("cli.demo", "main", "the CPU demo: corpus -> sweep -> fits -> report"),
 }
 

@@ -90,6 +90,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     est_flops_per_s, overhead_s: the local plan's time estimate per run (C / FLOP/s + overhead).
     device_memory_gb: local sweeps: memory of one device in GB (1e9 bytes) that every run must fit
     (0: no limit); cloud sweeps: overrides the accelerator's memory.
+    forecast_flops: a budget C (FLOPs, 6ND) to forecast from the sweep's results and then run
+    (`scaling demo`); 0 = none.
     """
     s = ml_collections.ConfigDict()
     s.kind = "isoflop"
@@ -121,6 +123,7 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     s.est_flops_per_s = 1e10
     s.overhead_s = 10.0
     s.device_memory_gb = 0.0
+    s.forecast_flops = 0.0
     return s
 
 
@@ -208,12 +211,7 @@ def ladder(base, shapes) -> list[ml_collections.ConfigDict]:
     closest in log. Two targets landing on one shape is an error (the ladder is too fine).
     """
     models = [_shape_model(base.model, L, d, shapes) for L, d in shapes.explicit]
-    key = "total" if shapes.n_kind == "total" else "nonembedding"
-    candidates = []
-    for L in range(1, shapes.max_layers + 1):
-        d = max(shapes.head_dim, shapes.head_dim * round(shapes.aspect * L / shapes.head_dim))
-        m = _shape_model(base.model, L, d, shapes)
-        candidates.append((accounting.param_counts(cfg_lib.resolve(_wrap_full(base, m)).model)[key], m))
+    candidates = _ladder_shapes(base, shapes, "total" if shapes.n_kind == "total" else "nonembedding")
     for target in shapes.n_targets:
         n, m = min(candidates, key=lambda c: abs(math.log(c[0] / target)))
         if abs(math.log(n / target)) > math.log(2):
@@ -228,6 +226,34 @@ def ladder(base, shapes) -> list[ml_collections.ConfigDict]:
                              "n_targets round to it, or it is also in explicit); space the targets further apart")
         seen.add((m.n_layers, m.d_model))
     return models
+
+
+def _ladder_shapes(base, shapes, key: str) -> list[tuple[int, ml_collections.ConfigDict]]:
+    """(N of kind `key`, model config) for every n_layers in [1, max_layers] under the ladder rule."""
+    out = []
+    for L in range(1, shapes.max_layers + 1):
+        d = max(shapes.head_dim, shapes.head_dim * round(shapes.aspect * L / shapes.head_dim))
+        m = _shape_model(base.model, L, d, shapes)
+        out.append((accounting.param_counts(cfg_lib.resolve(_wrap_full(base, m)).model)[key], m))
+    return out
+
+
+def spec_for(cfg, n_target: float, tokens: float, budget: float | None = None) -> RunSpec:
+    """The run the sweep's rules make for ~n_target TOTAL parameters trained on ~`tokens`: the
+    ladder shape (sweep.shapes rule, explicit shapes aside) nearest n_target in log N, lr/batch/
+    warmup/eval from sweep.rules, D rounded down to whole steps, the first of sweep.seeds."""
+    if not (n_target > 0 and tokens > 0):
+        raise ValueError(f"spec_for: N={n_target!r} and D={tokens!r} must be > 0")
+    sw = cfg.sweep
+    base = run_config(cfg)
+    _, m = min(_ladder_shapes(base, sw.shapes, "total"), key=lambda c: abs(math.log(c[0] / n_target)))
+    run = _wrap_full(base, m)
+    _hparams(run, accounting.param_counts(cfg_lib.resolve(run).model), float(tokens), sw.rules)
+    spec = _finish(run, float(tokens), budget, sw.seeds[0], sw.rules, 1, None)
+    if spec is None:
+        raise ValueError(f"spec_for: D={tokens:.3g} tokens is less than one step of L{m.n_layers} "
+                         f"d{m.d_model} (batch {run.train.batch_size} x seq_len {run.data.seq_len})")
+    return spec
 
 
 def _hparams(run, counts: dict, tokens_raw: float, rules) -> None:
