@@ -11,8 +11,9 @@ predicted-optimal run (built by the caller's `make_config(N*, D*)` hook) with th
 hash of it, and `content_hash`: the sha256 of everything else, so a hand edit is detected.
 
 `score` refuses (ValueError, one line) a file whose content hash does not match, inputs whose
-fitted rows changed or went missing (`verify_inputs`), a run whose config hash differs from
-the planned one, and a table with no run at the target budget.
+fitted rows changed or went missing (`verify_inputs`), runs none of which has the planned
+config hash, and (without a planned config) a table with no run at the target budget. The
+planned run is the ladder shape nearest N* trained on D*, so its 6ND is near C, not equal to it.
 """
 from __future__ import annotations
 
@@ -163,26 +164,35 @@ class Score:
     """the forecast's L* interval at (N*, D*), as written"""
 
 
-def score(forecast_path, measured, *, inputs=None) -> list[Score]:
-    """Score the forecast against the runs of `measured` (a results table) whose 6ND is its
-    target C (the convention the optimum was predicted under).
-    `inputs`: the table the forecast was fitted on, re-read now (checked by verify_inputs)."""
-    doc = load_forecast(forecast_path)
-    if inputs is not None:
-        verify_inputs(doc, inputs)
+def _runs_to_score(doc: dict, measured):
+    """The planned run(s) by config hash when the forecast planned a config and `measured` has
+    hashes (the ladder shape nearest N* trained on D* need not spend exactly C), else the runs
+    whose 6ND is within TARGET_TOL of the target C."""
+    planned = doc.get("config_hash")
+    if planned and "config_hash" in measured and measured["config_hash"].notna().any():
+        runs = measured[measured["config_hash"] == planned]
+        if not len(runs):
+            other = measured[measured["config_hash"].notna()]
+            raise ValueError(f"run {other['run_dir'].iloc[0]} has config hash "
+                             f"{str(other['config_hash'].iloc[0])[:12]}…, not the forecast's planned "
+                             f"{planned[:12]}…; refusing to score another config")
+        return runs
     c = 6.0 * measured["n_params"].to_numpy(dtype=float) * measured["tokens"].to_numpy(dtype=float)
     at = np.abs(c / doc["target_flops"] - 1) <= TARGET_TOL
     if not at.any():
         raise ValueError(f"no run at the forecast's target C = {doc['target_flops']:.3g} FLOPs (6ND, "
                          f"within {TARGET_TOL:.0%}); runs have 6ND in [{c.min():.3g}, {c.max():.3g}]")
-    runs = measured[at]
-    planned = doc.get("config_hash")
-    if planned and "config_hash" in runs:
-        other = runs[runs["config_hash"].notna() & (runs["config_hash"] != planned)]
-        if len(other):
-            raise ValueError(f"run {other['run_dir'].iloc[0]} has config hash "
-                             f"{str(other['config_hash'].iloc[0])[:12]}…, not the forecast's planned "
-                             f"{planned[:12]}…; refusing to score another config")
+    return measured[at]
+
+
+def score(forecast_path, measured, *, inputs=None) -> list[Score]:
+    """Score the forecast against its run(s) in `measured` (a results table): the planned config,
+    else the runs at its target C.
+    `inputs`: the table the forecast was fitted on, re-read now (checked by verify_inputs)."""
+    doc = load_forecast(forecast_path)
+    if inputs is not None:
+        verify_inputs(doc, inputs)
+    runs = _runs_to_score(doc, measured)
     opt = doc["optimum"]
     if doc["samples"]:
         noise = predict.Noise(**opt["noise"])

@@ -1,4 +1,4 @@
-"""The sweep report: plan, per-run results, fitted laws with CIs, allocation, extrapolation check.
+"""The sweep report: a scored forecast, plan, per-run results, fitted laws with CIs, allocation, extrapolation.
 
     from analysis import report
     report.build("sweeps/demo_cpu", plan_text=..., n_bootstrap=200)
@@ -18,6 +18,7 @@ Fits (each one failing independently: a refused fit is reported with its reason,
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import html
 import json
@@ -135,8 +136,52 @@ def _png(files, root: pathlib.Path, stem: str) -> str | None:
     return None
 
 
-def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: int = 0, log=print) -> list[str]:
-    """Fit, draw and write report.md / report.html / fit.json; returns summary lines."""
+def forecast_section(forecast_path, inputs) -> tuple[list, list[str], dict]:
+    """(blocks, summary lines, fit.json entry) of a pre-registered forecast scored against its run
+    (the run directories beside the forecast file); `inputs`: the table it was fitted on."""
+    from analysis import forecast
+    path = pathlib.Path(forecast_path)
+    doc = forecast.load_forecast(path)
+    scores = forecast.score(path, results.load(path.parent), inputs=inputs)
+    fitted = inputs[inputs.run_dir.astype(str).isin(set(doc["inputs"]["runs"] or ()))]
+    budgets = sorted(fitted.budget.dropna().unique()) if "budget" in fitted else []
+    o = doc["optimum"]
+    blocks = [("h2", f"Forecast: C = {doc['target_flops']:.2g} FLOPs, written before the run"),
+              ("p", f"On {doc['created'][:19].replace('T', ' ')} UTC (git {str(doc['git_sha'])[:10]}), "
+                    f"before the run existed, the {doc['law']} law fitted on the {doc['inputs']['n_rows']} runs "
+                    + (f"at budgets {', '.join(f'{b:.2g}' for b in budgets)} FLOPs " if budgets else "")
+                    + f"forecast C = {doc['target_flops']:.3g} FLOPs (6ND), {doc['factor_beyond_data']:.3g}x "
+                    f"the largest fitted budget: N* = {o['N']['value']:.3g} ({o['N']['lo']:.3g} – "
+                    f"{o['N']['hi']:.3g}), D* = {o['D']['value']:.3g} tokens ({o['D']['lo']:.3g} – "
+                    f"{o['D']['hi']:.3g}), L* = {o['L']['value']:.4f} nats/token ({o['L']['lo']:.4f} – "
+                    f"{o['L']['hi']:.4f}); {o['N']['level']:.0%} intervals ({o['N']['kind']} for N*, D*; "
+                    f"{o['L']['kind']} for L*, noise σ(log L) = {o['noise']['sigma']:.3g} from "
+                    f"{o['noise']['source']}). The file is frozen (`{path}`, inputs sha256 "
+                    f"{doc['inputs']['sha256'][:12]}…, verified unchanged before scoring)."
+                    + (f" Note: {o['note']}." if o.get("note") else "")),
+              ("p", "The run made from it: the sweep's ladder shape nearest N* with D = D* under the sweep's "
+                    "rules. Predicted loss at that run's own N and D vs measured:"),
+              ("table", ["run", "N", "D", "C = 6ND", "predicted", f"{scores[0].level:.0%} interval",
+                         "measured", "error", "inside"],
+               [[pathlib.Path(s.run).name, f"{s.n_params:,.0f}", f"{s.tokens:,.0f}",
+                 f"{6 * s.n_params * s.tokens:.3g}", f"{s.predicted:.4f}",
+                 f"{s.lo:.4f} – {s.hi:.4f}", f"{s.measured:.4f}", f"{100 * s.rel_error:+.2f}%",
+                 "yes" if s.inside else "**no**"] for s in scores]),
+              ("p", f"Interval kind: {scores[0].kind}.")]
+    summary = [f"forecast at C = {doc['target_flops']:.2g} ({doc['factor_beyond_data']:.3g}x beyond the fits): "
+               f"predicted {s.predicted:.4f} ({s.level:.0%} PI {s.lo:.4f} – {s.hi:.4f}), measured "
+               f"{s.measured:.4f} nats/token, error {100 * s.rel_error:+.2f}%, "
+               f"{'inside' if s.inside else 'OUTSIDE'} the interval" for s in scores]
+    entry = {"file": str(path), "target_flops": doc["target_flops"], "factor": doc["factor_beyond_data"],
+             "fitted_budgets": [float(b) for b in budgets], "optimum": o,
+             "scores": [dataclasses.asdict(s) for s in scores]}
+    return blocks, summary, entry
+
+
+def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: int = 0, log=print,
+          forecast=None) -> list[str]:
+    """Fit, draw and write report.md / report.html / fit.json (led by `forecast`, a forecast file
+    scored against the runs beside it, when given); returns summary lines."""
     root = pathlib.Path(sweep_dir)
     df = results.load(root, on_error="warn")
     if len(df) == 0:
@@ -149,13 +194,23 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
                     + ". Units: N = parameters (total unless marked non-embedding), D = training tokens, "
                       "C = training FLOPs (exact = 3 x forward matmuls incl. attention and LM head; "
                       "6ND = 6 x N_total x D), loss = held-out eval cross-entropy in nats/token.")]
+    summary, fits = [], {"n_runs": len(df)}
+    if forecast is not None:
+        try:
+            fb, fs, fits["forecast"] = forecast_section(forecast, df)
+            blocks += fb
+            summary += fs
+        except (ValueError, FileNotFoundError) as e:
+            log(f"   forecast: not scored: {e}")
+            fits["forecast"] = {"error": str(e)}
+            blocks += [("h2", "Forecast"), ("p", f"**Forecast not scored** — {e}")]
     if plan_text:
         blocks += [("h2", "Plan"), ("pre", plan_text)]
     header, rows = run_table(df)
     blocks += [("h2", "Runs"), ("table", header, rows)]
     if df.attrs.get("skipped"):
         blocks.append(("p", "Skipped runs: " + "; ".join(str(s) for s in df.attrs["skipped"])))
-    summary, fits = [], {"n_runs": len(df), "runs_table": {"header": header, "rows": rows}}
+    fits["runs_table"] = {"header": header, "rows": rows}
 
     def attempt(name, fn):
         try:

