@@ -320,6 +320,15 @@ def _budget_parabola(label, C, N, loss, coef, ok) -> Parabola:
     return p
 
 
+def budget_groups(C, budget=None) -> tuple[list, list[np.ndarray]]:
+    """(budget labels ordered by C, the row indices of each): `budget` labels per point, or
+    `group_budgets(C)` when None. The grouping `approach2` and its parabolas use."""
+    C = np.asarray(C, dtype=np.float64)
+    labels = group_budgets(C) if budget is None else np.asarray(budget)
+    uniq = list(dict.fromkeys(labels[np.argsort(C, kind="stable")]))
+    return uniq, [np.flatnonzero(labels == u) for u in uniq]
+
+
 def approach2(C, N, loss, *, budget=None, n_bootstrap=0, seed=0, ci=0.95) -> OptimalScaling:
     """IsoFLOP profiles: per budget, loss ≈ parabola in log N; its vertex is N_opt(C).
 
@@ -334,9 +343,7 @@ def approach2(C, N, loss, *, budget=None, n_bootstrap=0, seed=0, ci=0.95) -> Opt
     for name, v in (("C", C), ("N", N)):
         if np.any(~np.isfinite(v) | (v <= 0)):
             raise ValueError(f"approach2: {name} must be finite and > 0")
-    labels = group_budgets(C) if budget is None else np.asarray(budget)
-    uniq = list(dict.fromkeys(labels[np.argsort(C, kind="stable")]))  # ordered by C
-    groups = [np.flatnonzero(labels == u) for u in uniq]
+    uniq, groups = budget_groups(C, budget)
     if len(groups) < MIN_BUDGETS:
         raise ValueError(f"approach2 needs at least {MIN_BUDGETS} budgets, got {len(groups)}")
     x = np.log(N)
@@ -385,13 +392,7 @@ def _approach2_bootstrap(x, loss, groups, c_b, n_resamples, seed):
     fails when a budget keeps < 3 distinct sizes or loses its interior minimum (no MIN_SIZES or
     flatness test here: that would keep only the resamples that look certain). Returns
     ({"a": [R'], "b": [R']}, number failed); raises when more than half fail."""
-    rng = np.random.default_rng(seed)
-    w_RN = np.zeros((n_resamples, len(x)))
-    for g in groups:
-        w_RN[:, g] = rng.multinomial(len(g), np.full(len(g), 1.0 / len(g)), size=n_resamples)
-    coef, ok = _parabola_fits(x, loss, w_RN, groups)
-    xs = np.stack([_interior_vertex(coef[:, i], x[g]) + x[g].mean() for i, g in enumerate(groups)], axis=1)
-    good = ok.all(axis=1) & ~np.isnan(xs).any(axis=1)
+    xs, _, good = bootstrap_vertices(x, loss, groups, n_resamples, seed)
     n_failed = int(n_resamples - good.sum())
     if good.sum() < 0.5 * n_resamples:
         raise _DegenerateBootstrap(f"approach2 bootstrap: only {good.sum()} of {n_resamples} resamples "
@@ -401,3 +402,19 @@ def _approach2_bootstrap(x, loss, groups, c_b, n_resamples, seed):
     slope_a = (xs[good] - xs[good].mean(1, keepdims=True)) @ lc / (lc @ lc)
     # log D_opt = log C − log 6 − log N_opt, so b = 1 − a exactly for each resample.
     return {"a": slope_a, "b": 1.0 - slope_a}, n_failed
+
+
+def bootstrap_vertices(x, loss, groups, n_resamples: int, seed: int = 0):
+    """Resample points within each budget (multinomial counts as weights) and refit its parabola:
+    vertices x* = log N_opt [R, G], minimum losses [R, G] (NaN where no interior minimum), and
+    `good` [R]: the resamples with >= 3 distinct sizes and an interior minimum in every budget."""
+    rng = np.random.default_rng(seed)
+    w_RN = np.zeros((n_resamples, len(x)))
+    for g in groups:
+        w_RN[:, g] = rng.multinomial(len(g), np.full(len(g), 1.0 / len(g)), size=n_resamples)
+    coef, ok = _parabola_fits(x, loss, w_RN, groups)
+    vx = np.stack([_interior_vertex(coef[:, i], x[g]) for i, g in enumerate(groups)], axis=1)
+    ys = coef[..., 0] + coef[..., 1] * vx + coef[..., 2] * vx * vx
+    xs = vx + np.array([x[g].mean() for g in groups])
+    good = ok.all(axis=1) & ~np.isnan(xs).any(axis=1)
+    return xs, ys, good

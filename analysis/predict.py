@@ -19,9 +19,9 @@ and L*_b + ε gives the prediction interval of the loss a run at the optimum wil
 When the N* interval spans more than FLAT_FACTOR (hi/lo), the isoFLOP curves are flat there
 and N* is uncertain: `Optimum.note` says so.
 
-Approach 2 (`approach2_fit`): per budget a parabola of loss in log N (weighted least squares)
-gives N_opt and its minimum loss L_opt; a budget with fewer than 4 distinct sizes or without
-an interior minimum is left out with a warning naming it (at least 3 must remain). Then OLS
+Approach 2 (`approach2_fit`): chinchilla.approach2's per-budget parabolas of loss in log N give
+N_opt and the minimum loss L_opt; a budget with fewer than 4 distinct sizes, without an interior
+minimum or flat is left out with a warning naming it (at least 3 must remain). Then OLS
 power laws through the per-budget optima: N_opt(C) = k_N·C^a, and L*(C) = k_L·C^(−γ) through
 the parabola minima (a pure power law: it has no floor, so it overestimates the fall of the
 loss far beyond the data). D*(C) = C / (6 N*(C)). Bootstrap: resample points within budgets;
@@ -46,8 +46,7 @@ KIND_PI = "prediction interval (bootstrap + noise)"
 KIND_CI = "bootstrap percentile CI (parameter uncertainty only)"
 FLAT_FACTOR = 2.0  # an N* interval wider than this (hi/lo) means N* is not determined
 MIN_SAMPLES = 4000  # bootstrap × noise draws per prediction (percentile resolution)
-MIN_SIZES = 4  # distinct N per budget for an Approach-2 parabola (3 points fit it exactly)
-MIN_BUDGETS = 3
+MIN_BUDGETS = chinchilla.MIN_BUDGETS  # Approach 2: budgets that keep their parabola
 
 
 @dataclasses.dataclass
@@ -320,30 +319,6 @@ class Approach2Fit:
     """run-to-run noise (replicate seeds, or the parabolas' residuals in log loss)"""
 
 
-def _parabolas(x_N, y_N, w_RN, groups):
-    """Weighted fits y = c0 + c1·x + c2·x² per group -> vertex x*, minimum y* [R, G] (NaN when
-    not an interior minimum), and the log residuals of the unweighted fit (row 0)."""
-    R = w_RN.shape[0]
-    xs, ys = np.full((R, len(groups)), np.nan), np.full((R, len(groups)), np.nan)
-    resid = []
-    for g, idx in enumerate(groups):
-        x, y, w = x_N[idx], y_N[idx], w_RN[:, idx]
-        m = x.mean()
-        X = np.stack([np.ones_like(x), x - m, (x - m) ** 2], 1)
-        A = np.einsum("rn,ni,nj->rij", w, X, X)
-        ok = np.abs(np.linalg.det(A)) > 1e-12
-        coef = np.zeros((R, 3))
-        coef[ok] = np.linalg.solve(A[ok], np.einsum("rn,ni,n->ri", w, X, y)[ok][..., None])[..., 0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = -coef[:, 1] / (2 * coef[:, 2])
-            vy = coef[:, 0] - coef[:, 1] ** 2 / (4 * coef[:, 2])
-        inside = ok & (coef[:, 2] > 0) & (v + m > x.min()) & (v + m < x.max())
-        xs[:, g] = np.where(inside, v + m, np.nan)
-        ys[:, g] = np.where(inside, vy, np.nan)
-        resid.append(np.log(y) - np.log(np.clip(X @ coef[0], 1e-300, None)))
-    return xs, ys, np.concatenate(resid)
-
-
 def _power_laws(logc, xs_RG, ys_RG):
     """OLS slopes/intercepts of log N_opt and log L_opt on log C per row -> [R, 4]."""
     lc = logc - logc.mean()
@@ -356,40 +331,26 @@ def _power_laws(logc, xs_RG, ys_RG):
 
 def approach2_fit(table, *, budget=None, n_bootstrap=200, seed=0) -> Approach2Fit:
     """Approach 2 on table (n_params, loss, flops_6nd or flops; `budget` labels per row,
-    default: C grouped within 10%) with a bootstrap within budgets."""
+    default: C grouped within 10%): chinchilla.approach2's parabolas and budget rules, power
+    laws of their vertices and minima, and its bootstrap within budgets."""
     c = columns(table, laws.kaplan("C"))["C"]
-    labels = chinchilla.group_budgets(c) if budget is None else np.asarray(budget)
-    keys = list(dict.fromkeys(labels[np.argsort(c, kind="stable")]))
-    groups = [np.flatnonzero(labels == k) for k in keys]
-    x, y = np.log(table["n_params"].to_numpy(dtype=float)), table["loss"].to_numpy(dtype=float)
-    xs, ys, _ = _parabolas(x, y, np.ones((1, len(x))), groups)
-    dropped, kept = [], []
-    for g, idx in enumerate(groups):
-        cg = float(np.exp(np.log(c[idx]).mean()))
-        if len(np.unique(x[idx])) < MIN_SIZES:
-            dropped.append((cg, f"{len(np.unique(x[idx]))} distinct sizes (< {MIN_SIZES})"))
-        elif np.isnan(xs[0, g]):
-            dropped.append((cg, "no interior minimum of its parabola in log N"))
-        else:
-            kept.append(g)
+    n, y = table["n_params"].to_numpy(dtype=float), table["loss"].to_numpy(dtype=float)
+    fit = chinchilla.approach2(c, n, y, budget=budget)  # raises with < MIN_BUDGETS kept
+    _, groups = chinchilla.budget_groups(c, budget)
+    kept = [(p, g) for p, g in zip(fit.parabolas, groups) if not p.reason]
+    dropped = [(p.C, p.reason) for p in fit.parabolas if p.reason]
     for cg, why in dropped:
         warnings.warn(f"approach2: budget C={cg:.3g} left out: {why}", stacklevel=2)
-    if len(kept) < MIN_BUDGETS:
-        raise ValueError(f"approach2 needs at least {MIN_BUDGETS} budgets with >= {MIN_SIZES} "
-                         f"sizes and an interior minimum, got {len(kept)} of {len(groups)}")
-    groups = [groups[g] for g in kept]
-    logc = np.array([np.log(c[idx]).mean() for idx in groups])
-    xs, ys, resid = _parabolas(x, y, np.ones((1, len(x))), groups)
-    rng = np.random.default_rng(seed)
-    w = np.zeros((n_bootstrap, len(x)))
-    for idx in groups:
-        w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), n_bootstrap)
-    bx, by, _ = _parabolas(x, y, w, groups)
-    ok = ~np.isnan(bx).any(1)
-    used = np.concatenate(groups)
-    noise = estimate_noise(table.iloc[used], resid, 3 * len(groups))
-    return Approach2Fit(C=np.exp(logc), n_opt=np.exp(xs[0]), loss_opt=ys[0],
-                        coef=_power_laws(logc, xs, ys)[0], boot_coef=_power_laws(logc, bx[ok], by[ok]),
+    groups = [g for _, g in kept]
+    logc = np.log([p.C for p, _ in kept])
+    x0 = np.log([p.n_opt for p, _ in kept])
+    y0 = np.array([p.predict(p.n_opt) for p, _ in kept])
+    resid = np.concatenate([np.log(p.loss) - np.log(np.clip(p.predict(p.N), 1e-300, None)) for p, _ in kept])
+    bx, by, ok = chinchilla.bootstrap_vertices(np.log(n), y, groups, n_bootstrap, seed)
+    noise = estimate_noise(table.iloc[np.concatenate(groups)], resid, 3 * len(groups))
+    return Approach2Fit(C=np.exp(logc), n_opt=np.exp(x0), loss_opt=y0,
+                        coef=_power_laws(logc, x0[None], y0[None])[0],
+                        boot_coef=_power_laws(logc, bx[ok], by[ok]),
                         n_failed=int((~ok).sum()), dropped=dropped, noise=noise)
 
 
