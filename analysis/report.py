@@ -72,6 +72,22 @@ def _ci_header(fit_dict: dict) -> str:
     return f"{100 * (fit_dict.get('ci_level') or 0.95):.0f}% {fit_dict.get('ci_kind', 'bootstrap percentile')} CI"
 
 
+def _band(ci) -> str:
+    return f"{ci[0]:.3g} – {ci[1]:.3g}" if ci else "–"
+
+
+def _largest_budget(df) -> float:
+    """The largest isoFLOP budget of the runs (FLOPs), else their largest 6ND."""
+    if "budget" in df and df.budget.notna().any():
+        return float(df.budget.max())
+    return float(df.flops_6nd.max())
+
+
+def _where(c: float, c_max: float) -> str:
+    """'extrapolated (Nx)' above the data's largest budget, else 'up to the data's largest'."""
+    return f"extrapolated ({c / c_max:.3g}x)" if c > c_max * (1 + 1e-6) else "not above the data"
+
+
 def _ci(fit_dict: dict, name: str) -> str:
     ci = (fit_dict.get("ci") or {}).get(name)
     return f" ({ci[0]:.4g} – {ci[1]:.4g})" if ci else ""
@@ -244,10 +260,18 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
                             f"{f['objective']:.4g}); CIs from {f.get('n_bootstrap', 0)} bootstrap resamples"
                             f" ({f.get('n_boot_failed', 0)} failed)."))
         blocks.append(("h3", "Compute-optimal allocation (Approach 3)"))
-        blocks.append(("table", ["C (FLOPs)", "N_opt", "D_opt", "tokens / parameter"],
-                       [[f"{r['C']:.0e}", f"{r['N_opt']:.3g}", f"{r['D_opt']:.3g}", f"{r['tokens_per_param']:.3g}"]
+        c_max = _largest_budget(df)
+        blocks.append(("table", ["C (FLOPs)", "N_opt", f"N_opt {_ci_header(f)}", "D_opt",
+                                 f"D_opt {_ci_header(f)}", "tokens / parameter", "data"],
+                       [[f"{r['C']:.0e}", f"{r['N_opt']:.3g}", _band(r.get("N_opt_ci")), f"{r['D_opt']:.3g}",
+                         _band(r.get("D_opt_ci")), f"{r['tokens_per_param']:.3g}", _where(r["C"], c_max)]
                         for r in a3["budgets"]]))
-        for stem, cap in (("contours", "Fitted L(N, D) contours, runs coloured by loss, efficient frontier"),
+        blocks.append(("p", f"Rows above the largest budget in the data (C = {c_max:.2g} FLOPs) are "
+                            "extrapolated: the law is assumed to hold where no run tested it; their "
+                            "intervals carry only the fit's parameter uncertainty."))
+        for stem, cap in (("allocation", f"Approach 3 compute-optimal N_opt(C) and D_opt(C) with their "
+                                         f"{_ci_header(f)} bands"),
+                          ("contours", "Fitted L(N, D) contours, runs coloured by loss, efficient frontier"),
                           ("residuals", "Residuals of the Approach 3 fit"),
                           ("loss_vs_compute", "Loss vs compute with the empirical frontier")):
             if (p := _png(a3["files"], root, stem)):
@@ -315,16 +339,23 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
 
     # Extrapolation
     blocks.append(("h2", "Extrapolation check"))
-    ex = attempt("extrapolation", lambda: extrapolation.held_out_budget(df, n_starts=n_starts))
+    ex = attempt("extrapolation", lambda: extrapolation.held_out_budget(df, n_starts=n_starts,
+                                                                         n_bootstrap=n_bootstrap))
     if ex:
         fits["extrapolation"] = ex
         blocks.append(("p", f"Approach 3 refitted on budgets {', '.join(f'{b:.1e}' for b in ex['fit_budgets'])} "
                             f"only, then asked for the losses of the held-out largest budget "
-                            f"C = {ex['held_out_budget']:.1e}:"))
-        blocks.append(("table", ["run", "N", "D", "measured", "predicted", "error"],
+                            f"C = {ex['held_out_budget']:.1e}, each run at its own N and D "
+                            f"({ex['level']:.0%} {ex['kind']}; noise σ(log L) = {ex['noise']['sigma']:.3g} from "
+                            f"{ex['noise']['source']}):"))
+        blocks.append(("table", ["run", "N", "D", "measured", "predicted", f"{ex['level']:.0%} interval",
+                                 "error", "inside"],
                        [[r["run_id"], f"{r['n_params']:,}", f"{r['tokens']:,}", f"{r['measured']:.4f}",
-                         f"{r['predicted']:.4f}", f"{r['predicted'] - r['measured']:+.4f}"] for r in ex["runs"]]))
-        blocks.append(("p", f"Mean absolute error {ex['mean_abs_error']:.4f} nats/token "
+                         f"{r['predicted']:.4f}", f"{r['lo']:.4f} – {r['hi']:.4f}",
+                         f"{r['predicted'] - r['measured']:+.4f}", "yes" if r["inside"] else "**no**"]
+                        for r in ex["runs"]]))
+        blocks.append(("p", f"{ex['n_inside']} of {len(ex['runs'])} measured losses inside their interval. "
+                            f"Mean absolute error {ex['mean_abs_error']:.4f} nats/token "
                             f"({100 * ex['mean_rel_error']:.2f}%), max {ex['max_abs_error']:.4f}; best loss at that "
                             f"budget: measured {ex['best_measured']:.4f}, predicted {ex['best_predicted']:.4f}. "
                             "(E, A, B are weakly identified on a sweep this small; the check tests the fitted "

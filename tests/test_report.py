@@ -88,6 +88,18 @@ def test_report_tables_fits_and_extrapolation(tmp_path):
     o = ex["optimum"]
     assert 0.5 < o["n_opt_predicted"] / o["n_opt_measured"] < 2, o
     assert re.search(r"Mean absolute error [0-9.]+ nats/token", md)
+    # each held-out run carries its prediction interval and whether the measured loss is inside
+    for r in ex["runs"]:
+        assert r["lo"] < r["predicted"] < r["hi"] and r["inside"] == (r["lo"] <= r["measured"] <= r["hi"])
+    assert ex["n_inside"] == sum(r["inside"] for r in ex["runs"]) and ex["level"] == 0.9
+    # the allocation table marks the rows above the largest budget as extrapolated, with intervals
+    (alloc,) = [t for t in _md_tables(md) if t[0][0] == "C (FLOPs)"]
+    for row, r in zip(alloc[1], fits["approach3"]["budgets"]):
+        assert row[-1].startswith("extrapolated") == (r["C"] > BUDGETS[-1] * 1.000001), row
+        lo, hi = r["N_opt_ci"]
+        assert row[2] == f"{lo:.3g} – {hi:.3g}"
+    assert any(row[-1].startswith("extrapolated") for row in alloc[1])
+    assert "approach3/allocation.png" in md
     for name in ("approach3", "approach2", "kaplan_n", "kaplan_c", "extrapolation"):
         assert "error" not in fits[name]
     html = (tmp_path / "report.html").read_text()
