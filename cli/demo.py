@@ -132,13 +132,14 @@ def main(argv: list[str]) -> int:
               f"  (--force-report rebuilds it; delete {sweep_dir} to start over)")
         return 0
 
-    print(f"== 1/5 corpus: {cfg.data.corpus} ({cfg.data.tokenizer} tokenizer) ==", flush=True)
+    n_steps = 5 if do_forecast else 4  # the forecast step only when sweep.forecast_flops is set
+    print(f"== 1/{n_steps} corpus: {cfg.data.corpus} ({cfg.data.tokenizer} tokenizer) ==", flush=True)
     t = time.time()
     corpus = data.load(cfg.data)
     print(f"   {len(corpus.train_tokens):,} train tokens, {len(corpus.eval_tokens):,} held-out eval tokens "
           f"({corpus.bytes_per_token_eval:.3f} bytes/token) in {corpus.path} [{time.time() - t:.1f}s]")
 
-    print(f"\n== 2/5 sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
+    print(f"\n== 2/{n_steps} sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
     plan = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
     print(plan, flush=True)
     local.write_manifest(sweep_dir, specs, args.sweep)
@@ -157,7 +158,7 @@ def main(argv: list[str]) -> int:
 
     forecast_path = None
     if do_forecast:
-        print(f"\n== 3/5 forecast: C = {cfg.sweep.forecast_flops:.3g} FLOPs, predicted before it is run ==",
+        print(f"\n== 3/{n_steps} forecast: C = {cfg.sweep.forecast_flops:.3g} FLOPs, predicted before it is run ==",
               flush=True)
         if failed:
             print(f"   not forecast: {len(failed)} sweep run(s) not ok; rerun to finish them first")
@@ -169,13 +170,13 @@ def main(argv: list[str]) -> int:
                       file=sys.stderr)
                 return 130
 
-    print("\n== 4/5 fits and figures ==", flush=True)
+    print(f"\n== {n_steps - 1}/{n_steps} fits and figures ==", flush=True)
     from analysis import report
 
     summary = report.build(sweep_dir, plan_text=plan, n_bootstrap=args.bootstrap, log=print,
                            forecast=forecast_path)
 
-    print("\n== 5/5 report ==")
+    print(f"\n== {n_steps}/{n_steps} report ==")
     print(f"   {sweep_dir / 'report.md'}\n   {sweep_dir / 'report.html'}")
     for line in summary:
         print(f"   {line}")
