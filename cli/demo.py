@@ -16,6 +16,8 @@ import pathlib
 import sys
 import time
 
+from scaling import rundir
+
 DEFAULT_SWEEP = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "demo_cpu.py"
 
 
@@ -60,10 +62,10 @@ def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str], forecast: bo
     report = sweep_dir / "report.md"
     if not report.exists():
         return False
-    results = [sweep_dir / "runs" / r / "result.json" for r in run_ids]
-    if forecast:
+    results = [rundir.run_dir_of(sweep_dir, r) / rundir.RESULT for r in run_ids]
+    if forecast:  # its one run, whose id only the forecast file knows
         fdir = sweep_dir / FORECAST_DIR
-        results += list((fdir / "runs").glob("*/result.json")) or [fdir / "runs" / "result.json"]
+        results += list((fdir / rundir.RUNS).glob(f"*/{rundir.RESULT}")) or [fdir / rundir.RESULT]
     return all(p.exists() for p in results) and report.stat().st_mtime >= max(p.stat().st_mtime for p in results)
 
 
@@ -94,7 +96,8 @@ def forecast_step(cfg, sweep_file: str, sweep_dir: pathlib.Path, n_bootstrap: in
     backend = local.LocalBackend(fdir, parallel=1, max_attempts=2, on_event=DemoProgress(),
                                  est_flops_per_s=cfg.sweep.est_flops_per_s)
     if backend.run([spec])[spec.run_id] != "ok":
-        print(f"   forecast run not ok (log: {local.run_dir_of(fdir, spec.run_id) / 'train.log'})", file=sys.stderr)
+        print(f"   forecast run not ok (log: {rundir.run_dir_of(fdir, spec.run_id) / rundir.TRAIN_LOG})",
+              file=sys.stderr)
         return None
     forecast_cli.score_main([str(path), str(fdir)])
     return path

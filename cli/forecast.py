@@ -14,12 +14,12 @@ import pathlib
 
 import ml_collections
 
-MANIFEST = "sweep.json"  # written by launch.local.write_manifest
+from scaling.rundir import SWEEP_MANIFEST
 
 
 def sweep_source(sweep_dir) -> str | None:
     """The sweep config file named by SWEEP_DIR's manifest, or None when it names none."""
-    path = pathlib.Path(sweep_dir) / MANIFEST
+    path = pathlib.Path(sweep_dir) / SWEEP_MANIFEST
     if not path.is_file():
         return None
     try:
@@ -48,7 +48,7 @@ def make_config(source, sweep_file, target_flops):
     sweep_file = sweep_file or (sweep_source(path) if path.is_dir() else None)
     if sweep_file is None:
         if path.is_dir():
-            raise ValueError(f"{path}: its {MANIFEST} names no sweep config; pass --sweep FILE")
+            raise ValueError(f"{path}: its {SWEEP_MANIFEST} names no sweep config; pass --sweep FILE")
         return None
     make = spec_maker(sweep.load_sweep(sweep_file), target_flops)
     return lambda n, d: make(n, d).config.to_dict()
@@ -57,6 +57,7 @@ def make_config(source, sweep_file, target_flops):
 def forecast_main(argv: list[str]) -> int:
     """`scaling forecast`: analysis.forecast_cli's command with the sweep-config hooks."""
     from analysis import forecast_cli
-    from scaling.train import _git_sha
+    from scaling.provenance import git_state
+    sha, dirty = git_state()
     return forecast_cli.forecast_main(argv, make_config=make_config, hash_config=config_hash,
-                                      git_sha=_git_sha())
+                                      git_sha=f"{sha}+dirty" if sha and dirty else sha)
