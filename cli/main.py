@@ -20,6 +20,7 @@ COMMANDS = {
     **trainer_cli.COMMANDS,
     "sweep": ("launch.cli", "sweep_main", "plan (--dry-run) or run a sweep"),
     "status": ("launch.cli", "status_main", "status table of a sweep directory"),
+    "sync": ("launch.sync", "sync_main", "bring a cloud sweep's results back from its bucket"),
     "fit": ("analysis.cli", "fit_main", "fit scaling laws to a sweep directory or CSV"),
     "reproduce": ("analysis.cli", "reproduce_main", "reproduce a paper's fit and figures"),
     "backtest": ("analysis.forecast_cli", "backtest_main", "rollout backtest: fit small budgets, predict larger"),
