@@ -14,7 +14,7 @@ Laws (what each fits, which columns):
   kaplan-n     L(N) = (N_c/N)^alpha_N               N = n_params_nonembed (n_params if absent)
   kaplan-d     L(D) = (D_c/D)^alpha_D               D = tokens
   kaplan-c     L(C) = (C_c/C)^alpha_C               C = flops (exact; flops_6nd if absent)
-  isoflop      Approach 2: per-budget parabolas     C = flops_6nd, budgets from sweep.json
+  isoflop      Approach 2: per-budget parabolas     C = flops_6nd, budgets: each run's meta.budget
   approach1    Approach 1: envelope of the curves   every eval point of every run (metrics.jsonl;
                                                     a CSV needs a 'run' column), C = 6 N tokens
 For kaplan-* the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):

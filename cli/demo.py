@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     failed = [r for r, s in statuses.items() if s != "ok"]
     print(f"   sweep: {len(specs) - len(failed)} ok, {len(failed)} not ok [{_fmt(time.time() - t0)} so far]")
     for r in failed:
-        print(f"   not ok: {r} ({statuses[r]}; log: {local.run_dir_of(sweep_dir, r) / 'train.log'})")
+        print(f"   not ok: {r} ({statuses[r]}; log: {rundir.run_dir_of(sweep_dir, r) / rundir.TRAIN_LOG})")
 
     forecast_path = None
     if do_forecast:
