@@ -31,12 +31,13 @@ def law_loss(n, d):
     return LAW["E"] + LAW["A"] / n ** LAW["alpha"] + LAW["B"] / d ** LAW["beta"]
 
 
-def write_run(run_dir, *, n_params, tokens, loss, config_hash):
-    """A finished run directory as analysis.results reads it."""
+def write_run(run_dir, *, n_params, tokens, loss, config_hash, budget=None):
+    """A finished run directory as analysis.results reads it (budget: its isoFLOP budget C)."""
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(json.dumps({
         "status": "ok", "n_params": n_params, "tokens": tokens, "final_eval_loss": loss,
-        "final_train_loss": loss, "flops_6nd": 6.0 * n_params * tokens, "config_hash": config_hash}))
+        "final_train_loss": loss, "flops_6nd": 6.0 * n_params * tokens, "config_hash": config_hash,
+        "budget": budget}))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def sweep_dir(tmp_path_factory):
     noise = np.exp(np.random.default_rng(0).normal(0, 0.005, len(specs)))
     for s, e in zip(specs, noise):
         write_run(root / "runs" / s.run_id, n_params=s.n_params, tokens=s.tokens,
-                  loss=float(law_loss(s.n_params, s.tokens) * e), config_hash=cfg_lib.config_hash(s.config))
+                  loss=float(law_loss(s.n_params, s.tokens) * e), config_hash=cfg_lib.config_hash(s.config),
+                  budget=s.budget)
     return root
 
 

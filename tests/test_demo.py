@@ -61,7 +61,7 @@ def test_demo_forecasts_runs_and_scores_beyond_the_sweep(tmp_path, corpus_cache,
     noise = np.random.default_rng(0).normal(0, 0.005, 9)
     for s, e in zip(sweep.expand(sweep.load_sweep(cfg)), noise):
         write_run(sweep_dir / "runs" / s.run_id, n_params=s.n_params, tokens=s.tokens,
-                  loss=float(law_loss(s.n_params, s.tokens) * np.exp(e)), config_hash=None)
+                  loss=float(law_loss(s.n_params, s.tokens) * np.exp(e)), config_hash=None, budget=s.budget)
     argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--bootstrap", "20"]
     assert demo.main(argv) == 0
     fits = json.loads((sweep_dir / "fit.json").read_text())

@@ -33,7 +33,7 @@ def _fake_sweep(root, noise=0.003, seed=0):
             (rd / "metrics.jsonl").write_text(json.dumps({"split": "eval", "step": 1, "tokens": d,
                                                           "loss": loss}) + "\n")
             (rd / "result.json").write_text(json.dumps({
-                "status": "ok", "error": None, "config_hash": run_id, "step": 1, "tokens": d,
+                "status": "ok", "error": None, "config_hash": run_id, "step": 1, "tokens": d, "budget": c,
                 "n_params": n, "n_params_nonembed": int(0.9 * n), "n_params_embed": n - int(0.9 * n),
                 "flops_6nd": 6.0 * n * d, "flops_6nd_nonembed": 6.0 * int(0.9 * n) * d, "flops": 6.6 * n * d,
                 "final_train_loss": loss, "final_eval_loss": loss, "final_eval_bpb": loss / math.log(2),
