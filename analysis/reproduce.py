@@ -152,7 +152,7 @@ def run_chinchilla(data, out, *, starts=None, n_bootstrap=1000, seed=0) -> dict:
     pts = drop_highest_loss(df)
     ours = approach3(pts, starts=starts, n_bootstrap=n_bootstrap, seed=seed)
     table = comparison_table(ours, pts)
-    table.to_csv(out / "table.csv", "Epoch")
+    table.to_csv(out / "table.csv")
     a3 = chinchilla.scaling_from_fit(ours)
 
     # Approach 2 on the same 240 points: 4 of the 5 dropped high-loss points sit on the 1e19

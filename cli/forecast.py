@@ -9,23 +9,16 @@ without --sweep gets a forecast without a config.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import ml_collections
 
-from scaling.rundir import SWEEP_MANIFEST
+from scaling import rundir
 
 
 def sweep_source(sweep_dir) -> str | None:
     """The sweep config file named by SWEEP_DIR's manifest, or None when it names none."""
-    path = pathlib.Path(sweep_dir) / SWEEP_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        source = json.loads(path.read_text()).get("source")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a sweep manifest ({e})") from None
+    source = (rundir.read_manifest(sweep_dir) or {}).get("source")  # RunDirError names a corrupt file
     return str(source) if source else None
 
 
@@ -48,7 +41,7 @@ def make_config(source, sweep_file, target_flops):
     sweep_file = sweep_file or (sweep_source(path) if path.is_dir() else None)
     if sweep_file is None:
         if path.is_dir():
-            raise ValueError(f"{path}: its {SWEEP_MANIFEST} names no sweep config; pass --sweep FILE")
+            raise ValueError(f"{path}: its {rundir.SWEEP_MANIFEST} names no sweep config; pass --sweep FILE")
         return None
     make = spec_maker(sweep.load_sweep(sweep_file), target_flops)
     return lambda n, d: make(n, d).config.to_dict()
