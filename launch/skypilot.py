@@ -7,22 +7,27 @@
 
 Host environment (`setup_script`): the image's Python is not used (Ubuntu 22.04 TPU images ship
 3.10; the pinned JAX stack needs >= 3.11). Setup installs a pinned `uv` (from PyPI with the image's
-pip, else uv's standalone installer), a uv-managed CPython (cloud.python) in ~/scaling-env, the
-project from the synced working tree (the launching commit: its sha is in SCALING_GIT_SHA) and JAX
-with the accelerator's extra (jax[tpu] or jax[cuda12], the launching machine's JAX version).
+pip, else uv's standalone installer), a uv-managed CPython (cloud.python; uv's UV_PYTHON /
+UV_PYTHON_PREFERENCE override it when the host sets them) in ~/scaling-env, the project from the
+synced working tree (the launching commit: its sha is in SCALING_GIT_SHA) and JAX with the
+accelerator's extra (jax[tpu] or jax[cuda12], the launching machine's JAX version). Test hook:
+SCALING_HOST_PYTHON=<an interpreter with the dependencies> replaces those installs (no downloads).
 Run directories (`RUN_SCRIPT`): the trainer writes to a LOCAL run directory on the host; results
-reach BUCKET/<sweep>/runs/<run_id> through launch.sync (pulled before training so a recovered job
-resumes, pushed every cloud.sync_every_s while it trains, pushed once more at the end, result.json
-last). Checkpoints are written by Orbax straight into the bucket (the run's `checkpoint.dir`), by
-every host of a pod its own shards; they never travel with the sync.
+reach BUCKET/<sweep>/runs/<run_id> through launch.sync: every host pulls them before training (a
+recovered job resumes; all hosts see the same result.json), and only node rank 0 (JAX process 0,
+the one that writes them) pushes: every cloud.sync_every_s, whenever a new checkpoint step is
+complete in the bucket, and once more at the end, result.json last. Checkpoints are written by Orbax
+straight into the bucket (the run's `checkpoint.dir`), by every host its own shards; they never
+travel with the sync.
 Spot: job_recovery FAILOVER (restarts on errors bounded by cloud.max_restarts_on_errors); a
 recovered job reruns the same command and the trainer resumes from the newest complete checkpoint.
-Multi-host: a TPU pod (e.g. tpu-v4-32) is ONE SkyPilot node and SkyPilot runs the command on every
-host (jax.distributed.initialize() with no arguments); multi-node GPU (cloud.num_nodes > 1) gets
-SKYPILOT_NODE_IPS / _NUM_NODES / _NODE_RANK, which scaling/distributed.py turns into a coordinator.
+Multi-host: SkyPilot runs the command on every host, with SKYPILOT_NODE_IPS / _NUM_NODES / _NODE_RANK
+(a TPU pod such as tpu-v4-32 is one SkyPilot node but each of its hosts counts in those variables;
+multi-node GPU: cloud.num_nodes > 1), which scaling/distributed.py turns into a coordinator.
 Corpora are mounted read-only in use (mode MOUNT, no write-back cache): nothing writes to them.
-Offline limits: GPU names and regions are checked against SkyPilot's catalog only at launch;
-`launch()` needs cloud credentials and was not run here.
+Offline limits: SkyPilot checks GPU names and regions against its catalog, which it downloads; without
+network build_task() says so in one line (catalog_unreachable). `launch()` needs cloud credentials and
+was not run here; tests/test_cloud_emulation.py runs the tasks' setup and run strings on local processes.
 """
 import copy
 import importlib.metadata
@@ -37,14 +42,24 @@ HOST_ENV = "$HOME/scaling-env"  # the host environment setup_script creates
 SETUP_SCRIPT = """\
 set -euo pipefail
 export PATH="$HOME/.local/bin:$PATH"
-# 1. uv {uv}: from PyPI with the image's pip; uv's standalone installer if that pip is missing or refuses
-if ! uv --version 2>/dev/null | grep -qx "uv {uv}.*"; then
-  python3 -m pip install --user --quiet "uv=={uv}" || curl -LsSf https://astral.sh/uv/{uv}/install.sh | sh
+if [ -n "${{SCALING_HOST_PYTHON:-}}" ]; then
+  # test hook (tests/test_cloud_emulation.py): an existing interpreter that already holds the project's
+  # dependencies stands in for steps 1-3, which need PyPI and python-build-standalone downloads
+  mkdir -p "{env}/bin"
+  printf '#!/bin/sh\\nexec "%s" "$@"\\n' "$SCALING_HOST_PYTHON" > "{env}/bin/python"
+  chmod +x "{env}/bin/python"
+else
+  # 1. uv {uv}: from PyPI with the image's pip; uv's standalone installer if that pip is missing or refuses
+  if ! uv --version 2>/dev/null | grep -qx "uv {uv}.*"; then
+    python3 -m pip install --user --quiet "uv=={uv}" || curl -LsSf https://astral.sh/uv/{uv}/install.sh | sh
+  fi
+  # 2. our own Python: a uv-managed CPython {python}, whatever the image's python3 is (uv's own UV_PYTHON /
+  #    UV_PYTHON_PREFERENCE, when the host sets them, choose another interpreter)
+  uv venv --quiet --allow-existing --python "${{UV_PYTHON:-{python}}}" \\
+    --python-preference "${{UV_PYTHON_PREFERENCE:-only-managed}}" "{env}"
+  # 3. the project as synced from the launching commit, and JAX for this accelerator
+  uv pip install --quiet --python "{env}/bin/python" -e . "{jax}"
 fi
-# 2. our own Python: a uv-managed CPython {python}, whatever the image's python3 is
-uv venv --quiet --allow-existing --python {python} --python-preference only-managed "{env}"
-# 3. the project as synced from the launching commit, and JAX for this accelerator
-uv pip install --quiet --python "{env}/bin/python" -e . "{jax}"
 "{env}/bin/python" -c "import jax, scaling; print('host environment ready: python', __import__('sys').version.split()[0], 'jax', jax.__version__)"
 """
 
@@ -52,16 +67,24 @@ RUN_SCRIPT = """\
 set -euo pipefail
 PY="{env}/bin/python"
 mkdir -p "$SCALING_RUN_DIR"
-# a recovered (preempted) job: bring back what the bucket holds, so the trainer resumes
+# every host: what the bucket holds, so a recovered job resumes and all hosts see the same result.json
 "$PY" -m launch.sync pull "$SCALING_BUCKET_RUN" "$SCALING_RUN_DIR"
 printf '%s' "$SCALING_RUN_CONFIG" > "$HOME/scaling_launch_config_$SCALING_RUN_ID.json"
-"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" --watch "$SCALING_SYNC_EVERY_S" &
-SYNC_PID=$!
+# only the host of JAX process 0 (node rank 0) writes the run's files; only it pushes them (another
+# host's copies are the stale ones it pulled)
+WRITER=0
+if [ "${{SKYPILOT_NODE_RANK:-0}}" = 0 ]; then WRITER=1; fi
+if [ "$WRITER" = 1 ]; then
+  "$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN" --watch "$SCALING_SYNC_EVERY_S" &
+  SYNC_PID=$!
+fi
 rc=0
 "$PY" -m scaling train --config "$HOME/scaling_launch_config_$SCALING_RUN_ID.json" --workdir "$SCALING_RUN_DIR" || rc=$?
-kill "$SYNC_PID" 2>/dev/null || true
-wait "$SYNC_PID" 2>/dev/null || true
-"$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN"
+if [ "$WRITER" = 1 ]; then
+  kill "$SYNC_PID" 2>/dev/null || true
+  wait "$SYNC_PID" 2>/dev/null || true
+  "$PY" -m launch.sync push "$SCALING_RUN_DIR" "$SCALING_BUCKET_RUN"
+fi
 exit "$rc"
 """
 
@@ -232,9 +255,22 @@ def build_task(spec, cloud, sweep_name: str, source: dict | None = None, for_lau
     import sky
 
     config = task_config(spec, cloud, sweep_name, source, for_launch)
-    task = sky.Task.from_yaml_config(copy.deepcopy(config))  # it empties its input
-    task.validate()
+    from sky import sky_logging
+
+    try:
+        with sky_logging.silent():  # no catalog-update spinners in the dry run's output (errors still show)
+            task = sky.Task.from_yaml_config(copy.deepcopy(config))  # it empties its input
+            task.validate()
+    except OSError as e:  # requests' ConnectionError is an OSError: the catalog download failed
+        raise ValueError(catalog_unreachable(cloud, e)) from None
     return task
+
+
+def catalog_unreachable(cloud, e: OSError) -> str:
+    """The one-line error for a catalog lookup that found no network: what needed it, what works offline."""
+    return (f"SkyPilot could not download its catalog (raw.githubusercontent.com; {type(e).__name__}) to check "
+            f"cloud.infra={cloud.infra!r} / cloud.accelerator={cloud.accelerator!r}: retry with network access "
+            "(offline, only a TPU accelerator with a region-less cloud.infra such as 'gcp' can be checked)")
 
 
 def task_yaml(task) -> str:

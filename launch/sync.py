@@ -29,6 +29,7 @@ from scaling import rundir
 COMMIT = "commit_success.txt"  # Orbax's marker of a complete checkpoint step
 RESULT_FILES = (rundir.CONFIG, rundir.METRICS, rundir.FAILED_RESULT, rundir.RESULT)  # RESULT last
 SYNC_TMP = ".orbax-checkpoint-tmp-sync"
+POLL_S = 2.0  # seconds between looks at the bucket's checkpoints while a run trains
 
 
 def _is_local(path: epath.Path) -> bool:
@@ -142,11 +143,19 @@ def sync_sweep(bucket_sweep, sweep_dir, checkpoints: bool = False) -> dict[str, 
     return out
 
 
-def push_watch(local_run, bucket_run, every_s: float, checkpoints: bool, stop=lambda: False) -> None:
-    """Push the run's files every `every_s` seconds until stop() (the host-side periodic sync)."""
+def push_watch(local_run, bucket_run, every_s: float, checkpoints: bool, stop=lambda: False,
+               poll_s: float = POLL_S) -> None:
+    """Push the run's files every `every_s` seconds until stop(), and also as soon as the bucket holds a
+    new complete checkpoint step (Orbax writes there directly): the trainer writes a step's metrics rows
+    before it saves the step, so a host lost after a checkpoint leaves the bucket the rows up to it,
+    unless it is lost within poll_s (+ the upload) of the commit."""
+    last_push, seen = float("-inf"), None
     while not stop():
-        copy_run(local_run, bucket_run, checkpoints)
-        time.sleep(every_s)
+        steps = set(_complete_steps(epath.Path(bucket_run) / rundir.CHECKPOINTS))
+        if steps != seen or time.monotonic() - last_push >= every_s:
+            copy_run(local_run, bucket_run, checkpoints)
+            last_push, seen = time.monotonic(), steps
+        time.sleep(min(poll_s, every_s))
 
 
 def sync_main(argv: list[str]) -> int:

@@ -3,8 +3,10 @@
 Where the process layout comes from, first match wins:
     1. explicit: a config with coordinator / num_processes / process_id, or the environment
        SCALING_COORDINATOR (host:port), SCALING_NUM_PROCESSES, SCALING_PROCESS_ID
-    2. SkyPilot multi-node GPU jobs: SKYPILOT_NODE_IPS (first line = coordinator host),
-       SKYPILOT_NUM_NODES, SKYPILOT_NODE_RANK; port SCALING_COORDINATOR_PORT (default 8476)
+    2. SkyPilot multi-host jobs (multi-node GPU, and the hosts of a TPU pod, which SkyPilot 0.14
+       counts as nodes; also SkyPilot on Slurm, which unsets the step's SLURM_* variables):
+       SKYPILOT_NODE_IPS (first line = coordinator host), SKYPILOT_NUM_NODES, SKYPILOT_NODE_RANK;
+       port SCALING_COORDINATOR_PORT (default 8476)
     3. Slurm (srun: SLURM_NTASKS > 1 with SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_PROCID,
        SLURM_LOCALID) or Open MPI (mpirun: OMPI_COMM_WORLD_SIZE > 1 with OMPI_MCA_orte_hnp_uri):
        `jax.distributed.initialize()` with no arguments; JAX reads the layout from those variables

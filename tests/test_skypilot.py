@@ -171,9 +171,10 @@ def test_setup_script_builds_its_own_python_env():
         cfg, _ = _specs(name, n=1, accelerator=acc)
         script = skypilot.setup_script(cfg.cloud)
         assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
-        lines = script.splitlines()
+        lines = [line.strip() for line in script.replace("\\\n", " ").splitlines()]
         venv = next(line for line in lines if line.startswith("uv venv"))
-        assert "--python 3.11 --python-preference only-managed" in venv  # never the system interpreter
+        # never the system interpreter, unless the host sets uv's own UV_PYTHON / UV_PYTHON_PREFERENCE
+        assert '--python "${UV_PYTHON:-3.11}"' in venv and '"${UV_PYTHON_PREFERENCE:-only-managed}"' in venv
         install = next(line for line in lines if line.startswith("uv pip install"))
         import jax
         assert f'-e . "jax[{extra}]=={jax.__version__}"' in install and '--python "$HOME/scaling-env/bin/python"' in install
@@ -219,6 +220,23 @@ def test_cloud_overrides_on_the_command_line(capsys):
     rc = cli.sweep_main([str(REPO / "experiments" / "kaplan_n.py"), "--backend", "skypilot", "--dry-run",
                          "--cloud.bucket_name=x"])
     assert rc == 2 and "unknown config key 'cloud.bucket_name'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override", ["--cloud.infra=gcp/us-west4", "--cloud.accelerator=H100:8"])
+def test_catalog_lookup_without_network_is_one_line(tmp_path, override):
+    """A region or GPU name needs SkyPilot's catalog, a download: without network (a proxy nobody listens
+    on; a fresh catalog directory) the dry run ends in one `error:` line naming both keys, no traceback."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "https_proxy", "http_proxy")}
+    env.update(HOME=str(tmp_path), SKY_RUNTIME_DIR=str(tmp_path), HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "cli", "sweep", "experiments/kaplan_n.py", "--backend", "skypilot",
+                          "--dry-run", "--only", "L3-", "--cloud.bucket=gs://b/scaling", override],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-2000:]
+    assert out.stderr.startswith("scaling sweep: error: SkyPilot could not download its catalog")
+    key, value = override[2:].split("=")
+    assert f"{key}={value!r}" in out.stderr
 
 
 def test_job_states_take_the_newest_job_per_run(tmp_path):
