@@ -344,6 +344,7 @@ def _resume(run: _Run) -> None:
         run.start, run.state, meta = restored
         run.host = HostState.from_meta(meta)
     lost = run.writer.truncate_after(run.start)  # rows newer than the checkpoint are redone
+    lost = lost or _missing_rows(run)  # else: rows older than it that never reached this run directory
     for note in lost:  # kept in the host state and result.json: the finished run lacks these rows
         run.progress.message(f"warning: {note}")
     run.host.metrics_lost += lost
@@ -355,6 +356,21 @@ def _resume(run: _Run) -> None:
             f"{c['total']:,} params ({c['nonembedding']:,} non-embedding), {run.steps} steps x "
             f"{run.tokens_per_step:,} tokens = D {run.steps * run.tokens_per_step:,}; mesh "
             f"{dict(run.mesh.shape)}; {fpt['train'] / 1e6:.2f} MFLOP/token (exact)")
+
+
+def _missing_rows(run: _Run) -> list[str]:
+    """A note when the metrics file stops short of the restored checkpoint: a cloud host lost before
+    its last rows reached the bucket (launch.sync pushes them when a checkpoint completes, not atomically
+    with it). Those steps are not redone, so the finished run lacks their train rows."""
+    log_every = run.config.train.log_every
+    due = run.start - run.start % log_every  # the last train row the checkpointed run had written
+    if not run.writer.enabled or due <= 0:
+        return []
+    last = max((r["step"] for r in rundir.read_metrics(run.run_dir) if r.get("split") == "train"), default=0)
+    if last >= due:
+        return []
+    return [f"{run.writer.path}: train rows for steps {last + 1}..{run.start} missing at the resume from the "
+            f"checkpoint at step {run.start} (they never reached this run directory): the run lacks them"]
 
 
 def _loop(run: _Run, stop_after_steps: int | None) -> tuple[float, float | None]:

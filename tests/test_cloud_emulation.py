@@ -237,3 +237,19 @@ def test_slurm_two_task_job_resumes(tmp_path, corpus_cache):
     _wait_all(procs, logs)
     _check_finished(run_dir, resumed_from, logs[0])
     assert {r["run_id"]: r["state"] for r in local.sweep_status(sweep_dir)} == {spec.run_id: "done"}
+
+
+def test_rows_lost_with_a_host_are_named_in_the_result(tiny_config, tmp_path):
+    """A host lost between a checkpoint's commit and the next push leaves the bucket metrics that stop
+    short of that checkpoint: the resumed run cannot redo those steps, and says so in result.json."""
+    from scaling.train import train
+
+    run = tmp_path / "run"
+    train(tiny_config, run, stop_after_steps=10, verbose=False)  # train rows at steps 5 and 10
+    lines = (run / rundir.METRICS).read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 5]
+    (run / rundir.METRICS).write_text("\n".join(kept) + "\n")  # the bucket's copy, pushed at step 5
+    result = train(tiny_config, run, verbose=False)
+    assert result["status"] == "ok"
+    assert [n for n in result["metrics_lost"] if "train rows for steps 6..10 missing" in n]
+    assert [r["step"] for r in rundir.read_metrics(run) if r["split"] == "train"] == [5, 15, 20]
