@@ -13,9 +13,10 @@ envs. What differs from a cloud host, and why:
     CPython and the jax[tpu] install need downloads (the uv path is checked by hand, see README);
   - "hosts" are CPU processes with 2 fake devices each (one 4-device mesh, gloo collectives), both
     at 127.0.0.1, the coordinator port chosen free (SCALING_COORDINATOR_PORT) since 8476 may be taken.
-Host 0 (the coordinator and writer) is SIGKILLed after a checkpoint reached the bucket, then host 1
-(a recovery replaces the whole slice); both are relaunched, resume from the bucket's newest
-checkpoint and finish; `scaling sync` brings the result back for `scaling status` and the results
+Host 0 (the coordinator and the writer) is SIGKILLed once a checkpoint step is complete in the
+bucket and its metrics rows were pushed, then host 1 (a recovery replaces the whole slice); both
+are relaunched (setup is not rerun: the same hosts), resume from the bucket's newest checkpoint and
+finish with every train row once; `scaling sync` brings the result back for `scaling status` and the results
 table. Slurm: `python -m scaling train` in two processes with srun's SLURM_* variables (JAX's own
 Slurm detection picks coordinator, count and rank; the port derives from SLURM_JOB_ID), a shared
 run directory, the same kill, relaunch and resume.
@@ -31,11 +32,9 @@ import time
 
 import pytest
 
-pytest.importorskip("sky")
-
-from launch import cli, local, skypilot, sync  # noqa: E402
-from scaling import rundir  # noqa: E402
-from test_distributed import free_port  # noqa: E402  (tests/ is on sys.path)
+from launch import cli, local, skypilot, sync
+from scaling import rundir
+from test_distributed import free_port  # tests/ is on sys.path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY = 40, 5  # optimizer steps; a checkpoint every EVERY steps (and the last); the kill comes
@@ -63,8 +62,9 @@ def get_config():
 def _host_env(home: pathlib.Path, **extra) -> dict:
     """A host's environment: its own HOME, 2 fake CPU devices, the session's compilation cache."""
     home.mkdir(parents=True, exist_ok=True)
-    keep = {k: os.environ[k] for k in ("PATH", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES") if k in os.environ}
+    names = ("PATH", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+    keep = {k: os.environ[k] for k in names if k in os.environ}
     return {**keep, "HOME": str(home), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
             "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **extra}
 
@@ -147,6 +147,7 @@ def _launched_tasks(config: pathlib.Path, sweep_dir: pathlib.Path, monkeypatch) 
 
 @pytest.mark.slow
 def test_skypilot_two_host_job_resumes_and_syncs_back(tmp_path, corpus_cache, monkeypatch):
+    pytest.importorskip("sky", reason="the cloud extra (SkyPilot) builds the tasks")
     bucket = tmp_path / "bucket"
     sweep_dir = tmp_path / "sweeps" / "emu"
     task = _launched_tasks(_sweep_config(tmp_path, corpus_cache), sweep_dir, monkeypatch)[0]
