@@ -14,7 +14,7 @@ import pathlib
 from typing import Callable, Sequence
 
 import numpy as np
-from matplotlib import colors
+from matplotlib import colors, ticker
 
 from analysis import style
 from analysis.style import (C6ND_LABEL, C_LABEL, D_LABEL, LOSS_LABEL, N_LABEL, N_NONEMBED_LABEL,  # noqa: F401
@@ -153,6 +153,7 @@ def residuals(x, series: dict, out, *, x_label=C_LABEL, title="Fit residuals",
     ax.legend()
     ah.axvline(0, color="k", lw=0.8)
     ah.set(xlabel=RESIDUAL_LABEL, ylabel="runs per bin (count)")
+    ah.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # counts: whole numbers
     ah.legend()
     return save(fig, out)
 
@@ -168,7 +169,7 @@ def kaplan(x, loss, out, *, used=None, fit_x=None, fit_loss=None, fit_label="fit
     ax.scatter(x[mask], loss[mask], s=20, color=style.colour(0, 2), label="runs used in the fit", zorder=3)
     if (~mask).any():
         ax.scatter(x[~mask], loss[~mask], s=20, marker="s", facecolor="none", edgecolor="0.45",
-                   label="runs not fitted (not the best loss at their x)")
+                   label="runs not used in the fit")
     if fit_x is not None:
         ax.plot(fit_x, fit_loss, color="k", ls="--", lw=1.4, label=fit_label)
     ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel=LOSS_LABEL)

@@ -153,6 +153,8 @@ def log_ticks(fig, axis) -> None:
     candidates = [_tick_values((1.0,), stride, lo, hi) for stride in (1, 2, 3, 5, 10)]
     if decades < 2:  # 1-2-5 and 1-3 within each decade, densest first
         candidates[:0] = [_tick_values((1.0, 2.0, 5.0), 1, lo, hi), _tick_values((1.0, 3.0), 1, lo, hi)]
+    if decades < 1:  # under a decade: every integer multiple, if the labels fit
+        candidates.insert(0, _tick_values(tuple(float(m) for m in range(1, 10)), 1, lo, hi))
     if decades < 0.5:  # a narrow range: round values as on a linear axis (2.5e5, 3e5, ...)
         for nbins in (3, 5):
             candidates.insert(0, [v for v in ticker.MaxNLocator(nbins, steps=[1, 2, 2.5, 5, 10])
