@@ -113,16 +113,21 @@ def finish(fig) -> None:
 # ----- log-axis ticks --------------------------------------------------------------------------
 
 
-def log_label(v: float, _pos=None) -> str:
-    """A log-axis tick label: plain digits between 0.01 and 10^4 (losses, ratios), else
-    m×10^e in maths (1×10^e written 10^e)."""
+def log_label(v: float, plain: bool = True) -> str:
+    """A log-axis tick label: plain digits when `plain` (losses, ratios: every tick of the axis
+    between 0.01 and 10^4), else m×10^e in maths (1×10^e written 10^e)."""
     if v <= 0 or not math.isfinite(v):
         return ""
-    if 1e-2 <= v < 1e4:
+    if plain:
         return f"{v:g}"
     e = math.floor(math.log10(v) + 1e-9)
     m = v / 10 ** e
     return f"$10^{{{e}}}$" if abs(m - 1) < 1e-6 else f"${m:.3g}\\times10^{{{e}}}$"
+
+
+def _plain(values) -> bool:
+    """One notation per axis: plain digits only if every label would be plain."""
+    return all(1e-2 <= v < 1e4 for v in values)
 
 
 def label_gaps(fig, axis, values) -> list[float]:
@@ -131,9 +136,9 @@ def label_gaps(fig, axis, values) -> list[float]:
     renderer = fig.canvas.get_renderer()
     prop = axis.get_major_ticks()[0].label1.get_fontproperties()
     horizontal = axis.axis_name == "x"
-    pos, size = [], []
+    pos, size, plain = [], [], _plain(values)
     for v in values:
-        text = log_label(v)
+        text = log_label(v, plain)
         w, h, _ = renderer.get_text_width_height_descent(text, prop, ismath="$" in text)
         xy = (v, 1.0) if horizontal else (1.0, v)
         pos.append(axis.axes.transData.transform(xy)[0 if horizontal else 1])
@@ -163,7 +168,8 @@ def log_ticks(fig, axis) -> None:
     fitting = [v for v in candidates if all(g >= min_gap for g in label_gaps(fig, axis, v))]
     chosen = next((v for v in fitting if len(v) >= 2), fitting[0] if fitting else candidates[-1][:1])
     axis.set_major_locator(ticker.FixedLocator(chosen))
-    axis.set_major_formatter(ticker.FuncFormatter(log_label))
+    plain = _plain(chosen)
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: log_label(v, plain)))
     axis.set_minor_locator(ticker.LogLocator(subs=np.arange(2, 10)))
     axis.set_minor_formatter(ticker.NullFormatter())
 

@@ -40,6 +40,8 @@ def _problems(fig) -> list[str]:
             for a, b in itertools.combinations(labels, 2):
                 if _boxes_overlap(a.get_window_extent(r), b.get_window_extent(r)):
                     out.append(f"{name} tick labels overlap: {a.get_text()!r} and {b.get_text()!r}")
+            if axis.get_scale() == "log" and len({"$" in t.get_text() for t in labels}) > 1:
+                out.append(f"{name} log axis mixes plain and 10^e labels: {[t.get_text() for t in labels]}")
             if labels:  # a drawn scale needs a label ending in its unit
                 m = UNIT_AT_END.search(axis.get_label_text())
                 if not m or m.group(1) not in style.UNITS:
@@ -122,7 +124,7 @@ def test_loss_contours_compute_residuals_kaplan(tmp_path, grid, drawn):
     assert drawn == {"problems": [], "count": 4}
 
 
-@pytest.mark.parametrize("lo, hi", [(2.1e5, 3.4e5), (3e5, 4e6), (1e15, 1e24), (1.5, 4.0)])
+@pytest.mark.parametrize("lo, hi", [(2.1e5, 3.4e5), (3e5, 4e6), (1e15, 1e24), (1.5, 4.0), (3.8e3, 1.3e4)])
 def test_log_axes_of_any_span_get_two_or_more_readable_labels(tmp_path, lo, hi, drawn):
     """Under half a decade to nine decades, on a narrow panel: >= 2 major labels, no overlaps."""
     x = np.geomspace(lo, hi, 30)
