@@ -173,12 +173,12 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 def figure(rows: pd.DataFrame, out, *, title="Rollout backtest") -> list:
     """Predicted vs measured loss with interval bars, coloured by C / C_cut (PNG + PDF)."""
-    from matplotlib import colors
-    import matplotlib.pyplot as plt
-    from analysis import figures
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    import matplotlib
+    from matplotlib import cm, colors
+    from analysis import figures, style
+    fig, ax = style.subplots(figsize=(5.5, 4.6))
     norm = colors.LogNorm(1.0, max(2.0, rows.factor.max()))
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps[style.CMAP]
     for opt, marker in ((False, "o"), (True, "*")):
         g = rows[(rows.run == "optimum") == opt]
         if g.empty:
@@ -190,12 +190,11 @@ def figure(rows: pd.DataFrame, out, *, title="Rollout backtest") -> list:
                    label="budget optimum (best run)" if opt else "run", zorder=3)
     lim = [min(rows.lo.min(), rows.measured.min()), max(rows.hi.max(), rows.measured.max())]
     ax.plot(lim, lim, "k--", lw=0.8, label="predicted = measured")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
-                 label="extrapolation factor C / C_cut")
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                 label="extrapolation factor C / C_cut (unitless)")
     level = rows.attrs.get("level", 0.9)
     ax.set_xlabel(figures.LOSS_LABEL.replace("loss", "measured loss"))
     ax.set_ylabel(f"predicted loss with {level:.0%} prediction interval (nats/token)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.legend()
     return figures.save(fig, out)

@@ -3,8 +3,8 @@
     from analysis import report
     report.build("sweeps/demo_cpu", plan_text=..., n_bootstrap=200)
 
-writes, in the sweep directory: report.md, report.html (self-contained: figures inlined as
-base64 PNG), fit.json (every number the report shows) and figures/ (PNG + PDF). Every number in
+writes, in the sweep directory: report.md, report.html (analysis.render: self-contained, figures
+inlined as base64 PNG), fit.json (every number the report shows) and figures/ (PNG + PDF). Every number in
 the report is computed here from the run directories (analysis.results.load), never typed in.
 
 Fits (each one failing independently: a refused fit is reported with its reason, not hidden):
@@ -17,16 +17,14 @@ Fits (each one failing independently: a refused fit is reported with its reason,
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime
-import html
 import json
 import pathlib
 
 import numpy as np
 
-from analysis import extrapolation, results, workflows
+from analysis import extrapolation, render, results, workflows
 
 RUN_COLUMNS = (  # (results column, header, format)
     ("run_id", "run", "{}"),
@@ -93,57 +91,6 @@ def _ci(fit_dict: dict, name: str) -> str:
     return f" ({ci[0]:.4g} – {ci[1]:.4g})" if ci else ""
 
 
-# ----- rendering: a report is a list of blocks, rendered to Markdown and to HTML ---------------
-
-
-def _render_md(blocks) -> str:
-    out = []
-    for kind, *body in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"{'#' * int(kind[1])} {body[0]}\n")
-        elif kind == "p":
-            out.append(f"{body[0]}\n")
-        elif kind == "pre":
-            out.append(f"```\n{body[0]}\n```\n")
-        elif kind == "table":
-            header, rows = body
-            out.append("| " + " | ".join(header) + " |")
-            out.append("|" + "---|" * len(header))
-            out += ["| " + " | ".join(r) + " |" for r in rows]
-            out.append("")
-        elif kind == "img":
-            path, caption = body
-            out.append(f"![{caption}]({path})\n\n*{caption}*\n")
-    return "\n".join(out)
-
-
-def _render_html(blocks, root: pathlib.Path, title: str) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}"
-             "img{max-width:100%}</style></head><body>"]
-    for kind, *body in blocks:
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(body[0])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(body[0]).replace('**', '')}</p>")
-        elif kind == "pre":
-            parts.append(f"<pre>{html.escape(body[0])}</pre>")
-        elif kind == "table":
-            header, rows = body
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
-            parts.append("</table>")
-        elif kind == "img":
-            path, caption = body
-            data = base64.b64encode((root / path).read_bytes()).decode()
-            parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
 def _png(files, root: pathlib.Path, stem: str) -> str | None:
     for f in files:
         f = pathlib.Path(f)
@@ -163,7 +110,7 @@ def forecast_section(forecast_path, inputs) -> tuple[list, list[str], dict]:
     budgets = sorted(fitted.budget.dropna().unique()) if "budget" in fitted else []
     o = doc["optimum"]
     blocks = [("h2", f"Forecast: C = {doc['target_flops']:.2g} FLOPs, written before the run"),
-              ("p", f"On {doc['created'][:19].replace('T', ' ')} UTC (git {str(doc['git_sha'])[:10]}), "
+              ("p", f"On {doc['created'][:19].replace('T', ' ')} UTC (git {str(doc['git_sha'] or 'sha unknown')[:10]}), "
                     f"before the run existed, the {doc['law']} law fitted on the {doc['inputs']['n_rows']} runs "
                     + (f"at budgets {', '.join(f'{b:.2g}' for b in budgets)} FLOPs " if budgets else "")
                     + f"forecast C = {doc['target_flops']:.3g} FLOPs (6ND), {doc['factor_beyond_data']:.3g}x "
@@ -241,7 +188,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
     def warned(name, res: dict):
         if res.get("warnings"):
             log(f"   {name}: " + "; ".join(res["warnings"]))
-            blocks.append(("p", "**Warnings:** " + " ".join(f"{w}." for w in res["warnings"])))
+            blocks += [("p", "**Warnings:**"), ("ul", [f"{w}." for w in res["warnings"]])]
 
     opts = workflows.FitOptions(n_bootstrap=n_bootstrap, n_starts=n_starts)
     # Approach 3
@@ -371,8 +318,8 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
                        f"nats/token ({100 * ex['mean_rel_error']:.2f}%)")
 
     (root / "fit.json").write_text(json.dumps(fits, indent=2, default=_json_default) + "\n")
-    (root / "report.md").write_text(_render_md(blocks))
-    (root / "report.html").write_text(_render_html(blocks, root, f"Scaling study: {root.name}"))
+    (root / "report.md").write_text(render.markdown(blocks))
+    (root / "report.html").write_text(render.page(blocks, root, f"Scaling study: {root.name}"))
     return summary
 
 

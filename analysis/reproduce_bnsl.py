@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis import figures, fit, laws, results
+from analysis import figures, fit, laws, results, style
 
 COLUMNS = ("train_dataset_size", "test_cross_entropy", "split")
 SPLITS = ("fit", "extrapolate")
@@ -68,17 +67,16 @@ def run_bnsl(data, out, *, starts=None, n_bootstrap=200, seed=0) -> dict:
 
 
 def _figure(tr, ho, fits, scores, out) -> list[pathlib.Path]:
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
+    fig, ax = style.subplots()
     ax.plot(tr.x, tr.y, "o", color="k", label="fit rows")
-    ax.plot(ho.x, ho.y, "o", mfc="none", color="r", ms=8, label="held-out rows (extrapolate)")
+    ax.plot(ho.x, ho.y, "s", mfc="none", color="0.4", ms=7, label="held-out rows (extrapolate)")
     xs = np.geomspace(tr.x.min(), ho.x.max() * 1.1, 200)
-    for name, f in fits.items():
-        ax.plot(xs, f.predict(D=xs), label=f"{name}: held-out RMSLE "
-                                            f"{scores[name]['rmsle_extrapolate']:.3g}")
+    for k, (name, f) in enumerate(fits.items()):
+        ax.plot(xs, f.predict(D=xs), color=style.colour(k, len(fits)), ls=style.LINESTYLES[k],
+                label=f"{name}: held-out RMSLE {scores[name]['rmsle_extrapolate']:.3g}")
     ax.axvline(tr.x.max(), color="grey", lw=0.7, ls=":")
     ax.set(xscale="log", yscale="log", xlabel="training set size (examples)",
            ylabel="test cross-entropy (nats)")
-    ax.set_title("Caballero et al. 2022, 4-digit addition: fit left of the line, extrapolate right",
-                 fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Caballero et al. 2022, 4-digit addition: fit left of the line, extrapolate right")
+    ax.legend()
     return figures.save(fig, out)

@@ -19,11 +19,10 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, figures, fit, laws, results
+from analysis import chinchilla, figures, fit, laws, results, style
 
 # ===================== published numbers (quoted from the paper; never computed) ===============
 # Muennighoff et al. 2023, "Scaling Data-Constrained Language Models" (arXiv:2305.16264), C4 fit.
@@ -102,19 +101,21 @@ def profile(law: laws.Law, df, best: float, rel: float = VALLEY_REL,
 
 def profile_figure(prof: Profile, points: dict, out) -> list[pathlib.Path]:
     """Contours of objective / best over (R_D*, R_N*), the valley shaded, named points marked."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
+    fig, ax = style.subplots()
     ratio = prof.objective.T / prof.best
     levels = [1.0, 1 + prof.rel, 1.02, 1.05, 1.1, 1.2, 1.5, 2.0]
-    cs = ax.contour(prof.r_d, prof.r_n, ratio, levels=levels[1:], cmap="viridis")
+    cs = ax.contour(prof.r_d, prof.r_n, ratio, levels=levels[1:], cmap=style.CMAP)
     ax.clabel(cs, fmt=lambda v: f"{v:.2f}", fontsize=7)
-    ax.contourf(prof.r_d, prof.r_n, ratio, levels=levels[:2], colors=["tab:orange"], alpha=0.3)
-    for (label, (rd, rn)), m, ms in zip(points.items(), ("*", "o", "s"), (14, 9, 7)):
-        ax.plot(rd, rn, m, ms=ms, label=label, zorder=3 if m == "*" else 4)
-    ax.set(xscale="log", yscale="log", xlabel="R_D* (decay constant of repeated data)",
-           ylabel="R_N* (decay constant of excess parameters)")
+    ax.contourf(prof.r_d, prof.r_n, ratio, levels=levels[:2], colors=["0.6"], alpha=0.4)
+    for k, ((label, (rd, rn)), m, ms) in enumerate(zip(points.items(), ("*", "o", "s"), (14, 9, 7))):
+        ax.plot(rd, rn, m, ms=ms, color=style.colour(k, len(points)), mec="k", label=label,
+                zorder=3 if m == "*" else 4)
+    ax.set(xscale="log", yscale="log", xlabel="R_D*, decay constant of repeated data (repetitions)",
+           ylabel="R_N*, decay constant of excess parameters (unitless)")
     ax.set_title(f"Muennighoff et al. data-constrained law: objective / best (shaded: within "
-                 f"{100 * prof.rel:g}%)", fontsize=10)
-    ax.legend(fontsize=8)
+                 f"{100 * prof.rel:g}%)")
+    ax.grid(False)
+    ax.legend()
     return figures.save(fig, out)
 
 
@@ -123,7 +124,7 @@ def epochs_figure(r_stars: dict, base: dict, budgets, out, epochs=np.geomspace(1
     the base law's compute-optimal split of C and U = D / epochs unique tokens; one line style
     per (R_D*, R_N*) pair in r_stars (label -> {"R_D*": .., "R_N*": ..})."""
     law = laws.data_constrained(base_tuple(base))
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
+    fig, ax = style.subplots(figsize=(5.5, 4.6))
     for k, c in enumerate(budgets):
         n_opt, d_opt = chinchilla.compute_optimal(base, np.array([c]))
         logx = np.log(np.stack([np.full_like(epochs, n_opt[0]), np.full_like(epochs, d_opt[0]),
@@ -132,15 +133,14 @@ def epochs_figure(r_stars: dict, base: dict, budgets, out, epochs=np.geomspace(1
             theta = np.log([r_star["R_D*"], r_star["R_N*"]])
             with jax.enable_x64(True):
                 loss = np.exp(np.asarray(law.log_predict(jnp.asarray(theta), jnp.asarray(logx))))
-            ax.plot(epochs, loss / loss[0] - 1, ls=ls, color=f"C{k}",
+            ax.plot(epochs, loss / loss[0] - 1, ls=ls, color=style.colour(k, len(budgets)),
                     label=f"C = {c:.0e} (N = {n_opt[0]:.2g}, D = {d_opt[0]:.2g}), {name}")
     for e in (4, 40):
         ax.axvline(e, color="grey", lw=0.7, ls=":")
-    ax.set(xscale="log", xlabel="epochs D/U over the same unique tokens U",
-           ylabel="loss increase vs unique data (relative)")
-    ax.set_title("Return on repeated data at fixed compute (both ends of the flat valley)",
-                 fontsize=10)
-    ax.legend(fontsize=6)
+    ax.set(xscale="log", xlabel="epochs D/U over the same unique tokens U (epochs)",
+           ylabel="loss increase vs unique data, relative (unitless)")
+    ax.set_title("Return on repeated data at fixed compute (both ends of the flat valley)")
+    ax.legend(fontsize=6.5)
     return figures.save(fig, out)
 
 

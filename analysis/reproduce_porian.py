@@ -20,11 +20,10 @@ import json
 import pathlib
 import warnings
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, figures
+from analysis import chinchilla, figures, style
 from analysis.results import read_published
 
 POINT_COLUMNS = ("source_file", "dataset", "label", "flops", "n_params", "loss")
@@ -76,28 +75,28 @@ def fit_setups(points: pd.DataFrame, theirs: pd.DataFrame, *, n_bootstrap=200, s
 def figure(results: list[SetupResult], out, ci_label: str) -> list[pathlib.Path]:
     """Their Figure 1 in spirit: the exponent a per set-up, in the order of the corrections."""
     datasets = list(dict.fromkeys(r.dataset for r in results))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 5.5),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = style.subplots("Porian et al. 2024: the exponent as the corrections are applied "
+                               "(top to bottom)", ncols=len(datasets),
+                               figsize=(5.0 * len(datasets), 5.0), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         rs = [r for r in results if r.dataset == ds]
         y = np.arange(len(rs))
         th = np.array([r.a_theirs for r in rs])
         th_err = np.abs(np.array([r.a_theirs_ci for r in rs]).T - th)
-        ax.errorbar(th, y + 0.12, xerr=th_err, fmt="s", color="tab:blue", label=f"theirs, {THEIR_CI_KIND}")
+        ax.errorbar(th, y + 0.12, xerr=th_err, fmt="s", color=style.colour(0, 2), label=f"theirs, {THEIR_CI_KIND}")
         ok = [i for i, r in enumerate(rs) if r.a is not None]
         ours = np.array([rs[i].a for i in ok])
         err = np.array([[abs(rs[i].a - rs[i].a_ci[0]), abs(rs[i].a_ci[1] - rs[i].a)]
                         if rs[i].a_ci else [0, 0] for i in ok]).T
-        ax.errorbar(ours, y[ok] - 0.12, xerr=err, fmt="o", color="tab:orange", label=f"ours, {ci_label}")
+        ax.errorbar(ours, y[ok] - 0.12, xerr=err, fmt="o", mfc="none", color="k", label=f"ours, {ci_label}")
         for v, name in ((0.88, "Kaplan ~0.88"), (0.5, "Chinchilla ~0.5")):
             ax.axvline(v, color="grey", ls=":", lw=0.8)
             ax.text(v, len(rs) - 0.4, name, fontsize=7, ha="center")
         ax.set_yticks(y, [r.label for r in rs], fontsize=7)
         ax.invert_yaxis()
-        ax.set(xlabel="exponent a of N_opt ∝ C^a", title=f"data set {ds}")
-        ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle("Porian et al. 2024: the exponent as the corrections are applied (top to bottom)",
-                 fontsize=11)
+        ax.set(xlabel="exponent a of N_opt ∝ C^a (unitless)", ylabel="set-up (categorical)",
+               title=f"data set {ds}")
+        ax.legend()
     return figures.save(fig, out)
 
 

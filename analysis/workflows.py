@@ -18,7 +18,7 @@ import numpy as np
 
 from analysis import chinchilla, figures, fit as fitlib, kaplan as kaplanlib, laws
 
-C6ND_LABEL = "compute C = 6ND (FLOPs)"
+C6ND_LABEL = figures.C6ND_LABEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +231,7 @@ def approach1(curves, options: FitOptions = FitOptions(), out=None) -> WorkflowR
     return res
 
 
-KAPLAN_X = {"N": "non-embedding parameters N", "D": "training tokens D", "C": "training compute C (FLOPs)"}
+KAPLAN_X = {"N": figures.N_NONEMBED_LABEL, "D": figures.D_LABEL, "C": figures.C_LABEL}
 
 
 def _best_per_x(x, loss):
@@ -253,7 +253,7 @@ def kaplan(df, var: str, options: FitOptions = FitOptions(), out=None, *,
         col = "n_params_nonembed" if "n_params_nonembed" in df.columns else "n_params"
         if col == "n_params":
             notes.append("note: no n_params_nonembed column; L(N) uses n_params (total, incl. embeddings)")
-            label = "parameters N (total)"
+            label = "model size N, total (parameters)"
     else:
         col = {"D": "tokens", "C": "flops" if "flops" in df.columns else "flops_6nd"}[var]
     x, loss = df[col].to_numpy(dtype=float), df.loss.to_numpy(dtype=float)

@@ -1,4 +1,6 @@
 """The sweep report: its tables are the results table, its fits and extrapolation are computed."""
+import base64
+import html.parser
 import json
 import math
 import re
@@ -6,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from analysis import report, results
+from analysis import render, report, results, style
 
 # A known law (roughly Chinchilla's exponents) generates every "run" of a fake isoFLOP sweep.
 TRUE = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
@@ -102,6 +104,62 @@ def test_report_tables_fits_and_extrapolation(tmp_path):
     assert "approach3/allocation.png" in md
     for name in ("approach3", "approach2", "kaplan_n", "kaplan_c", "extrapolation"):
         assert "error" not in fits[name]
-    html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 5 and "PLAN" in html
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "PLAN" in page
+    shown = _Page()
+    shown.feed(page)
+    assert "`" not in "".join(shown.prose) and str(tmp_path) in shown.code  # the path is a code span
     assert any(s.startswith("Approach 3") for s in summary)
+
+
+class _Page(html.parser.HTMLParser):
+    """What a browser would show: text outside <pre>, <code> contents, table cells, list items, images."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.prose, self.code, self.cells, self.items, self.images, self.rows = [], [], [], [], [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self.stack.append(tag)
+        if tag == "tr":
+            self.rows += 1
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        self.stack.pop()
+
+    def handle_data(self, data):
+        if "code" in self.stack:
+            self.code.append(data)
+        elif "pre" not in self.stack and "style" not in self.stack:
+            self.prose.append(data)
+        if "td" in self.stack or "th" in self.stack:
+            self.cells.append(data)
+        if "li" in self.stack:
+            self.items.append(data)
+
+
+def test_html_renders_code_spans_bold_tables_lists_and_embeds_figures(tmp_path):
+    fig, ax = style.subplots()
+    ax.plot([1, 2], [1, 2], label="x")
+    ax.set(xlabel="x (unitless)", ylabel="y (unitless)")
+    png, _ = style.save(fig, tmp_path / "figures" / "f")
+    blocks = [("h1", "Study of `sweeps/x`"),
+              ("p", "Run `scaling fit sweeps/x` and read **the warnings**; L = E + A/N^α."),
+              ("ul", ["first `item`", "second **item**"]),
+              ("pre", "keep `backticks` in a code block"),
+              ("table", ["run", "loss (nats/token)"], [["`a`", "3.1"], ["b", "**no**"]]),
+              ("img", "figures/f.png", "A figure with `code` in its caption")]
+    page = _Page()
+    page.feed(render.page(blocks, tmp_path, "t <title>"))
+    prose = "".join(page.prose)
+    assert "`" not in prose and "**" not in prose and "^" not in prose  # no literal Markdown shows
+    assert page.code == ["sweeps/x", "scaling fit sweeps/x", "item", "a", "code"]
+    assert "the warnings" in prose and "A/Nα" in prose.replace(" ", "")
+    assert page.items == ["first ", "item", "second ", "item"]
+    assert page.rows == 3 and page.cells == ["run", "loss (nats/token)", "a", "3.1", "b", "no"]
+    (src,) = page.images  # self-contained: the PNG's own bytes, inline
+    assert src.startswith("data:image/png;base64,") and base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()
+    md = render.markdown(blocks)  # the Markdown keeps its syntax for Markdown viewers
+    assert "| `a` | 3.1 |" in md and "- first `item`" in md and "![A figure with `code` in its caption](figures/f.png)" in md
