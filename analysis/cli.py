@@ -17,7 +17,11 @@ Laws (what each fits, which columns):
   isoflop      Approach 2: per-budget parabolas     C = flops_6nd, budgets: each run's meta.budget
   approach1    Approach 1: envelope of the curves   every eval point of every run (metrics.jsonl;
                                                     a CSV needs a 'run' column), C = 6 N tokens
-For kaplan-* the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):
+  data-constrained  Muennighoff et al.: L = E + A/N'^alpha + B/D'^beta with effective N', D' of
+               unique tokens U (R_D*, R_N*)         CSV column unique_tokens; sweeps: tokens/epochs;
+                                                    --base fixes E, A, B, alpha, beta (else all 7 fitted)
+  bnsl         Caballero et al., one break: a + b x^-c0 (1 + (x/d1)^(1/f1))^(-c1 f1), x = --x (D)
+For kaplan-* and bnsl the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):
 the compute frontier), as Kaplan et al. did; the count used is printed.
 Every interval is printed with its level and kind; what should make you doubt a fit (a parameter
 at a bound of the law's domain, data curving the wrong way for E, one start at the best
@@ -35,7 +39,8 @@ import sys
 import warnings
 
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop", "approach1")
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop", "approach1",
+        "data-constrained", "bnsl")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +71,10 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("eval", "train"), default="eval",
                    help="sweep dirs: final held-out eval loss (default) or final train loss")
     p.add_argument("--irreducible", action="store_true", help="kaplan-*: add a constant E")
+    p.add_argument("--base", metavar="E,A,B,ALPHA,BETA|FIT_JSON",
+                   help="data-constrained: hold the base law fixed at these five numbers or at the "
+                        "params of a `scaling fit --law chinchilla` fit.json (default: fit all 7)")
+    p.add_argument("--x", choices=("N", "D", "C"), default="D", help="bnsl: the law's variable (D)")
     p.add_argument("--n-starts", type=int, default=0, metavar="K",
                    help="use K starts evenly taken from the law's default grid (0: all)")
     p.add_argument("--drop-noninterior", action="store_true",
@@ -131,7 +140,33 @@ def _run_workflow(args, df, options, out):
         return workflows.approach2(df, options, out)
     if args.law == "approach1":
         return workflows.approach1(df, options, out)
+    if args.law == "bnsl":
+        return workflows.bnsl(df, args.x, options, out)
+    if args.law == "data-constrained":
+        return workflows.data_constrained(df, options, out, base=_base(args.base))
     return workflows.kaplan(df, args.law[-1].upper(), options, out, irreducible=args.irreducible)
+
+
+def _base(spec: str | None) -> tuple | None:
+    """--base: five numbers E,A,B,alpha,beta, or a chinchilla fit.json's fitted params."""
+    if spec is None:
+        return None
+    names = ("E", "A", "B", "alpha", "beta")
+    if pathlib.Path(spec).is_file():
+        try:
+            params = json.loads(pathlib.Path(spec).read_text())["fit"]["params"]
+            return tuple(float(params[k]) for k in names)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"--base {spec}: not a `scaling fit --law chinchilla` fit.json "
+                             f"(fit.params with {', '.join(names)}): {e!r}") from None
+    try:
+        values = tuple(float(v) for v in spec.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 5 or not all(v > 0 for v in values):
+        raise ValueError(f"--base {spec!r}: give five positive numbers E,A,B,alpha,beta or a "
+                         f"chinchilla fit.json")
+    return values
 
 
 @contextlib.contextmanager
@@ -177,7 +212,8 @@ def _fit_main(argv: list[str]) -> int:
         if args.law == "approach1":
             df = results.load_curves(args.path, on_error=args.on_error)
         else:
-            df = results.load(args.path, on_error=args.on_error, loss=args.loss)
+            need = (results.UNIQUE_TOKENS,) if args.law == "data-constrained" else ()
+            df = results.load(args.path, on_error=args.on_error, loss=args.loss, require=need)
         out = args.out or _default_out(pathlib.Path(args.path), args.law)
         print(f"{args.path}: {len(df)} {'eval points' if args.law == 'approach1' else 'runs'} loaded"
               + (f" ({len(df.attrs['skipped'])} skipped, see warning)" if df.attrs["skipped"] else ""))
