@@ -3,6 +3,7 @@
     scaling fit sweeps/chinchilla_cpu --law chinchilla --bootstrap 1000      # -> sweeps/.../fit-chinchilla/
     scaling fit points.csv --law isoflop --out fits/iso
     scaling fit sweeps/kaplan_n --law kaplan-n [--irreducible]
+    scaling fit sweeps/demo_cpu --conventions [--target-flops C]          # a, b, N* per FLOP convention
     scaling reproduce chinchilla --data ../shared/data/epoch_chinchilla_svg_extracted_data.csv
 
 `fit` prints the fitted parameters with bootstrap CIs and the compute-optimal allocation
@@ -200,6 +201,9 @@ _FORMATWARNING = warnings.formatwarning
 
 def fit_main(argv: list[str]) -> int:
     """`scaling fit`: returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    if "--conventions" in argv:  # FLOP-convention sensitivity: its own parser and table
+        from analysis import conventions
+        return conventions.main(argv)
     with _plain_warnings():
         return _fit_main(argv)
 
