@@ -76,6 +76,9 @@ def _fit_parser() -> argparse.ArgumentParser:
                    help="data-constrained: hold the base law fixed at these five numbers or at the "
                         "params of a `scaling fit --law chinchilla` fit.json (default: fit all 7)")
     p.add_argument("--x", choices=("N", "D", "C"), default="D", help="bnsl: the law's variable (D)")
+    p.add_argument("--conventions", action="store_true",
+                   help="instead of one law: a, b, N*, D*, L* under each FLOP convention (exact, "
+                        "6 N_total D, 6 N_nonembed D); see `scaling fit PATH --conventions --help`")
     p.add_argument("--n-starts", type=int, default=0, metavar="K",
                    help="use K starts evenly taken from the law's default grid (0: all)")
     p.add_argument("--drop-noninterior", action="store_true",
