@@ -8,7 +8,13 @@ predicts with a prediction interval
 - the optimum of every budget above it (row `run` = 'optimum'): predicted L* at the budget's C
   vs the budget's best measured loss. The best of a grid of sizes sits above the continuous
   optimum by the grid's spacing, so these rows carry a small bias towards measured > predicted.
-Law 'isoflop' (Approach 2) predicts only the optimum rows.
+Law 'isoflop' (Approach 2) predicts only the optimum rows. The laws without a compute optimum
+predict only the runs above the cutoff, at their own inputs: 'data-constrained' (Muennighoff et
+al.'s L(N, D, U), all seven parameters fitted; cutoffs on the budget C as above; needs a
+`unique_tokens` column) and 'bnsl' (Caballero et al.'s broken power law in D = tokens; the
+cutoffs are on D itself, so `target` and `cutoff` are token counts and factor = D / D_cut).
+`max_cutoffs` keeps that many cutoffs, evenly spaced in rank (a table whose C or D is not on a
+grid has as many cutoffs as rows).
 
 Rows: cutoff, target (budget C, FLOPs), factor = C / C_cut, run, n_params, tokens, predicted,
 lo, hi, measured (nats/token), rel_error = predicted / measured − 1, inside (lo <= measured <= hi).
@@ -27,8 +33,12 @@ import pandas as pd
 
 from analysis import chinchilla, fit as fitlib, laws, predict
 
-LAWS = ("chinchilla", "isoflop")
-MIN_BUDGETS = {"chinchilla": 2, "isoflop": predict.MIN_BUDGETS}  # budgets a fit needs
+OPTIMUM_LAWS = ("chinchilla", "isoflop")  # laws with a compute optimum (forecasts use these)
+PER_RUN_LAWS = {"data-constrained": laws.data_constrained, "bnsl": lambda: laws.bnsl("D")}
+LAWS = OPTIMUM_LAWS + tuple(PER_RUN_LAWS)
+INPUT_COLUMNS = {"N": "n_params", "D": "tokens", "U": "unique_tokens"}  # per-run laws' inputs
+MIN_BUDGETS = {"chinchilla": 2, "isoflop": predict.MIN_BUDGETS, "data-constrained": 3,
+               "bnsl": 8}  # budgets (bnsl: distinct D) a fit needs
 BINS = (1.0, 2.0 * 1.001, 4.0 * 1.001, 16.0 * 1.001, np.inf)  # 2x = 2.0000001x (rounding)
 BIN_LABELS = ("<=2x", "2-4x", "4-16x", ">16x")
 
@@ -45,9 +55,10 @@ def budgets_of(table, rel_tol=0.1) -> np.ndarray:
     return np.array([means[g] for g in labels])
 
 
-def cutoffs(budgets, law: str) -> np.ndarray:
+def cutoffs(budgets, law: str, max_cutoffs: int | None = None) -> np.ndarray:
     """The cutoff budgets a rollout uses: from the MIN_BUDGETS[law]-th smallest to the second
-    largest; ValueError naming the count when there are none."""
+    largest (at most max_cutoffs of them, evenly spaced in rank, the largest kept); ValueError
+    naming the count when there are none."""
     if law not in LAWS:
         raise ValueError(f"backtest: unknown law {law!r}; valid: {', '.join(LAWS)}")
     u = np.unique(budgets)
@@ -55,16 +66,25 @@ def cutoffs(budgets, law: str) -> np.ndarray:
     if len(u) < need + 1:
         raise ValueError(f"backtest --law {law} needs at least {need + 1} budgets ({need} to fit, "
                          f"1 to predict); the table has {len(u)}: "
-                         f"{', '.join(f'{c:.3g}' for c in u)}")
-    return u[need - 1:-1]
+                         f"{', '.join(f'{c:.3g}' for c in u[:12])}{' ...' if len(u) > 12 else ''}")
+    return thin(u[need - 1:-1], max_cutoffs)
+
+
+def thin(cuts, k: int | None) -> np.ndarray:
+    """At most k of the sorted cutoffs, evenly spaced in rank, the largest always kept."""
+    if not k or len(cuts) <= k:
+        return cuts
+    return cuts[np.unique(np.linspace(len(cuts) - 1, 0, k).round().astype(int))]
 
 
 def backtest(table, law: str = "chinchilla", *, level=0.9, n_bootstrap=200, starts=None,
-             seed=0, rel_tol=0.1) -> pd.DataFrame:
+             seed=0, rel_tol=0.1, max_cutoffs=None) -> pd.DataFrame:
     """Rollout backtest rows (see the module docstring); cutoffs whose fit is refused are
     skipped with a warning and listed in `.attrs['skipped_cutoffs']`. rel_tol: budget_of's."""
+    if law in PER_RUN_LAWS:
+        return _backtest_per_run(table, law, level, n_bootstrap, starts, seed, rel_tol, max_cutoffs)
     budgets = budgets_of(table, rel_tol)
-    cuts = cutoffs(budgets, law)
+    cuts = cutoffs(budgets, law, max_cutoffs)
     measured = table["loss"].to_numpy(dtype=float)
     rows, skipped = [], []
     fits = _fit_cutoffs(table, budgets, cuts, law, n_bootstrap, starts, seed, skipped)
@@ -128,6 +148,51 @@ def _fit_cutoffs(table, budgets, cuts, law, n_bootstrap, starts, seed, skipped):
         except ValueError as e:
             _skip(skipped, c, e)
     return out
+
+
+def law_of(name: str) -> laws.Law:
+    """The Law a backtest of `name` fits (the Approach-3 law for 'chinchilla' and 'isoflop')."""
+    return PER_RUN_LAWS[name]() if name in PER_RUN_LAWS else laws.chinchilla()
+
+
+def _backtest_per_run(table, law_name, level, n_bootstrap, starts, seed, rel_tol, max_cutoffs):
+    """Per-run rows of a law without a compute optimum: fit on the rows at or below each
+    cutoff (analysis.fit with its bootstrap), predict every row above with its interval."""
+    law = law_of(law_name)
+    missing = [INPUT_COLUMNS[k] for k in law.inputs if INPUT_COLUMNS[k] not in table]
+    if missing:
+        raise ValueError(f"backtest --law {law_name} needs column(s) {missing}")
+    inputs = {k: table[INPUT_COLUMNS[k]].to_numpy(dtype=float) for k in law.inputs}
+    axis = inputs["D"] if law_name == "bnsl" else budgets_of(table, rel_tol)
+    loss, rows, skipped = table["loss"].to_numpy(dtype=float), [], []
+    cuts = cutoffs(axis, law_name)  # then only those leaving the fit enough rows, thinned
+    cuts = thin(np.array([c for c in cuts if (axis <= c).sum() >= law.n_params + 2]), max_cutoffs)
+    for cut in cuts:
+        m = axis <= cut
+        try:
+            s = _fit_subset(law, table, inputs, loss, m, n_bootstrap, starts, seed)
+        except ValueError as e:
+            _skip(skipped, cut, e)
+            continue
+        p = predict.loss_interval(s, {k: v[~m] for k, v in inputs.items()}, level=level, seed=seed)
+        for j, i in enumerate(np.flatnonzero(~m)):
+            rows.append(_row(cut, axis[i], str(table["run_dir"].iloc[i]) if "run_dir" in table
+                             else str(i), table.n_params.iloc[i], table.tokens.iloc[i],
+                             p.value[j], p.lo[j], p.hi[j], loss[i]))
+    out = pd.DataFrame(rows)
+    out.attrs.update(law=law_name, level=level, n_bootstrap=n_bootstrap, skipped_cutoffs=skipped)
+    return out
+
+
+def _fit_subset(law, table, inputs, loss, m, n_bootstrap, starts, seed) -> predict.LawSamples:
+    """The law fitted on the rows in mask m, its bootstrap refits and the noise of its residuals."""
+    sub = {k: v[m] for k, v in inputs.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a start that hit max_iter: the fit's warnings say so
+        f = fitlib.fit(law, sub, loss[m], starts=starts, n_bootstrap=n_bootstrap, seed=seed)
+    resid = np.log(loss[m] / f.predict(**sub))
+    noise = predict.estimate_noise(table[m], resid, law.n_params)
+    return predict.LawSamples(law, f.theta, f.boot_theta, m, noise)
 
 
 def _skip(skipped, cut, err):

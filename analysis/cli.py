@@ -3,6 +3,7 @@
     scaling fit sweeps/chinchilla_cpu --law chinchilla --bootstrap 1000      # -> sweeps/.../fit-chinchilla/
     scaling fit points.csv --law isoflop --out fits/iso
     scaling fit sweeps/kaplan_n --law kaplan-n [--irreducible]
+    scaling fit sweeps/demo_cpu --conventions [--target-flops C]          # a, b, N* per FLOP convention
     scaling reproduce chinchilla --data ../shared/data/epoch_chinchilla_svg_extracted_data.csv
 
 `fit` prints the fitted parameters with bootstrap CIs and the compute-optimal allocation
@@ -17,7 +18,11 @@ Laws (what each fits, which columns):
   isoflop      Approach 2: per-budget parabolas     C = flops_6nd, budgets: each run's meta.budget
   approach1    Approach 1: envelope of the curves   every eval point of every run (metrics.jsonl;
                                                     a CSV needs a 'run' column), C = 6 N tokens
-For kaplan-* the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):
+  data-constrained  Muennighoff et al.: L = E + A/N'^alpha + B/D'^beta with effective N', D' of
+               unique tokens U (R_D*, R_N*)         CSV column unique_tokens; sweeps: tokens/epochs;
+                                                    --base fixes E, A, B, alpha, beta (else all 7 fitted)
+  bnsl         Caballero et al., one break: a + b x^-c0 (1 + (x/d1)^(1/f1))^(-c1 f1), x = --x (D)
+For kaplan-* and bnsl the fit uses, per distinct x, the lowest-loss run (L(N): each N's best D; L(C):
 the compute frontier), as Kaplan et al. did; the count used is printed.
 Every interval is printed with its level and kind; what should make you doubt a fit (a parameter
 at a bound of the law's domain, data curving the wrong way for E, one start at the best
@@ -35,7 +40,8 @@ import sys
 import warnings
 
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop", "approach1")
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop", "approach1",
+        "data-constrained", "bnsl")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +72,13 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("eval", "train"), default="eval",
                    help="sweep dirs: final held-out eval loss (default) or final train loss")
     p.add_argument("--irreducible", action="store_true", help="kaplan-*: add a constant E")
+    p.add_argument("--base", metavar="E,A,B,ALPHA,BETA|FIT_JSON",
+                   help="data-constrained: hold the base law fixed at these five numbers or at the "
+                        "params of a `scaling fit --law chinchilla` fit.json (default: fit all 7)")
+    p.add_argument("--x", choices=("N", "D", "C"), default="D", help="bnsl: the law's variable (D)")
+    p.add_argument("--conventions", action="store_true",
+                   help="instead of one law: a, b, N*, D*, L* under each FLOP convention (exact, "
+                        "6 N_total D, 6 N_nonembed D); see `scaling fit PATH --conventions --help`")
     p.add_argument("--n-starts", type=int, default=0, metavar="K",
                    help="use K starts evenly taken from the law's default grid (0: all)")
     p.add_argument("--drop-noninterior", action="store_true",
@@ -131,7 +144,33 @@ def _run_workflow(args, df, options, out):
         return workflows.approach2(df, options, out)
     if args.law == "approach1":
         return workflows.approach1(df, options, out)
+    if args.law == "bnsl":
+        return workflows.bnsl(df, args.x, options, out)
+    if args.law == "data-constrained":
+        return workflows.data_constrained(df, options, out, base=_base(args.base))
     return workflows.kaplan(df, args.law[-1].upper(), options, out, irreducible=args.irreducible)
+
+
+def _base(spec: str | None) -> tuple | None:
+    """--base: five numbers E,A,B,alpha,beta, or a chinchilla fit.json's fitted params."""
+    if spec is None:
+        return None
+    names = ("E", "A", "B", "alpha", "beta")
+    if pathlib.Path(spec).is_file():
+        try:
+            params = json.loads(pathlib.Path(spec).read_text())["fit"]["params"]
+            return tuple(float(params[k]) for k in names)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"--base {spec}: not a `scaling fit --law chinchilla` fit.json "
+                             f"(fit.params with {', '.join(names)}): {e!r}") from None
+    try:
+        values = tuple(float(v) for v in spec.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 5 or not all(v > 0 for v in values):
+        raise ValueError(f"--base {spec!r}: give five positive numbers E,A,B,alpha,beta or a "
+                         f"chinchilla fit.json")
+    return values
 
 
 @contextlib.contextmanager
@@ -165,6 +204,9 @@ _FORMATWARNING = warnings.formatwarning
 
 def fit_main(argv: list[str]) -> int:
     """`scaling fit`: returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    if "--conventions" in argv:  # FLOP-convention sensitivity: its own parser and table
+        from analysis import conventions
+        return conventions.main(argv)
     with _plain_warnings():
         return _fit_main(argv)
 
@@ -177,7 +219,8 @@ def _fit_main(argv: list[str]) -> int:
         if args.law == "approach1":
             df = results.load_curves(args.path, on_error=args.on_error)
         else:
-            df = results.load(args.path, on_error=args.on_error, loss=args.loss)
+            need = (results.UNIQUE_TOKENS,) if args.law == "data-constrained" else ()
+            df = results.load(args.path, on_error=args.on_error, loss=args.loss, require=need)
         out = args.out or _default_out(pathlib.Path(args.path), args.law)
         print(f"{args.path}: {len(df)} {'eval points' if args.law == 'approach1' else 'runs'} loaded"
               + (f" ({len(df.attrs['skipped'])} skipped, see warning)" if df.attrs["skipped"] else ""))
@@ -209,141 +252,6 @@ PAPERS = {  # paper -> the default data file in ../shared/data
 
 
 def reproduce_main(argv: list[str]) -> int:
-    """`scaling reproduce PAPER [--data PATH] [--out DIR]`."""
-    with _plain_warnings():
-        return _reproduce_main(argv)
-
-
-def _reproduce_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="scaling reproduce", description="reproduce a paper's fits from its data")
-    p.add_argument("paper", choices=tuple(PAPERS), help="which reproduction")
-    p.add_argument("--data", type=pathlib.Path,
-                   help="the paper's data file (default: ../shared/data/" + ", ".join(
-                       f"{k}: {v}" for k, v in PAPERS.items()) + ")")
-    p.add_argument("--out", type=pathlib.Path, help="output directory (default: reproduce/PAPER)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N")
-    p.add_argument("--n-starts", type=int, default=0, metavar="K",
-                   help="K starts evenly taken from the law's start grid (0: all, the protocol)")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def _reproduce_main(argv: list[str]) -> int:
-    try:
-        args = _reproduce_parser().parse_args(argv)
-        from analysis import workflows
-        options = workflows.FitOptions(n_bootstrap=args.bootstrap, n_starts=args.n_starts, seed=args.seed)
-        data = args.data or pathlib.Path("..") / "shared" / "data" / PAPERS[args.paper]
-        out = args.out or pathlib.Path("reproduce") / args.paper
-        if data.is_file() and data.stat().st_size == 0:  # a missing file: the paper's loader says where it is
-            raise ValueError(f"--data {data} is an empty file; give the paper's CSV ({PAPERS[args.paper]})")
-        with _output_dir(out):
-            s = _REPRODUCE[args.paper](data, out, options)
-    except (ValueError, OSError) as e:
-        print(f"scaling reproduce: error: {e}", file=sys.stderr)
-        return 2
-    _PRINT[args.paper](s)
-    print(f"wrote {len(s['files'])} files in {out}")
-    return 0
-
-
-def _run_chinchilla(data, out, options):
-    from analysis import laws, reproduce, workflows
-    return reproduce.run_chinchilla(data, out, n_bootstrap=options.n_bootstrap, seed=options.seed,
-                                    starts=workflows.starts_subset(laws.chinchilla(), options.n_starts))
-
-
-def _print_chinchilla(s) -> None:
-    from analysis import reproduce
-    import pandas as pd
-    with pd.option_context("display.width", 200, "display.max_columns", 20,
-                           "display.float_format", "{:.6g}".format):
-        print(f"Chinchilla Approach 3 on {s['n_fit_approach3']} of {s['n_points']} Epoch points "
-              f"(5 highest-loss dropped; sum Huber delta=1e-3):")
-        print(s["table_df"].to_string())
-    a2 = s["approach2_obj"]
-    h2 = reproduce.HOFFMANN_2022_TABLE2["approach_2"]
-    kind = reproduce.HOFFMANN_2022_TABLE2_CI_KIND
-    print(f"\nApproach 2 on {s['approach2_points_used']} points on Hoffmann's isoFLOP budgets: "
-          f"a = {a2.a:.3f}{_ci_str((a2.ci or {}).get('a'), a2.ci_level)}, b = {a2.b:.3f}; "
-          f"Hoffmann et al. Table 2: a = {h2['a']} ({kind} {h2['a_ci'][0]}, {h2['a_ci'][1]}), "
-          f"b = {h2['b']} ({kind} {h2['b_ci'][0]}, {h2['b_ci'][1]})")
-    for w in s["fit"].warnings + a2.warnings:
-        print(f"warning: {w}")
-
-
-def _run_muennighoff(data, out, options):
-    from analysis import laws, reproduce_muennighoff as rm, workflows
-    law = laws.data_constrained(rm.base_tuple())
-    return rm.run_muennighoff(data, out, n_bootstrap=options.n_bootstrap, seed=options.seed,
-                              starts=workflows.starts_subset(law, options.n_starts))
-
-
-def _print_muennighoff(s) -> None:
-    from analysis import reproduce_muennighoff as rm
-    ours, local, prof = s["fit"], s["local"], s["profile"]
-    print(f"Muennighoff et al. data-constrained law on {s['n_runs']} runs, base law fixed at "
-          f"{rm.MUENNIGHOFF_2023_BASE} (sum Huber delta={ours.delta:g} on log loss):")
-    print(f"  {'':24} {'R_D*':>10} {'R_N*':>10} {'objective':>12}")
-    for name, f in (("ours (best of grid)", ours), ("ours (from published)", local)):
-        print(f"  {name:24} {f.params['R_D*']:>10.4g} {f.params['R_N*']:>10.4g} {f.objective:>12.6g}")
-    pub = rm.MUENNIGHOFF_2023_R_STAR
-    print(f"  {'published':24} {pub['R_D*']:>10.4g} {pub['R_N*']:>10.4g} "
-          f"{s['published_objective']:>12.6g}")
-    for k in ("R_D*", "R_N*"):
-        if ours.ci:
-            print(f"  ours {k} = {ours.params[k]:.4g}{_ci_str(ours.ci[k], ours.ci_level)} "
-                  f"({len(ours.boot_theta)} resamples over runs)")
-    print(f"  profile over a {len(prof.r_d)}x{len(prof.r_n)} (R_D*, R_N*) grid: within "
-          f"{100 * prof.rel:g}% of the best objective, R_D* spans {prof.r_d_range[0]:.3g}-"
-          f"{prof.r_d_range[1]:.3g} and R_N* {prof.r_n_range[0]:.3g}-{prof.r_n_range[1]:.3g}"
-          f"{' (a range ending at the grid edge continues beyond it)' if prof.at_edge else ''}; "
-          f"published point {'inside' if prof.in_valley(s['published_objective']) else 'outside'}")
-    for w in ours.warnings:
-        print(f"warning: {w}")
-
-
-def _run_bnsl(data, out, options):
-    from analysis import laws, reproduce_bnsl, workflows
-    return reproduce_bnsl.run_bnsl(data, out, n_bootstrap=options.n_bootstrap, seed=options.seed,
-                                   starts=workflows.starts_subset(laws.bnsl("D"), options.n_starts))
-
-
-def _print_bnsl(s) -> None:
-    print(f"Caballero et al. 4-digit addition: fit on {s['n_fit']} rows, extrapolated to "
-          f"{s['n_extrapolate']} held-out rows (x = {s['x_extrapolate']}); sum Huber delta=1e-3 on "
-          f"log y (theirs: least squares on log(y + 1))")
-    for name, f in s["fit_objs"].items():
-        print(f"{name}:")
-        _print_fit(f)
-        sc = s["scores"][name]
-        print(f"  RMSLE held-out {sc['rmsle_extrapolate']:.4g} (fit rows {sc['rmsle_fit']:.4g}); "
-              f"predicted {', '.join(f'{p:.4g}' for p in sc['pred_extrapolate'])} vs measured "
-              f"{', '.join(f'{y:.4g}' for y in s['y_extrapolate'])}")
-        for w in f.warnings:
-            print(f"warning: {name}: {w}")
-
-
-def _run_porian(data, out, options):
-    from analysis import reproduce_porian
-    return reproduce_porian.run_porian(data, out, n_bootstrap=options.n_bootstrap, seed=options.seed)
-
-
-def _print_porian(s) -> None:
-    print(f"Porian et al. 2024: Approach 2 (parabolas in log N) per set-up; ours: {s['our_ci_kind']}; "
-          f"theirs (Akima interpolation): {s['their_ci_kind']}")
-    print(f"  {'data':4} {'set-up':46} {'budgets':>7} {'a ours':>7} {'ours CI':>16} "
-          f"{'a theirs':>8} {'theirs CI':>16}")
-    for r in s["results"]:
-        ours = "refused" if r.a is None else f"{r.a:.4f}"
-        ci = "({:.3f}, {:.3f})".format(*r.a_ci) if r.a_ci else ""
-        print(f"  {r.dataset:4} {r.label[:46]:46} {r.n_budgets:>3}/{r.n_budgets_total:<3} {ours:>7} "
-              f"{ci:>16} {r.a_theirs:>8.4f} {'({:.3f}, {:.3f})'.format(*r.a_theirs_ci):>16}")
-        for n in r.notes:
-            print(f"warning: {r.dataset} {r.label}: {n}")
-
-
-_REPRODUCE = {"chinchilla": _run_chinchilla, "muennighoff": _run_muennighoff, "bnsl": _run_bnsl,
-              "porian": _run_porian}
-_PRINT = {"chinchilla": _print_chinchilla, "muennighoff": _print_muennighoff, "bnsl": _print_bnsl,
-          "porian": _print_porian}
+    """`scaling reproduce PAPER|all [--data PATH] [--out DIR]` (analysis.reproduce_cli)."""
+    from analysis import reproduce_cli
+    return reproduce_cli.main(argv)

@@ -73,9 +73,10 @@ def write_forecast(table, target_flops: float, out_path, *, law="chinchilla", le
     if out_path.exists():
         raise ValueError(f"{out_path} exists; a forecast is frozen once written (choose a new path)")
     budgets = backtest.budgets_of(table)
-    need = backtest.MIN_BUDGETS.get(law)
-    if need is None:
-        raise ValueError(f"forecast: unknown law {law!r}; valid: {', '.join(backtest.LAWS)}")
+    if law not in backtest.OPTIMUM_LAWS:  # a forecast predicts the compute optimum N*, D*, L*
+        raise ValueError(f"forecast: law {law!r} has no compute optimum to forecast; valid: "
+                         f"{', '.join(backtest.OPTIMUM_LAWS)}")
+    need = backtest.MIN_BUDGETS[law]
     if len(np.unique(budgets)) < need:
         raise ValueError(f"forecast --law {law} needs at least {need} budgets; the data has "
                          f"{len(np.unique(budgets))} ({', '.join(f'{c:.3g}' for c in np.unique(budgets))})")

@@ -1,7 +1,8 @@
 """`scaling backtest`, `scaling forecast`, `scaling score`: parsing and printing.
 
-    scaling backtest SWEEP_DIR_OR_CSV --law chinchilla [--level 0.9] [--bootstrap N] [--out DIR]
-                     [--group-by COLS] [--budget-tol T] [--n-starts K]
+    scaling backtest SWEEP_DIR_OR_CSV --law chinchilla|isoflop|data-constrained|bnsl [--level 0.9]
+                     [--bootstrap N] [--out DIR] [--group-by COLS] [--budget-tol T] [--n-starts K]
+                     [--max-cutoffs K]
     scaling forecast SWEEP_DIR_OR_CSV --target-flops C [--law chinchilla] --out FILE [--sweep CFG]
     scaling score FORECAST RUN_DIR_OR_CSV
 
@@ -27,9 +28,9 @@ from analysis.workflows import starts_subset
 CSV_ALIASES = {"Model Size": "n_params", "Training FLOP": "flops"}  # Epoch's digitised points
 
 
-def load_table(path) -> pd.DataFrame:
-    """A results table from a sweep dir or CSV (analysis.results.load), also accepting CSVs
-    with flops instead of tokens (D = flops / 6N)."""
+def load_table(path, require=()) -> pd.DataFrame:
+    """A results table from a sweep dir or CSV (analysis.results.load, which checks the
+    `require`d columns), also accepting CSVs with flops instead of tokens (D = flops / 6N)."""
     from analysis import results
     path = pathlib.Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
@@ -43,7 +44,7 @@ def load_table(path) -> pd.DataFrame:
             df["flops_6nd"] = df.flops
             df["run_dir"] = [f"{path}:{i + 2}" for i in range(len(df))]
             return df
-    return results.load(path)
+    return results.load(path, require=require)
 
 
 def _group_by(s: str) -> list[str]:
@@ -93,24 +94,26 @@ def _backtest(argv) -> int:
     p.add_argument("--out", type=pathlib.Path)
     p.add_argument("--group-by", type=_group_by, default=[], metavar="COLS",
                    help="comma-separated columns: one backtest per set-up (e.g. Porian's label)")
+    p.add_argument("--max-cutoffs", type=int, metavar="K",
+                   help="at most K cutoffs, evenly spaced in rank (default: all)")
     p.add_argument("--budget-tol", type=float, default=0.1,
                    help="without a budget column, C within a factor 1 + T is one budget (0.1)")
     _common(p)
     args = p.parse_args(argv)
     _check(args)
-    df = load_table(args.path)
+    df = load_table(args.path, ("unique_tokens",) if args.law == "data-constrained" else ())
     missing = [c for c in args.group_by if c not in df]
     if missing:
         raise ValueError(f"--group-by: no column(s) {missing} in {args.path}; columns: {list(df)}")
     out = args.out or pathlib.Path(f"backtest-{pathlib.Path(args.path).stem}-{args.law}")
-    starts = starts_subset(laws.chinchilla(), args.n_starts) if args.law == "chinchilla" else None
+    starts = None if args.law == "isoflop" else starts_subset(backtest.law_of(args.law), args.n_starts)
     groups = df.groupby(args.group_by, dropna=False) if args.group_by else [((), df)]
     summary = {}
     for key, g in groups:
         name = "-".join(map(str, key if isinstance(key, tuple) else (key,))) or "all"
         rows = backtest.backtest(g.reset_index(drop=True), args.law, level=args.level,
                                  n_bootstrap=args.bootstrap, starts=starts, seed=args.seed,
-                                 rel_tol=args.budget_tol)
+                                 rel_tol=args.budget_tol, max_cutoffs=args.max_cutoffs)
         s = backtest.summarize(rows)
         print(f"== {name}: {len(g)} runs, {rows.cutoff.nunique()} cutoffs, law {args.law}, "
               f"{args.level:.0%} {predict.KIND_PI}, coverage 95% Wilson interval")
@@ -149,7 +152,7 @@ def _forecast(argv, make_config, hash_config, git_sha) -> int:
     p = _Parser(prog="scaling forecast", description="pre-register a forecast at a larger budget")
     p.add_argument("path")
     p.add_argument("--target-flops", required=True, type=_positive, metavar="C")
-    p.add_argument("--law", choices=backtest.LAWS, default="chinchilla")
+    p.add_argument("--law", choices=backtest.OPTIMUM_LAWS, default="chinchilla")
     p.add_argument("--out", required=True, type=pathlib.Path)
     p.add_argument("--sweep", metavar="CFG", help="sweep config whose ladder and rules shape the "
                    "run's config (default: the one the sweep dir's manifest names)")

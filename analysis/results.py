@@ -15,7 +15,10 @@ file, another sweep) are listed in a warning and in `df.attrs['unplanned']`, nev
 row's nominal isoFLOP `budget` (FLOPs; NaN outside isoFLOP sweeps) comes from the run's own files.
 
 Units: `loss` is nats/token; `tokens` is D; `n_params` total, `n_params_nonembed` Kaplan's N;
-`flops` exact training FLOPs, `flops_6nd` = 6 * n_params * tokens.
+`flops` exact training FLOPs, `flops_6nd` = 6 * n_params * tokens, `flops_6nd_nonembed` =
+6 * n_params_nonembed * tokens (when n_params_nonembed is known); `unique_tokens` U, the distinct
+tokens a run saw (a CSV column; for a sweep run tokens / max(epochs, 1) from result.json).
+`require=("unique_tokens",)` makes a missing U an error naming the column and the file.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from scaling import rundir
 ON_ERROR = ("warn", "raise")
 LOSS_SOURCES = {"eval": "final_eval_loss", "train": "final_train_loss"}
 CSV_REQUIRED = ("n_params", "tokens", "loss")
+UNIQUE_TOKENS = "unique_tokens"  # U of the data-constrained law (Muennighoff et al. 2023)
+NEEDED_BY = {UNIQUE_TOKENS: "U, each run's unique tokens, needed by the data-constrained law"}
 # result.json keys a finished run must have for the fits to use it.
 RESULT_REQUIRED = ("status", "tokens", "n_params", "final_eval_loss", "final_train_loss")
 PROVENANCE = ("run_dir", "config_hash", "git_sha", "status")
@@ -114,18 +119,19 @@ def _check_path(path) -> pathlib.Path:
     return path
 
 
-def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
+def load(path, *, on_error: str = "warn", loss: str = "eval", require=()) -> pd.DataFrame:
     """One row per finished run (sweep directory) or per CSV row.
 
     loss: which final loss becomes the `loss` column for sweeps: 'eval' (held-out, default) or
     'train' (what Hoffmann et al. fit). Both raw columns are kept. Rows are sorted by
-    (n_params, tokens) so tables and figures are stable.
+    (n_params, tokens) so tables and figures are stable. require: further columns a law needs
+    (e.g. UNIQUE_TOKENS); a CSV without one is a ValueError naming it and the file.
     """
     if loss not in LOSS_SOURCES:
         raise ValueError(f"loss={loss!r} is not valid; use one of {tuple(LOSS_SOURCES)}")
     path = _check_path(path)
     if path.is_file():
-        return _load_csv(path, on_error)
+        return _load_csv(path, on_error, require)
     skips = _Skips(on_error, "runs")
     rows = []
     runs = rundir.run_dirs(path)
@@ -157,7 +163,21 @@ def load(path, *, on_error: str = "warn", loss: str = "eval") -> pd.DataFrame:
     df.attrs["skipped"] = skips.items
     df.attrs["unplanned"] = [str(r) for r in unplanned]
     df.attrs["source"] = str(path)
+    if "epochs" in df:  # U = D / epochs; a run that saw less than one epoch saw D unique tokens
+        df[UNIQUE_TOKENS] = df.tokens / pd.to_numeric(df.epochs, errors="coerce").clip(lower=1.0)
+    _check_required(df, require, path, "the runs' result.json (epochs)")
     return df
+
+
+def _check_required(df, require, path, where: str) -> None:
+    """A column a law needs (e.g. unique_tokens) must be present and filled in every row."""
+    for col in require:
+        if col not in df.columns:
+            raise ValueError(f"{path}: no column {col!r} ({NEEDED_BY.get(col, 'needed by this law')}); "
+                             f"add it to {where}")
+        if df[col].isna().any():
+            raise ValueError(f"{path}: column {col!r} is empty in {int(df[col].isna().sum())} "
+                             f"rows ({NEEDED_BY.get(col, 'needed by this law')})")
 
 
 def _budget(run: pathlib.Path, row: dict) -> float:
@@ -186,8 +206,9 @@ def read_published(path, columns, name: str, what: str) -> pd.DataFrame:
     return raw
 
 
-def _load_csv(path: pathlib.Path, on_error: str) -> pd.DataFrame:
-    """CSV with n_params, tokens, loss (nats/token) and optional flops; adds flops_6nd."""
+def _load_csv(path: pathlib.Path, on_error: str, require=()) -> pd.DataFrame:
+    """CSV with n_params, tokens, loss (nats/token) and optional flops, n_params_nonembed,
+    unique_tokens (and `require`d columns); adds flops_6nd (and flops_6nd_nonembed)."""
     skips = _Skips(on_error, "CSV rows")
     try:
         df = pd.read_csv(path)
@@ -198,8 +219,11 @@ def _load_csv(path: pathlib.Path, on_error: str) -> pd.DataFrame:
         raise ValueError(f"{path}: CSV lacks required column(s) {missing}; required "
                          f"{list(CSV_REQUIRED)} (loss in nats/token, tokens = D), optional "
                          f"'flops'; found columns {list(df.columns)}")
-    numeric = [c for c in (*CSV_REQUIRED, "flops") if c in df.columns]
-    for c in numeric:
+    _check_required(df, require, path, "the CSV")
+    # Checked (a bad value skips the row): the required columns, flops and what the law needs;
+    # the other optional numbers are only converted (a blank there must not drop a row).
+    numeric = list(dict.fromkeys(c for c in (*CSV_REQUIRED, "flops", *require) if c in df.columns))
+    for c in (*numeric, *(c for c in ("n_params_nonembed", UNIQUE_TOKENS) if c in df.columns)):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     bad = ~(df[numeric].gt(0) & df[numeric].apply(lambda s: s.map(math.isfinite))).all(axis=1)
     for i in df.index[bad]:
@@ -210,6 +234,8 @@ def _load_csv(path: pathlib.Path, on_error: str) -> pd.DataFrame:
     if df.empty:
         raise ValueError(f"{path}: no usable rows (need n_params, tokens, loss > 0)")
     df["flops_6nd"] = 6.0 * df["n_params"] * df["tokens"]
+    if "n_params_nonembed" in df:
+        df["flops_6nd_nonembed"] = 6.0 * df["n_params_nonembed"] * df["tokens"]
     df["run_dir"] = [f"{path}:{i + 2}" for i in df.index]  # file:line, the row's provenance
     df["config_hash"] = None
     df["git_sha"] = None

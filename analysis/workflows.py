@@ -5,9 +5,10 @@
     r = workflows.approach3(df, workflows.FitOptions(n_bootstrap=200), out="figs/approach3")
     r.fit.params, r.fit.ci, r.allocation.a, r.rows, r.warnings, r.files
 
-`approach3`, `approach2`, `approach1` (training curves: analysis.results.load_curves) and
-`kaplan` (L(N), L(D) or L(C)) each fit, draw their figures into `out` (skipped when out is None)
-and return a `WorkflowResult`.
+`approach3`, `approach2`, `approach1` (training curves: analysis.results.load_curves),
+`kaplan` (L(N), L(D) or L(C)), `bnsl` (a broken power law in N, D or C) and `data_constrained`
+(L(N, D, U), Muennighoff et al.) each fit, draw their figures into `out` (skipped when out is
+None) and return a `WorkflowResult`.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class AllocationRow:
 class WorkflowResult:
     """What one fit workflow found and wrote."""
 
-    workflow: str  # "approach3" | "approach2" | "approach1" | "kaplan-n" | "kaplan-d" | "kaplan-c"
+    workflow: str  # "approach3" | "approach2" | "approach1" | "kaplan-n|d|c" | "bnsl" | "data-constrained"
     notes: list[str]  # what was fitted on, one line each (printed before the fit)
     fit: fitlib.Fit | None = None  # parametric law (approach3, kaplan): params, ci, ci_level
     allocation: chinchilla.OptimalScaling | None = None  # a, b with their CIs (ci_level)
@@ -247,8 +248,22 @@ def kaplan(df, var: str, options: FitOptions = FitOptions(), out=None, *,
     irreducible: per distinct N or D its best run; for C the compute frontier."""
     if var not in KAPLAN_X:
         raise ValueError(f"kaplan: var={var!r} is not one of {list(KAPLAN_X)}")
-    name, label, notes = f"kaplan-{var.lower()}", KAPLAN_X[var], []
-    law = laws.get(name + ("+e" if irreducible else ""))
+    name = f"kaplan-{var.lower()}"
+    return _one_variable(df, var, laws.get(name + ("+e" if irreducible else "")), name, options, out)
+
+
+def bnsl(df, var: str = "D", options: FitOptions = FitOptions(), out=None) -> WorkflowResult:
+    """Caballero et al. (2022)'s broken power law (one break) in X = N, D or C, on the same rows
+    as kaplan (best run per distinct N or D; the compute frontier for C). Fewer rows than the
+    law's 6 parameters + 2 is refused (analysis.fit.check_identifiable) with the count."""
+    if var not in KAPLAN_X:
+        raise ValueError(f"bnsl: x={var!r} is not one of {list(KAPLAN_X)}")
+    return _one_variable(df, var, laws.bnsl(var), "bnsl", options, out)
+
+
+def _one_variable(df, var, law, name, options, out) -> WorkflowResult:
+    """Fit a one-input law L(X) on the best run per distinct X (the compute frontier for C)."""
+    label, notes = KAPLAN_X[var], []
     if var == "N":
         col = "n_params_nonembed" if "n_params_nonembed" in df.columns else "n_params"
         if col == "n_params":
@@ -263,17 +278,43 @@ def kaplan(df, var: str, options: FitOptions = FitOptions(), out=None, *,
     else:
         keep, how = _best_per_x(x, loss), f"best loss per distinct {col}"
     notes.append(f"{name}: fitting {len(keep)} of {len(df)} runs ({how}); x = {col}")
-    f = kaplanlib.fit_power_law(var, x[keep], loss[keep], irreducible=irreducible, ci=options.ci_level,
-                                starts=starts_subset(law, options.n_starts),
-                                n_bootstrap=options.n_bootstrap, seed=options.seed)
+    f = fitlib.fit(law, {var: x[keep]}, loss[keep], ci=options.ci_level,
+                   starts=starts_subset(law, options.n_starts), n_bootstrap=options.n_bootstrap,
+                   seed=options.seed)
     res = WorkflowResult(name, notes=notes, fit=f, warnings=list(f.warnings), x_column=col,
                          n_used=int(len(keep)))
     if out is None:
         return res
     out = pathlib.Path(out)
     xs = np.geomspace(x.min() / 1.5, x.max() * 1.5, 100)
-    res.files += figures.kaplan(x, loss, out / "kaplan", used=keep, fit_x=xs, fit_loss=f.predict(**{var: xs}),
-                                fit_label=law.formula, x_label=label, title=f"Kaplan {law.formula}")
+    res.files += figures.kaplan(x, loss, out / name.split("-")[0], used=keep, fit_x=xs,
+                                fit_loss=f.predict(**{var: xs}), fit_label=law.formula,
+                                x_label=label, title=("Kaplan " if name.startswith("kaplan") else "Caballero et al.: ")
+                                + law.formula)
     resid = np.log(loss[keep] / f.predict(**{var: x[keep]}))
     res.files += figures.residuals(x[keep], {law.formula: resid}, out / "residuals", x_label=label)
+    return res
+
+
+def data_constrained(df, options: FitOptions = FitOptions(), out=None, *,
+                     base: tuple | None = None) -> WorkflowResult:
+    """Muennighoff et al. (2023)'s data-constrained law on df (n_params, tokens, unique_tokens,
+    loss): base = (E, A, B, alpha, beta) held fixed (fit R_D*, R_N* only), or None (all seven)."""
+    law = laws.data_constrained(base)
+    epochs = (df.tokens / df.unique_tokens).to_numpy(dtype=float)
+    inputs = {"N": df.n_params, "D": df.tokens, "U": df.unique_tokens}
+    f = fitlib.fit(law, inputs, df.loss, ci=options.ci_level, starts=starts_subset(law, options.n_starts),
+                   n_bootstrap=options.n_bootstrap, seed=options.seed)
+    how = ("base law fixed at (E, A, B, alpha, beta) = " + ", ".join(f"{v:.4g}" for v in base)
+           if base is not None else "base law fitted jointly (7 parameters)")
+    res = WorkflowResult("data-constrained", fit=f, warnings=list(f.warnings), notes=[
+        f"data-constrained: {len(df)} runs, epochs D/U {epochs.min():.3g}-{epochs.max():.3g}; {how}"])
+    if not (epochs > 1.0 + 1e-9).any():  # R_D = D/U - 1 = 0 everywhere: nothing to decay
+        res.warnings.append("no run repeats data (D <= U everywhere): R_D* and R_N* are not "
+                            "identified by these runs")
+    if out is None:
+        return res
+    resid = np.log(df.loss.to_numpy(dtype=float) / f.predict(**inputs))
+    res.files += figures.residuals(epochs, {"data-constrained L(N, D, U)": resid},
+                                   pathlib.Path(out) / "residuals", x_label="epochs D/U")
     return res

@@ -186,3 +186,24 @@ def test_result_that_is_a_list_and_corrupt_manifest_name_the_file(tmp_path):
     (s / "sweep.json").write_text("[]")
     with pytest.raises(ValueError, match=f"{s / 'sweep.json'}: holds a JSON list"):
         results.load(s)
+
+
+def test_unique_tokens_required_for_the_data_constrained_law(tmp_path):
+    p = tmp_path / "pts.csv"
+    p.write_text("n_params,tokens,loss\n1e6,2e7,3.0\n")
+    with pytest.raises(ValueError) as e:
+        results.load(p, require=(results.UNIQUE_TOKENS,))
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg and "'unique_tokens'" in msg and "data-constrained" in msg
+    assert results.UNIQUE_TOKENS not in results.load(p)  # other laws do not need it
+    p.write_text("n_params,tokens,loss,unique_tokens,n_params_nonembed\n1e6,2e7,3.0,5e6,8e5\n")
+    df = results.load(p, require=(results.UNIQUE_TOKENS,))
+    assert df.unique_tokens[0] == 5e6 and df.flops_6nd_nonembed[0] == 6 * 8e5 * 2e7
+
+
+def test_sweep_unique_tokens_from_epochs(tmp_path):
+    """U = D / max(epochs, 1): a run with 4 epochs saw a quarter of D unique; under 1 epoch, all of D."""
+    _write_run(tmp_path, "a", _result(1000, 4000, 3.0, epochs=4.0))
+    _write_run(tmp_path, "b", _result(2000, 4000, 2.9, epochs=0.5))
+    df = results.load(tmp_path, require=(results.UNIQUE_TOKENS,))
+    assert list(df.unique_tokens) == [1000.0, 4000.0]
