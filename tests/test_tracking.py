@@ -81,23 +81,21 @@ def test_tiny_sweep_in_tensorboard_hparams_and_wandb_offline(tiny_config, tmp_pa
     monkeypatch.setenv("WANDB_MODE", "offline")  # no network: W&B writes its files for a later sync
     monkeypatch.setenv("WANDB_SILENT", "true")
     sweep = tmp_path / "sweeps" / "tiny"
-    results, configs = {}, {}
-    for d_model in (16, 32):  # two runs of one sweep, laid out as `scaling sweep` lays them
-        c = cfg_lib.resolve(tiny_config)
-        c.model.update(d_model=d_model, d_ff=0)
-        c.train.tokens = 8 * 32 * 10
-        c.track.wandb = True
-        configs[d_model] = c
-        results[d_model] = train(c, rundir.run_dir_of(sweep, f"d{d_model}"), verbose=False)
+    results = {}
+    for seed in (0, 1):  # two replicates of one sweep, laid out as `scaling sweep` lays them (one
+        c = tiny_config.copy_and_resolve_references()  # compiled shape for both: the test stays light)
+        c.seed, c.train.tokens, c.track.wandb = seed, 8 * 32 * 10, True
+        results[seed] = train(c, rundir.run_dir_of(sweep, f"s{seed}"), verbose=False)
     import wandb
     wandb.teardown()  # end W&B's service process started by this test
 
     groups = _session_groups(str(sweep))
-    assert sorted(groups) == ["runs/d16/tensorboard", "runs/d32/tensorboard"]
-    for d_model, result in results.items():
-        hp, metrics, statuses = groups[f"runs/d{d_model}/tensorboard"]
+    assert sorted(groups) == ["runs/s0/tensorboard", "runs/s1/tensorboard"]
+    train_fpt = accounting.flops_per_token(cfg_lib.resolve(tiny_config).model, 32)["train"]
+    for seed, result in results.items():
+        hp, metrics, statuses = groups[f"runs/s{seed}/tensorboard"]
         assert statuses == ["STATUS_SUCCESS"]
-        assert (hp["sweep"], hp["run_id"], hp["model.d_model"]) == ("tiny", f"d{d_model}", d_model)
+        assert (hp["sweep"], hp["run_id"], hp["seed"], hp["model.d_model"]) == ("tiny", f"s{seed}", seed, 32)
         # N, D, C as result.json reports them (itself checked against scaling.accounting in test_train)
         for key in ("n_params", "n_params_nonembed", "tokens", "flops", "flops_6nd"):
             assert hp[key] == result[key], key
@@ -107,21 +105,20 @@ def test_tiny_sweep_in_tensorboard_hparams_and_wandb_offline(tiny_config, tmp_pa
         assert metrics["final/eval_loss"] == pytest.approx(result["final_eval_loss"], rel=1e-6)  # float32 scalars
         assert metrics["final/mfu"] == pytest.approx(result["mfu"], rel=1e-6)
         assert metrics["eval/loss"] == pytest.approx(result["final_eval_loss"], rel=1e-6)
-        rows = [r for r in rundir.read_metrics(sweep / "runs" / f"d{d_model}") if r["split"] == "train"]
+        rows = [r for r in rundir.read_metrics(sweep / "runs" / f"s{seed}") if r["split"] == "train"]
         assert all(r["mfu_peak_flops"] == 1e11 and r["mfu_peak_source"] == "config train.peak_flops"
                    for r in rows)
-        train_fpt = accounting.flops_per_token(configs[d_model].model, 32)["train"]
         assert rows[-1]["mfu"] == pytest.approx(accounting.mfu(rows[-1]["tokens_per_s"], train_fpt, 1e11))
-    # the HParams view filters: an N interval above the smaller model's keeps the larger one only
-    middle = (results[16]["n_params"] + results[32]["n_params"]) / 2
-    assert list(_session_groups(str(sweep), n_params=(middle, 1e12))) == ["runs/d32/tensorboard"]
+    assert results[0]["final_eval_loss"] != results[1]["final_eval_loss"]  # two sessions, not one twice
+    # the HParams view filters: a seed interval keeps the second replicate only
+    assert list(_session_groups(str(sweep), seed=(0.5, 2))) == ["runs/s1/tensorboard"]
 
-    for d_model, result in results.items():
-        records = _wandb_records(sweep / "runs" / f"d{d_model}")
+    for seed, result in results.items():
+        records = _wandb_records(sweep / "runs" / f"s{seed}")
         run = records["run"][0].run
-        assert (run.project, run.run_group, run.display_name) == ("scaling", "tiny", f"d{d_model}")
+        assert (run.project, run.run_group, run.display_name) == ("scaling", "tiny", f"s{seed}")
         config = {_key(item): json.loads(item.value_json) for item in run.config.update}
-        assert config["n_params"] == result["n_params"] and config["model.d_model"] == d_model
+        assert config["n_params"] == result["n_params"] and config["seed"] == seed
         assert config["mfu_peak_source"] == "config train.peak_flops"
         summary = {_key(i): json.loads(i.value_json) for r in records["summary"] for i in r.summary.update}
         assert summary["final/eval_loss"] == pytest.approx(result["final_eval_loss"])
