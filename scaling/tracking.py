@@ -102,21 +102,20 @@ def run_view(config, run_dir, peak: float | None, peak_source: str | None) -> Ru
     return RunView(run_id=run_id, group=group, hparams=hparams, mfu_peak=mfu_peak, track=track)
 
 
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def final_metrics(result: dict) -> dict:
     """FINAL_METRICS' values from a result, finite numbers only."""
-    out = {}
-    for tag, key in FINAL_METRICS.items():
-        value = result.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[tag] = float(value)
-    return out
+    return {tag: float(result[key]) for tag, key in FINAL_METRICS.items() if _finite_number(result.get(key))}
 
 
 def numeric_fields(row: dict) -> dict:
-    """A metrics row's finite numbers as {'SPLIT/KEY': value} (step and split left out)."""
+    """A metrics row's finite numbers as {'SPLIT/KEY': value} (step, split and the MFU peak left out)."""
     split = row.get("split", "train")
-    return {f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step", "mfu_peak_flops")
-            and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {f"{split}/{k}": v for k, v in row.items()
+            if k not in ("split", "step", "mfu_peak_flops") and _finite_number(v)}
 
 
 class TensorBoardTracker:

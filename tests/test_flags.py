@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from launch import cli as launch_cli
+from launch import sweep
 from scaling import config as cfg_lib
 from scaling import flags
 
@@ -133,6 +134,11 @@ def test_sweep_takes_overrides_variants_and_flagfiles(tmp_path, capsys):
     flagfile.write_text(f"--config {DEMO}\n--config.sweep.seeds (0,1)   # two replicates\n")
     doubled = plan_rows("--flagfile", str(flagfile))
     assert len(doubled) == 2 * len(plain)
+    # a tracker override reaches every run and leaves the run ids (the runs' identities) as they were
+    assert plan_rows(str(DEMO), "--config.track.wandb", "true") == plain
+    cfg = sweep.load_sweep(DEMO)
+    cfg_lib.apply_override(cfg, "--config.track.wandb=true")
+    assert all(spec.config.track.wandb is True for spec in sweep.expand(cfg))
     assert launch_cli.sweep_main([str(DEMO), "--config.sweep.seedz", "3", "--dry-run"]) == 2
     assert "unknown config key 'sweep.seedz'" in capsys.readouterr().err
     args = launch_cli._parse_sweep_args(["--config=x.py:big", "--cloud.bucket", "gs://b/s", "--config.seed=1"])
