@@ -60,9 +60,9 @@ def _wandb_records(run_dir) -> dict:
     store = datastore.DataStore()
     store.open_for_scan(str(files[0]))
     records: dict = {}
-    while (item := store.scan_record()) is not None:
+    while (data := store.scan_data()) is not None:  # whole records (a long one spans log blocks)
         record = wandb_internal_pb2.Record()
-        record.ParseFromString(item[1])
+        record.ParseFromString(data)
         records.setdefault(record.WhichOneof("record_type"), []).append(record)
     return records
 
@@ -80,6 +80,7 @@ def test_tiny_sweep_in_tensorboard_hparams_and_wandb_offline(tiny_config, tmp_pa
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_MODE", "offline")  # no network: W&B writes its files for a later sync
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # no crash reports sent anywhere
     sweep = tmp_path / "sweeps" / "tiny"
     results = {}
     for seed in (0, 1):  # two replicates of one sweep, laid out as `scaling sweep` lays them (one
