@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scaling sweep", description="Plan (--dry-run) or run a sweep.")
     p.add_argument("config", nargs="?", help="sweep config file (experiments/*.py with a `sweep` section; "
                    "FILE.py:ARG calls get_config(ARG)); or give it as --config")
-    p.add_argument("--flagfile", help="read more flags from this file (one or more a line, # comments)")
+    p.add_argument("--flagfile", help="read more flags from this file (whitespace-separated, # comments)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (and, for skypilot, the tasks) only")
     p.add_argument("--sweep-dir", default=None, help="default: sweeps/<config stem>")
     p.add_argument("--backend", choices=("local", "skypilot"), default="local")

@@ -2,7 +2,7 @@
 
     scaling train --config experiments/base.py --config.model.d_model=64 --workdir runs/x
     scaling train --config runs/x/config.json --workdir runs/x        # a resolved config (resume)
-    scaling train --config experiments/base.py:VARIANT --config.model.d_model 64 --workdir runs/x
+    scaling train --config my_variants.py:wide --config.model.d_model 64 --workdir runs/x   # get_config("wide")
     scaling train --flagfile run.flags --workdir runs/x              # flags one per line, # comments
 
 Config flags (scaling/flags.py): --config FILE, --config=FILE.py:ARG (get_config(ARG)),
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a .py file with get_config() (FILE.py:ARG calls get_config(ARG)) "
                         "or a .json config; --config.a.b VALUE overrides a key")
-    parser.add_argument("--flagfile", help="read more flags from this file (one or more a line, # comments)")
+    parser.add_argument("--flagfile", help="read more flags from this file (whitespace-separated, # comments)")
     parser.add_argument("--workdir", required=True, help="the run directory (created; resumed if it exists)")
     parser.add_argument("--stop-after-steps", type=int, default=None,
                         help="checkpoint and exit after this step, as a preemption would (testing resume)")
