@@ -48,9 +48,18 @@ def make_config(source, sweep_file, target_flops):
 
 
 def forecast_main(argv: list[str]) -> int:
-    """`scaling forecast`: analysis.forecast_cli's command with the sweep-config hooks."""
+    """`scaling forecast`: analysis.forecast_cli's command with the sweep-config hooks; --flagfile FILE
+    is read as in `scaling train` (scaling/flags.py), and --sweep takes FILE.py:ARG variants."""
+    import sys
+
     from analysis import forecast_cli
+    from scaling import flags
     from scaling.provenance import git_state
+    try:
+        argv = flags.expand_flagfiles(argv)
+    except flags.FlagError as e:
+        print(f"scaling forecast: error: {e}", file=sys.stderr)
+        return 2
     sha, dirty = git_state()
     return forecast_cli.forecast_main(argv, make_config=make_config, hash_config=config_hash,
                                       git_sha=f"{sha}+dirty" if sha and dirty else sha)

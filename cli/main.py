@@ -10,6 +10,7 @@
     scaling forecast SWEEP_DIR_OR_CSV --target-flops C --out FORECAST.json
     scaling score FORECAST.json RUN_DIR_OR_CSV
     scaling demo
+    scaling --version                     # package version and the git sha of the code (dirty or clean)
 
 Only the chosen subcommand's module is imported, so planning a sweep loads no JAX.
 `python -m cli` is the same command.

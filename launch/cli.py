@@ -9,7 +9,10 @@
     scaling status sweeps/chinchilla_isoflop --backend skypilot   # ... next to the managed jobs' states
     scaling sync sweeps/chinchilla_isoflop [--checkpoints]        # results back from the bucket
 
-The sweep directory defaults to sweeps/<config file stem> (--sweep-dir to change it).
+The sweep directory defaults to sweeps/<config file stem> (sweeps/<stem>-<ARG> for FILE.py:ARG;
+--sweep-dir to change it). The config flags of scaling/flags.py work here too: the sweep file as
+`--config FILE` or `--config=FILE.py:ARG` (get_config(ARG)), overrides of any of its keys (run keys,
+sweep.*, cloud.*, track.*) as `--config.a.b VALUE` or `--config.a.b=VALUE`, and `--flagfile FILE`.
 """
 import argparse
 import pathlib
@@ -52,7 +55,9 @@ class _Printer:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scaling sweep", description="Plan (--dry-run) or run a sweep.")
-    p.add_argument("config", help="sweep config file (experiments/*.py with a `sweep` section)")
+    p.add_argument("config", nargs="?", help="sweep config file (experiments/*.py with a `sweep` section; "
+                   "FILE.py:ARG calls get_config(ARG)); or give it as --config")
+    p.add_argument("--flagfile", help="read more flags from this file (whitespace-separated, # comments)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (and, for skypilot, the tasks) only")
     p.add_argument("--sweep-dir", default=None, help="default: sweeps/<config stem>")
     p.add_argument("--backend", choices=("local", "skypilot"), default="local")
@@ -63,20 +68,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="forward every trainer output line")
     p.add_argument("--allow-dirty", action="store_true",
                    help="skypilot: launch from a tree with uncommitted changes (recorded as git_dirty)")
-    p.epilog = "skypilot: --cloud.KEY=VALUE overrides a key of the config's cloud section (bucket, accelerator, ...)"
+    p.epilog = ("--config.a.b VALUE overrides a key of the sweep file (run keys, sweep.*, track.*); skypilot: "
+                "--cloud.KEY VALUE overrides a key of the config's cloud section (bucket, accelerator, ...)")
     return p
 
 
 def _parse_sweep_args(argv: list[str]):
-    """The sweep arguments; --cloud.KEY=VALUE items are kept apart (args.cloud_overrides)."""
+    """The sweep arguments; --config.KEY overrides are kept apart (args.overrides), and so are the
+    --cloud.KEY ones (args.cloud_overrides, applied for --backend skypilot only)."""
+    from scaling import flags
+
     parser = _parser()
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--cloud.")]
+    try:
+        given = flags.split(argv, sections=("config", "cloud"))
+    except flags.FlagError as e:
+        parser.error(str(e))
+    args, bad = parser.parse_known_args(given.rest)
     if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (cloud overrides look like "
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.train.lr=1e-3 or "
                      "--cloud.bucket=gs://my-bucket/scaling)")
-    args.cloud_overrides = rest
+    if args.config and given.config:
+        parser.error(f"two sweep configs: {args.config!r} and --config={given.config!r}; give one")
+    args.config = args.config or given.config
+    if not args.config:
+        parser.error("a sweep config is required (e.g. experiments/demo_cpu.py, or --config FILE)")
+    args.overrides = [o for o in given.overrides if o.startswith("--config.")]
+    args.cloud_overrides = [o for o in given.overrides if o.startswith("--cloud.")]
     return args
+
+
+def _default_sweep_dir(spec: str) -> pathlib.Path:
+    """sweeps/<stem>, or sweeps/<stem>-<ARG> for a FILE.py:ARG variant (ARG's path separators -> '_')."""
+    path, arg = cfg_lib.split_spec(spec)
+    name = path.stem if arg is None else f"{path.stem}-{arg.replace('/', '_').replace(':', '_')}"
+    return pathlib.Path("sweeps") / name
 
 
 def _sweep_skypilot(args, cfg, specs, dropped, path: pathlib.Path, sweep_dir: pathlib.Path) -> int:
@@ -93,7 +118,8 @@ def _sweep_skypilot(args, cfg, specs, dropped, path: pathlib.Path, sweep_dir: pa
     _print_dropped(dropped, args.verbose)
     sweep.check_memory(specs, mem)
     source = skypilot.source_state(allow_dirty=args.allow_dirty or args.dry_run)
-    tasks = [skypilot.build_task(s, cfg.cloud, path.stem, source, for_launch=not args.dry_run) for s in specs]
+    name = _default_sweep_dir(args.config).name  # the file's stem (-ARG for a variant): jobs and bucket folder
+    tasks = [skypilot.build_task(s, cfg.cloud, name, source, for_launch=not args.dry_run) for s in specs]
     if args.dry_run:
         for problem in skypilot.placeholder_problems(cfg.cloud):
             print(f"warning: {problem} (a launch would be refused)")
@@ -101,8 +127,8 @@ def _sweep_skypilot(args, cfg, specs, dropped, path: pathlib.Path, sweep_dir: pa
               f"commit {source['git_sha'][:12]}{' + uncommitted changes' if source['git_dirty'] else ''}:\n")
         print(skypilot.tasks_yaml(tasks))
         return 0
-    local.write_manifest(sweep_dir, specs, path)
-    sync.write_cloud_record(sweep_dir, f"{str(cfg.cloud.bucket).rstrip('/')}/{path.stem}")
+    local.write_manifest(sweep_dir, specs, args.config)
+    sync.write_cloud_record(sweep_dir, f"{str(cfg.cloud.bucket).rstrip('/')}/{name}")
     skypilot.launch(tasks)
     print(f"launched {len(tasks)} managed jobs; `scaling status {sweep_dir} --backend skypilot` shows them, "
           f"`scaling sync {sweep_dir}` brings their results back")
@@ -144,10 +170,12 @@ def _sweep(args) -> int:
         raise ValueError(f"--parallel={args.parallel}: must be >= 1 (runs at once)")
     if args.max_attempts < 1:
         raise ValueError(f"--max-attempts={args.max_attempts}: must be >= 1")
-    path = pathlib.Path(args.config)
+    path, _ = cfg_lib.split_spec(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} not found (e.g. experiments/demo_cpu.py)")
-    cfg = sweep.load_sweep(path)
+    cfg = sweep.load_sweep(args.config)
+    for item in args.overrides:  # before expanding: they change every run (or the sweep's rules)
+        cfg_lib.apply_override(cfg, item)
     dropped: list[str] = []
     specs = sweep.expand(cfg, dropped)
     if not specs:
@@ -157,10 +185,10 @@ def _sweep(args) -> int:
         specs = [s for s in specs if args.only in s.run_id]
         if not specs:
             raise ValueError(f"--only={args.only!r} matches no run id of {path}")
-    sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path("sweeps") / path.stem)
+    sweep_dir = pathlib.Path(args.sweep_dir or _default_sweep_dir(args.config))
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ValueError(f"sweep dir {sweep_dir} is an existing file; give a directory with --sweep-dir "
-                         f"(default sweeps/{path.stem})")
+                         f"(default {_default_sweep_dir(args.config)})")
 
     if args.backend == "skypilot":
         return _sweep_skypilot(args, cfg, specs, dropped, path, sweep_dir)
@@ -176,7 +204,7 @@ def _sweep(args) -> int:
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     backend = local.LocalBackend(sweep_dir, parallel=args.parallel, max_attempts=args.max_attempts, gpus=gpus,
                                  on_event=_Printer(args.verbose), est_flops_per_s=cfg.sweep.est_flops_per_s)
-    local.write_manifest(sweep_dir, specs, path)
+    local.write_manifest(sweep_dir, specs, args.config)  # FILE or FILE.py:ARG: what load_sweep reads again
     print(f"\nsweep dir: {sweep_dir}")
     t0 = time.time()
     results = backend.run(specs)
@@ -221,7 +249,7 @@ def managed_jobs_table(sweep_dir, records) -> str:
 
     rows = local.sweep_status(sweep_dir)
     manifest = rundir.read_manifest(sweep_dir) or {}
-    name = pathlib.Path(manifest.get("source") or pathlib.Path(sweep_dir).name).stem
+    name = _default_sweep_dir(manifest["source"]).name if manifest.get("source") else pathlib.Path(sweep_dir).name
     jobs = skypilot.job_states([r["run_id"] for r in rows], name, records)
     width = max([len("run_id")] + [len(r["run_id"]) for r in rows])
     lines = ["", f"{'run_id'.ljust(width)}  {'managed job':<12}  run (as synced: `scaling sync {sweep_dir}`)"]

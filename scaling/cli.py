@@ -18,9 +18,24 @@ COMMANDS = {
 
 def usage(prog: str, commands: dict) -> str:
     """The command list printed by `PROG --help` and after an unknown command."""
-    lines = [f"usage: {prog} COMMAND [ARGS...]", "", "commands:"]
+    lines = [f"usage: {prog} COMMAND [ARGS...]   |   {prog} --version", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in commands.items()]
     return "\n".join(lines)
+
+
+def version_line(prog: str) -> str:
+    """'PROG 0.1.0 (git <sha>, dirty)': the installed package version and the code's commit."""
+    import importlib.metadata
+
+    from scaling.provenance import git_state
+    try:
+        version = importlib.metadata.version("scaling")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed)"
+    sha, dirty = git_state()
+    code = "git sha unknown (not a git checkout)" if sha is None else \
+        f"git {sha}{', uncommitted changes' if dirty else ', clean'}"
+    return f"{prog} {version} ({code})"
 
 
 def dispatch(prog: str, commands: dict, argv: list[str] | None) -> int:
@@ -28,6 +43,9 @@ def dispatch(prog: str, commands: dict, argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(prog, commands))
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        print(version_line(prog.split()[-1] if prog.startswith("python -m") else prog))
         return 0
     name, rest = argv[0], argv[1:]
     if name not in commands:

@@ -4,7 +4,9 @@ A config is an ml_collections ConfigDict with the keys of `defaults()`. A config
 Python file whose `get_config()` returns a ConfigDict holding only what differs from the defaults
 (a complete config works too), or a JSON file holding a resolved config (a run directory's
 config.json). Both are laid over `defaults()`, so a key the defaults do not know is an error naming
-the file. Overrides are `--config.a.b=value`; the value is parsed to the type of the existing leaf.
+the file. `FILE.py:ARG` passes ARG to `get_config(ARG)` (a named variant of one file). Overrides are
+`--config.a.b=value`; the value is parsed to the type of the existing leaf (scaling/flags.py reads
+the other command-line forms and hands them over in this one).
 
 The valid values of every enumerated key are defined here once; the model and the optimizer read
 them from here. This module imports neither JAX nor the model, so a planner can validate every run
@@ -34,12 +36,14 @@ EXECUTION_SECTIONS = ("mesh", "checkpoint")
 EXECUTION_KEYS = (("data", "cache_dir"), ("model", "remat"))  # remat recomputes, it computes the same
 # Sections of labels that describe a run without changing it (e.g. the nominal budget it was planned for).
 LABEL_SECTIONS = ("meta",)
+# Sections that choose where a run is also shown (TensorBoard, W&B): views of the run directory.
+VIEW_SECTIONS = ("track",)
 
 
 def defaults() -> ml_collections.ConfigDict:
     """The trainer's base config: one small decoder-only LM on the embedded corpus (byte-level).
 
-    Every key outside EXECUTION_SECTIONS, EXECUTION_KEYS and LABEL_SECTIONS is part of the run's
+    Every key outside EXECUTION_SECTIONS, EXECUTION_KEYS, LABEL_SECTIONS and VIEW_SECTIONS is part of the run's
     identity (its config hash). Units: `train.tokens` is D, training tokens seen; batch sizes are
     in sequences of `data.seq_len` tokens.
     """
@@ -114,12 +118,20 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.meta = e = ml_collections.ConfigDict()
     e.budget = 0.0  # the nominal FLOP budget C of an isoFLOP run (set by the planner); 0.0 = none
+
+    c.track = r = ml_collections.ConfigDict()  # trackers: views of the run directory (scaling/tracking.py)
+    r.tensorboard = True  # scalars and hparams (config + N, D, C) in RUN_DIR/tensorboard
+    r.group = ""  # "": the sweep's name for a run in SWEEP_DIR/runs/ID, else none
+    r.wandb = False  # also log to Weights & Biases (pip install -e '.[wandb]')
+    r.wandb_project = "scaling"
+    r.wandb_entity = ""  # "": W&B's default entity
+    r.wandb_mode = ""  # "": W&B's own default (WANDB_MODE); or online | offline | disabled
     return c
 
 
 def science(config) -> dict:
-    """The config as a dict without its execution-only sections and keys and its labels."""
-    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS + LABEL_SECTIONS}
+    """The config as a dict without its execution-only sections and keys, its labels and its views."""
+    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS + LABEL_SECTIONS + VIEW_SECTIONS}
     for section, key in EXECUTION_KEYS:
         d.get(section, {}).pop(key, None)
     return d
@@ -129,9 +141,23 @@ class ConfigError(ValueError):
     """A config key holds a value that cannot work; the message names key, value and what is valid."""
 
 
-def load_py(path) -> ml_collections.ConfigDict:
-    """What a Python config file's get_config() returns, as written (not laid over the defaults)."""
-    path = pathlib.Path(path)
+def split_spec(spec) -> tuple[pathlib.Path, str | None]:
+    """'file.py:ARG' -> (file.py, 'ARG'); any other spec -> (path, None)."""
+    text = str(spec)
+    at = text.find(".py:")
+    if at < 0:
+        return pathlib.Path(text), None
+    path, arg = pathlib.Path(text[:at + 3]), text[at + 4:]
+    if not arg:
+        raise ConfigError(f"config {text!r}: nothing after ':'; give get_config's argument ({path}:ARG) or "
+                          f"drop the ':'")
+    return path, arg
+
+
+def load_py(spec) -> ml_collections.ConfigDict:
+    """What a Python config file's get_config() (or get_config(ARG) for 'file.py:ARG') returns, as
+    written (not laid over the defaults)."""
+    path, arg = split_spec(spec)
     if path.suffix != ".py":
         raise ConfigError(f"{path}: a config here must be a Python file (.py) with get_config()")
     if not path.is_file():
@@ -146,11 +172,31 @@ def load_py(path) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path}: raised {_error_at(e, path)} while loading; fix the file") from None
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{path} defines no get_config() returning a ConfigDict")
+    args = _get_config_args(module.get_config, path, arg)
     try:
-        written = module.get_config()
+        written = module.get_config(*args)
     except Exception as e:
-        raise ConfigError(f"{path}: get_config() raised {_error_at(e, path)}; fix the file") from None
+        raise ConfigError(f"{path}: get_config({', '.join(map(repr, args))}) raised {_error_at(e, path)}; "
+                          "fix the file") from None
     return _mapping(written, f"{path}: get_config()", "returned")
+
+
+def _get_config_args(get_config, path: pathlib.Path, arg: str | None) -> tuple:
+    """(arg,) or (): what get_config is called with; a ConfigError when its signature disagrees."""
+    import inspect
+    args, signature = () if arg is None else (arg,), "(...)"
+    try:
+        signature = inspect.signature(get_config)
+        signature.bind(*args)
+    except TypeError:
+        if arg is None:
+            raise ConfigError(f"{path}: get_config{signature} needs an argument; pass it as "
+                              f"--config={path}:ARG") from None
+        raise ConfigError(f"{path}: get_config() takes no argument, but {arg!r} was given ({path}:{arg}); "
+                          f"drop ':{arg}' or give get_config a parameter") from None
+    except ValueError:  # no signature to read (a builtin): call it as asked
+        pass
+    return args
 
 
 def _error_at(e: BaseException, path: pathlib.Path) -> str:
@@ -174,8 +220,10 @@ def _short(value) -> str:
 
 
 def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
-    """Load a .py or .json config laid over defaults() and apply `--config.a.b=value` overrides."""
-    path = pathlib.Path(path)
+    """Load a .py (or 'file.py:ARG') or .json config laid over defaults() and apply
+    `--config.a.b=value` overrides."""
+    spec = path
+    path, _ = split_spec(spec)
     if path.suffix == ".json":
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -186,7 +234,7 @@ def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot be read ({e})") from None
     elif path.suffix == ".py":
-        written = load_py(path)
+        written = load_py(spec)
         if "sweep" in written:
             raise ConfigError(f"{path} is a sweep config (it has a `sweep` section); plan or run it with "
                               f"`scaling sweep {path}`")

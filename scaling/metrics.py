@@ -1,7 +1,9 @@
-"""Run metrics: the metrics file of the run directory (the source of truth), TensorBoard events,
-and a progress line.
+"""Run metrics: the metrics file of the run directory (the source of truth), its views (TensorBoard,
+optionally W&B: scaling/tracking.py), and a progress line.
 
-Only the main process writes; other processes get a writer whose methods do nothing.
+Only the main process writes; other processes get a writer whose methods do nothing. Given the
+run's view, every train row also says which peak its MFU divides by: `mfu_peak_flops` (FLOP/s of
+the whole mesh) and `mfu_peak_source` (config, measured CPU matmul, or the datasheet table entry).
 """
 import json
 import math
@@ -15,16 +17,18 @@ from scaling.rundir import read_metrics  # noqa: F401  (the reader belongs to th
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to the run's metrics file and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per line to the run's metrics file and mirrors each row to the trackers."""
 
-    def __init__(self, run_dir, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir, *, enabled: bool = True, tensorboard: bool = True, view=None):
+        """view: the run's tracking.RunView (hparams, MFU peak, track section); None: TensorBoard
+        scalars only, no hparams."""
+        from scaling import tracking
+
         self.enabled = enabled
         self.run_dir = pathlib.Path(run_dir)
         self.path = rundir.metrics_path(run_dir)
-        self._tb = None
-        if enabled and tensorboard:
-            from tensorboardX import SummaryWriter  # imported lazily: only the main process needs it
-            self._tb = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
+        self._peak = view.mfu_peak if view is not None else {}
+        self.trackers = tracking.Trackers(run_dir, view, tensorboard=tensorboard) if enabled else None
 
     def truncate_after(self, step: int) -> list[str]:
         """On resume: drop rows newer than the restored checkpoint, which the resumed run will redo.
@@ -45,8 +49,11 @@ class MetricsWriter:
         return lost
 
     def write(self, row: dict) -> None:
+        """Append `row` to the metrics file (durable on sync()), then show it in the trackers."""
         if not self.enabled:
             return
+        if row.get("split", "train") == "train":
+            row = {**row, **self._peak}
         try:
             with self.path.open("a") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
@@ -54,11 +61,7 @@ class MetricsWriter:
             if rundir.is_disk_full(e):
                 raise rundir.DiskFullError(self.path) from e
             raise
-        if self._tb is not None:
-            split = row.get("split", "train")
-            for key, value in row.items():
-                if key not in ("split", "step") and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"{split}/{key}", value, row["step"])
+        self.trackers.log(row)
 
     def sync(self) -> None:
         """Make every row written so far durable (called before each checkpoint, which counts on them)."""
@@ -71,8 +74,13 @@ class MetricsWriter:
             os.close(fd)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
+
+    def publish(self, result: dict) -> None:
+        """After result.json is written: the final metrics to the trackers (hparams session end, W&B summary)."""
+        if self.trackers is not None:
+            self.trackers.publish(result)
 
 
 def _duration(seconds: float) -> str:

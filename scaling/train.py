@@ -22,13 +22,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scaling import accounting, data, distributed, memory, rundir, sharding
+from scaling import accounting, data, distributed, memory, rundir, sharding, tracking
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
 from scaling.model import build_model, cross_entropy
 from scaling.optim import make_optimizer
-from scaling.provenance import provenance
+from scaling.provenance import peak_source, provenance
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -205,6 +205,7 @@ def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool
         result = _finish(run, tokens_per_s, mfu)
         if is_main:
             rundir.write_result(run_dir, result)  # the run is finished from here on
+            run.writer.publish(result)  # then its views: final metrics, hparams session end
     except Exception as e:
         if rundir.is_disk_full(e) and not isinstance(e, rundir.DiskFullError):
             e = rundir.DiskFullError(run_dir)  # e.g. inside Orbax: name the run directory
@@ -297,6 +298,7 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
     seq_len, batch = config.data.seq_len, t.batch_size
 
     mem = _memory_estimate(config, mesh, run_dir)  # refuses a run that would not fit, before compiling
+    peak = _peak_flops(config, mesh)
     trainer = make_trainer(config, mesh, rules, steps)
     loader, data_info = data.train_loader(
         corpus, seq_len=seq_len, global_batch=batch, num_steps=steps, seed=config.data.seed,
@@ -309,9 +311,10 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
         rows=slice(shard * batch // n_shards, (shard + 1) * batch // n_shards),
         ckpt=Checkpointer(config.checkpoint.dir or run_dir / rundir.CHECKPOINTS, every_steps=config.checkpoint.every_steps,
                           keep=config.checkpoint.keep, async_save=config.checkpoint.async_save),
-        writer=MetricsWriter(run_dir, enabled=is_main), host=HostState(), start=0, steps=steps,
+        writer=MetricsWriter(run_dir, enabled=is_main, view=tracking.run_view(
+            config, run_dir, peak, peak_source(config, mesh.devices.flat[0]))), host=HostState(), start=0, steps=steps,
         tokens_per_step=batch * seq_len, counts=accounting.param_counts(m),
-        fpt=accounting.flops_per_token(m, seq_len), peak=_peak_flops(config, mesh), memory=mem,
+        fpt=accounting.flops_per_token(m, seq_len), peak=peak, memory=mem,
         t_segment=t_segment)
     _resume(run)
     return run

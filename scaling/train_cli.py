@@ -2,6 +2,12 @@
 
     scaling train --config experiments/base.py --config.model.d_model=64 --workdir runs/x
     scaling train --config runs/x/config.json --workdir runs/x        # a resolved config (resume)
+    scaling train --config my_variants.py:wide --config.model.d_model 64 --workdir runs/x   # get_config("wide")
+    scaling train --flagfile run.flags --workdir runs/x              # flags one per line, # comments
+
+Config flags (scaling/flags.py): --config FILE, --config=FILE.py:ARG (get_config(ARG)),
+--config.a.b=VALUE or --config.a.b VALUE, --flagfile FILE. Tracking: --config.track.* (TensorBoard
+hparams in RUN_DIR/tensorboard; --config.track.wandb=true for Weights & Biases, scaling/tracking.py).
 
 The config is validated once, by scaling.train.train(); an invalid one exits with status 2.
 
@@ -34,17 +40,25 @@ def main(argv: list[str]) -> int:
     """Parse the arguments, load the config and train; 0 when the run finished or stopped as asked."""
     parser = argparse.ArgumentParser(prog="scaling train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a .py file with get_config() or a .json config")
+    parser.add_argument("--config", help="a .py file with get_config() (FILE.py:ARG calls get_config(ARG)) "
+                        "or a .json config; --config.a.b VALUE overrides a key")
+    parser.add_argument("--flagfile", help="read more flags from this file (whitespace-separated, # comments)")
     parser.add_argument("--workdir", required=True, help="the run directory (created; resumed if it exists)")
     parser.add_argument("--stop-after-steps", type=int, default=None,
                         help="checkpoint and exit after this step, as a preemption would (testing resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args, rest = parser.parse_known_args(argv)
-    if args.stop_after_steps is not None and args.stop_after_steps < 1:
-        parser.error(f"--stop-after-steps={args.stop_after_steps}: must be >= 1 (a step to stop after)")
-    bad = [a for a in rest if not a.startswith("--config.")]
+    from scaling import flags
+    try:
+        given = flags.split(argv)
+    except flags.FlagError as e:
+        parser.error(str(e))
+    args, bad = parser.parse_known_args(given.rest)
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.train.tokens=1e6)")
+    if given.config is None:
+        parser.error("--config is required (e.g. --config experiments/base.py, or in a --flagfile)")
+    if args.stop_after_steps is not None and args.stop_after_steps < 1:
+        parser.error(f"--stop-after-steps={args.stop_after_steps}: must be >= 1 (a step to stop after)")
 
     workdir = pathlib.Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -52,7 +66,7 @@ def main(argv: list[str]) -> int:
 
     from scaling import config as cfg_lib
     try:
-        config = cfg_lib.load(args.config, rest)
+        config = cfg_lib.load(given.config, given.overrides)
     except cfg_lib.ConfigError as e:
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
