@@ -16,23 +16,22 @@ Power law (DeepSeek-LLM's form): y = a * x**b fitted as ln y = ln a + b ln x by 
 squares over the groups' optima; intervals on b and on a from the t distribution with n - 2
 degrees of freedom (none with 2 groups).
 
-The fit file (`write_fit_file`): JSON with the laws and every group's optimum, for sweep rules to
-read back (launch.hparams); its identity is the SHA-256 of its bytes.
+The fit file (`write_fit_file`; format in scaling/hparam_file.py): the laws and every group's optimum,
+for sweep rules to read back (launch.hparams); its identity is the SHA-256 of its bytes.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import pathlib
 
 import numpy as np
 import scipy.stats
 
+from scaling import hparam_file
+
 EDGES = ("", "low", "high", "flat")  # interior, best at the grid's smallest / largest value, not convex
 LEVEL = 0.9  # the default interval level
-FIT_FILE_KIND = "hparam_laws"
 
 
 class HparamFitError(ValueError):
@@ -156,15 +155,10 @@ def fit_power_law(xs, optima: list[Optimum], labels, *, y_name: str, x_name: str
 
 
 def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict]) -> str:
-    """Write the laws ({'lr_vs_flops': law, ...}) and the per-group optima as JSON; return its SHA-256."""
-    doc = {"kind": FIT_FILE_KIND, "format": 1,
-           "laws": {name: _finite(dataclasses.asdict(law)) for name, law in laws.items()},
-           "optima": [_finite(o) for o in optima]}
-    text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Write the laws ({'lr_vs_flops': law, ...}) and the per-group optima (scaling.hparam_file's
+    format); return the file's SHA-256."""
+    return hparam_file.write(path, {name: _finite(dataclasses.asdict(law)) for name, law in laws.items()},
+                             [_finite(o) for o in optima])
 
 
 def _finite(d: dict) -> dict:
@@ -178,3 +172,57 @@ def _finite(d: dict) -> dict:
             return {k: fix(x) for k, x in v.items()}
         return v
     return fix(d)
+
+
+GROUP_XS = {"flops": "budget", "n_params": "n_params"}  # law's x -> the table column that groups runs
+
+
+def sweep_table(path, *, on_error: str = "warn"):
+    """analysis.results.load(path) plus each run's Adam LR (`lr`) and batch (`batch_size`, sequences)
+    from its config.json; runs that failed (e.g. diverged at too high an LR) are skipped, with the
+    results loader's warning."""
+    from analysis import results
+    from scaling import rundir
+    df = results.load(path, on_error=on_error)
+    configs = [rundir.read_json_object(pathlib.Path(d) / rundir.CONFIG) or {} for d in df["run_dir"]]
+    df["lr"] = [c.get("optim", {}).get("lr") for c in configs]
+    df["batch_size"] = [c.get("train", {}).get("batch_size") for c in configs]
+    return df
+
+
+def fit_table(df, *, x: str = "flops", level: float = LEVEL) -> tuple[dict[str, PowerLaw], list[dict]]:
+    """Per group (budget C, or model size N) the optimal LR (at the group's best batch size) and the
+    optimal batch size (each batch's best loss over LRs), then the laws lr_vs_<x> and batch_size_vs_<x>.
+
+    df: columns lr, batch_size, loss and the group column (budget for x='flops', n_params for
+    x='n_params'). Returns ({law name: PowerLaw}, [per-group optimum dicts]); a law that cannot be
+    fitted (fewer than 2 interior optima) is left out and named in the optima's notes.
+    """
+    if x not in GROUP_XS:
+        raise HparamFitError(f"x={x!r}: must be one of {tuple(GROUP_XS)}")
+    col = GROUP_XS[x]
+    missing = [c for c in (col, "lr", "batch_size", "loss") if c not in df.columns]
+    if missing or df[col].isna().all():
+        raise HparamFitError(f"the runs lack {missing or [col]}: an x={x!r} fit needs them "
+                             "(x='flops' needs an isoflop sweep's budgets)")
+    rows, lr_opt, b_opt = [], [], []
+    for g, sub in sorted(df.groupby(col), key=lambda kv: kv[0]):
+        by_batch = sub.groupby("batch_size")["loss"].min()
+        best_b = float(by_batch.idxmin())
+        at_b = sub[sub["batch_size"] == best_b].groupby("lr")["loss"].mean()  # replicates averaged
+        lr_o = fit_optimum(at_b.index.to_numpy(float), at_b.to_numpy(float), x_name="lr", level=level)
+        b_o = (fit_optimum(by_batch.index.to_numpy(float), by_batch.to_numpy(float), x_name="batch_size", level=level)
+               if len(by_batch) >= 3 else None)
+        lr_opt.append((float(g), lr_o))
+        b_opt.append((float(g), b_o))
+        rows.append({col: float(g), "lr": dataclasses.asdict(lr_o), "batch_size": b_o and dataclasses.asdict(b_o)})
+    laws = {}
+    for name, pairs in (("lr", lr_opt), ("batch_size", b_opt)):
+        pairs = [(g, o) for g, o in pairs if o is not None]
+        try:
+            laws[f"{name}_vs_{x}"] = fit_power_law([g for g, _ in pairs], [o for _, o in pairs],
+                                                   [f"{col}={g:.3g}" for g, _ in pairs], y_name=name, x_name=x,
+                                                   level=level)
+        except HparamFitError as e:
+            rows.append({"law": f"{name}_vs_{x}", "not_fitted": str(e)})
+    return laws, rows

@@ -12,6 +12,7 @@
     scaling demo
     scaling mup-check --widths 32,64,128,256 --out mup_check
     scaling lr-transfer --widths 32,64,128 --steps 200 --out lr_transfer
+    scaling hparams-fit sweeps/hparams_cpu --out fits/hparams.json
 
 Only the chosen subcommand's module is imported, so planning a sweep loads no JAX.
 `python -m cli` is the same command.
@@ -31,6 +32,7 @@ COMMANDS = {
     "demo": ("cli.demo", "main", "the CPU demo: corpus -> sweep -> fits -> report"),
     "mup-check": ("cli.mup", "mup_check_main", "μP coordinate check: activation sizes vs width, SP and μP"),
     "lr-transfer": ("cli.mup", "lr_transfer_main", "LR x width sweep, SP and μP: does the optimal LR transfer?"),
+    "hparams-fit": ("cli.hparams", "fit_main", "optimal LR / batch per group of an LR x batch sweep, and their laws"),
 }
 
 
