@@ -259,11 +259,13 @@ def slope(records: list[CoordRecord], layer: str, step: int) -> float:
     return float(np.polyfit(w, y, 1)[0])
 
 
-# A coordinate "grows" when log(RMS) rises faster than this per log(width). SP's hidden activations
-# grow at ~1-2.5 and its output logits at ~0.8 after a few Adam steps at these widths (measured:
-# `scaling mup-check`); μP's stay within about +-0.3, with attention logits, tiny (< 0.3) and noisy
-# after a few steps, the most variable. Shrinking coordinates (μP's attention and output logits start
-# at ~width^-0.5) are allowed: μP asks that nothing blows up, and updates be Θ(1).
+# A coordinate "grows" when log(RMS) rises faster than this per log(width). Measured with
+# `scaling mup-check` (widths 32-256, 5 Adam steps at lr 1e-2, batch 8): SP's hidden activations grow
+# at slopes 1.6-2.7 and its output logits at 0.65; μP's activations and logits stay within -0.2..+0.21,
+# except the second layer's attention logits (slope 0.94 while still tiny: RMS 0.04-0.26, against SP's
+# 0.15-13, and rising more slowly at each doubling, as a finite-width transient would). Shrinking
+# coordinates are allowed (μP's attention and output logits start at ~width^-0.5): μP asks that
+# nothing blows up and that updates be Θ(1).
 SLOPE_TOL = 0.5
 
 

@@ -78,3 +78,38 @@ def test_fit_table_recovers_a_known_lr_law_from_a_synthetic_sweep():
     assert laws["lr_vs_flops"].coef == pytest.approx(0.5, rel=1e-5)
     assert laws["batch_size_vs_flops"].exponent == pytest.approx(0.0, abs=1e-6)
     assert all(g["lr"]["edge"] == "" for g in groups if "lr" in g)
+
+
+def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
+    # The loop on synthetic runs: the LR x batch sweep's run directories (losses from a known
+    # eta*(C) = 3e-3 (C/5e10)^-0.2 and B*(C) = 16 (C/5e10)^0.5) -> `scaling hparams-fit` -> a sweep
+    # whose rules read the fit file gets eta*(C) back at each budget.
+    import json
+
+    from cli import hparams as hp_cli
+    from launch import local
+    from scaling import config as cfg_lib
+
+    specs = sweep.expand(sweep.load_sweep(HP_SWEEP))
+    root = tmp_path / "sweep"
+    local.write_manifest(root, specs, HP_SWEEP)
+    for s in specs:
+        eta, bstar = 3e-3 * (s.budget / 5e10) ** -0.2, 16 * (s.budget / 5e10) ** 0.5
+        loss = 2.0 + 0.05 * math.log(s.config.optim.lr / eta) ** 2 + 0.03 * math.log(s.config.train.batch_size / bstar) ** 2
+        run = root / "runs" / s.run_id
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(s.config.to_dict()))
+        (run / "result.json").write_text(json.dumps({
+            "status": "ok", "n_params": s.n_params, "tokens": s.tokens, "final_eval_loss": loss,
+            "final_train_loss": loss, "config_hash": cfg_lib.config_hash(s.config), "budget": s.budget}))
+    out = tmp_path / "fit.json"
+    assert hp_cli.fit_main([str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lr_vs_flops" in printed and "batch_size_vs_flops" in printed
+    laws = json.loads(out.read_text())["laws"]
+    assert laws["lr_vs_flops"]["exponent"] == pytest.approx(-0.2, abs=1e-6)
+    assert laws["batch_size_vs_flops"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    cfg = sweep.load_sweep(HP_SWEEP)
+    cfg.sweep.hparams.update(lr_multipliers=(), batch_multipliers=(), fit_file=str(out))
+    for s in sweep.expand(cfg):
+        assert s.config.optim.lr == pytest.approx(3e-3 * (s.budget / 5e10) ** -0.2, rel=1e-6)
