@@ -56,6 +56,7 @@ def _setups(args, **extra):
 def _mup_check(argv) -> int:
     p = _parser("scaling mup-check", "μP coordinate check: RMS of every activation vs width, SP and μP")
     p.add_argument("--lr", type=float, default=1e-2, help="constant Adam LR (μP: at the base width)")
+    p.add_argument("--figure-layers", default="", help="comma-separated activations to draw (default: all)")
     args = p.parse_args(argv)
     from analysis import mup_figures
     from scaling import coord_check
@@ -67,7 +68,11 @@ def _mup_check(argv) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     layers = list(next(iter(table.values())))
     (args.out / "coords.json").write_text(json.dumps({"records": records, "slopes_last_step": table}, indent=1))
-    mup_figures.coord_sizes(records, args.out / "coord_check", layers=layers)
+    drawn = [x for x in args.figure_layers.split(",") if x] or layers
+    unknown = sorted(set(drawn) - set(layers))
+    if unknown:
+        raise ValueError(f"--figure-layers: {unknown} are not activations of this model (have: {layers})")
+    mup_figures.coord_sizes(records, args.out / "coord_check", layers=drawn)
     print(f"log-log slope of RMS in width after {args.steps} steps (widths {','.join(map(str, args.widths))}; "
           "0 = flat, 1 = grows like width):")
     print(f"  {'activation':<16}" + "".join(f"{p:>10}" for p in table))
