@@ -52,3 +52,11 @@ def test_walk_mismatch_is_reported(tiny_config, monkeypatch):
     _, agree = coord_check.probe(model, tokens_BT)
     with pytest.raises(coord_check.CoordCheckError, match="attn_out rebuilt"):
         coord_check._check_agreement(agree, 32)
+
+
+def test_cli_names_a_bad_width(tmp_path, capsys):
+    from cli import mup
+    assert mup.mup_check_main(["--widths", "33,64", "--out", str(tmp_path)]) == 2
+    assert "error: width 33 is not a multiple of n_heads=2" in capsys.readouterr().err
+    assert mup.lr_transfer_main(["--lrs", "1e-3,1e-2", "--out", str(tmp_path), "--cache-dir", str(tmp_path)]) == 2
+    assert "at least three positive learning rates" in capsys.readouterr().err
