@@ -1,7 +1,7 @@
 """Figures of the μP checks (matplotlib via analysis.figures: PNG + PDF). Inputs are plain records.
 
 coord_sizes: one panel per activation, RMS vs width (log-log), one line per step, SP and μP side by
-side; lr_transfer: held-out loss vs LR, one line per width, SP and μP side by side, optima starred.
+side; lr_transfer: held-out loss vs LR, one line per width, SP and μP side by side, fitted optima as vertical lines.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def coord_sizes(records: list[dict], out, *, layers: list[str]) -> list:
 def lr_transfer(points: list[dict], optima: list[dict], out) -> list:
     """points: dicts with parametrization, width, lr, loss; optima: parametrization, width, best, edge."""
     params = list(dict.fromkeys(p["parametrization"] for p in points))
-    fig, axes = _new("LR transfer: held-out loss vs Adam LR (one line per width; ★ = fitted optimum)",
+    fig, axes = _new("LR transfer: held-out loss vs Adam LR (one line per width; dashed = fitted optimum, dotted = on the grid edge)",
                      figsize=(5.2 * len(params), 4.2), ncols=len(params))
     axes = np.atleast_1d(axes)
     widths = sorted({p["width"] for p in points})
