@@ -10,6 +10,9 @@
     scaling forecast SWEEP_DIR_OR_CSV --target-flops C --out FORECAST.json
     scaling score FORECAST.json RUN_DIR_OR_CSV
     scaling demo
+    scaling mup-check --widths 32,64,128,256 --out mup_check
+    scaling lr-transfer --widths 32,64,128 --steps 200 --out lr_transfer
+    scaling hparams-fit sweeps/hparams_cpu --out fits/hparams.json
     scaling --version                     # package version and the git sha of the code (dirty or clean)
 
 Only the chosen subcommand's module is imported, so planning a sweep loads no JAX.
@@ -28,6 +31,9 @@ COMMANDS = {
     "forecast": ("cli.forecast", "forecast_main", "pre-register a forecast (+ the run's config) at a budget"),
     "score": ("analysis.forecast_cli", "score_main", "score a forecast against the run it predicted"),
     "demo": ("cli.demo", "main", "the CPU demo: corpus -> sweep -> fits -> report"),
+    "mup-check": ("cli.mup", "mup_check_main", "μP coordinate check: activation sizes vs width, SP and μP"),
+    "lr-transfer": ("cli.mup", "lr_transfer_main", "LR x width sweep, SP and μP: does the optimal LR transfer?"),
+    "hparams-fit": ("cli.hparams", "fit_main", "optimal LR / batch per group of an LR x batch sweep, and their laws"),
 }
 
 

@@ -31,6 +31,7 @@ import math
 
 import ml_collections
 
+from launch import hparams
 from scaling import accounting, memory
 from scaling import config as cfg_lib
 
@@ -55,6 +56,7 @@ class RunSpec:
     budget: float | None  # isoflop: the target C this run belongs to; grid: None
     seed: int
     steps: int
+    hp_source: str = "lr config, B config"  # where its LR and batch come from (launch.hparams)
 
     @property
     def shape(self) -> str:
@@ -70,7 +72,7 @@ class RunSpec:
                 "flops_6nd": self.flops_6nd, "flops_6nd_nonembed": self.flops_6nd_nonembed,
                 "budget": self.budget, "seed": self.seed, "steps": self.steps,
                 "batch_size": self.config.train.batch_size, "seq_len": self.config.data.seq_len,
-                "lr": self.config.optim.lr}
+                "lr": self.config.optim.lr, "hp_source": self.hp_source}
 
 
 def sweep_defaults() -> ml_collections.ConfigDict:
@@ -124,6 +126,7 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     s.overhead_s = 10.0
     s.device_memory_gb = 0.0
     s.forecast_flops = 0.0
+    s.hparams = hparams.section_defaults()  # LR x batch grids, fitted LR/batch laws (launch/hparams.py)
     return s
 
 
@@ -169,7 +172,7 @@ def sweep_problems(sw) -> list[str]:
                  for t in h.n_targets if not t > 0]
     if not h.n_targets and not h.explicit:
         problems.append("sweep.shapes: no shapes; set sweep.shapes.n_targets or sweep.shapes.explicit")
-    return problems
+    return problems + hparams.problems(sw)
 
 
 def _fmt_si(x: float) -> str:
@@ -248,8 +251,12 @@ def spec_for(cfg, n_target: float, tokens: float, budget: float | None = None) -
     base = run_config(cfg)
     _, m = min(_ladder_shapes(base, sw.shapes, "total"), key=lambda c: abs(math.log(c[0] / n_target)))
     run = _wrap_full(base, m)
-    _hparams(run, accounting.param_counts(cfg_lib.resolve(run).model), float(tokens), sw.rules)
-    spec = _finish(run, float(tokens), budget, sw.seeds[0], sw.rules, 1, None)
+    counts = accounting.param_counts(cfg_lib.resolve(run).model)
+    _hparams(run, counts, float(tokens), sw.rules)
+    no_grid = ml_collections.ConfigDict(sw.to_dict())
+    no_grid.hparams.lr_multipliers = no_grid.hparams.batch_multipliers = ()  # one run: the rules' (or fit's) HPs
+    (run, source, tag), = hparams.variants(run, no_grid, counts, float(tokens), budget)
+    spec = _finish(run, float(tokens), budget, sw.seeds[0], sw.rules, 1, None, tag, source)
     if spec is None:
         raise ValueError(f"spec_for: D={tokens:.3g} tokens is less than one step of L{m.n_layers} "
                          f"d{m.d_model} (batch {run.train.batch_size} x seq_len {run.data.seq_len})")
@@ -267,7 +274,8 @@ def _hparams(run, counts: dict, tokens_raw: float, rules) -> None:
         run.train.batch_size = int(min(b, rules.batch_max)) if rules.batch_max else int(b)
 
 
-def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dropped: list | None):
+def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dropped: list | None,
+            tag: str = "", hp_source: str = RunSpec.hp_source):
     """Round D to whole steps, set warmup/eval from the step count, label the budget, resolve,
     validate, count; None if too short."""
     tokens_per_step = run.train.batch_size * run.data.seq_len
@@ -291,13 +299,13 @@ def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dr
     counts = accounting.param_counts(run.model)
     fl = accounting.run_flops(run.model, run.data.seq_len, run.train.tokens)
     prefix = (f"C{_fmt_flops(budget)}-" if budget else "") + \
-        f"L{m.n_layers}-d{m.d_model}-D{_fmt_si(run.train.tokens)}"
+        f"L{m.n_layers}-d{m.d_model}-D{_fmt_si(run.train.tokens)}" + (f"-{tag}" if tag else "")
     return RunSpec(run_id=f"{prefix}-{cfg_lib.config_hash(run)[:8]}", config=run,
                    n_params=int(counts["total"]), n_params_nonembed=int(counts["nonembedding"]),
                    n_params_embed=int(counts["embedding"]), tokens=int(run.train.tokens),
                    flops=float(fl["flops"]), flops_6nd=float(fl["flops_6nd"]),
                    flops_6nd_nonembed=float(fl["flops_6nd_nonembed"]), budget=budget, seed=int(seed),
-                   steps=steps)
+                   steps=steps, hp_source=hp_source)
 
 
 def run_config(cfg) -> ml_collections.ConfigDict:
@@ -344,9 +352,10 @@ def expand(cfg, dropped: list | None = None) -> list[RunSpec]:
         for seed in sw.seeds:
             run = _wrap_full(base, m)
             _hparams(run, counts, tokens_raw, sw.rules)
-            spec = _finish(run, tokens_raw, budget, seed, sw.rules, sw.min_steps, dropped)
-            if spec is not None:
-                specs.append(spec)
+            for variant, source, tag in hparams.variants(run, sw, counts, tokens_raw, budget):
+                spec = _finish(variant, tokens_raw, budget, seed, sw.rules, sw.min_steps, dropped, tag, source)
+                if spec is not None:
+                    specs.append(spec)
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -437,14 +446,16 @@ def plan_table(specs: list[RunSpec], backend_flops_per_s: float, overhead_s: flo
         raise ValueError(f"backend_flops_per_s={backend_flops_per_s!r}: must be > 0")
     plan = memory_on or MemoryPlan(1, None, "1 device unless mesh.num_devices is set, no limit")
     head = ("run_id", "shape", "N", "N_nonemb", "D", "D/N", "steps", "C(exact)", "C(6ND)", "est.time",
-            "mem/dev")
+            "mem/dev", "lr", "batch", "hp source")
     rows = [head]
     for s in specs:
         rows.append((s.run_id, s.shape, _fmt_si(s.n_params), _fmt_si(s.n_params_nonembed), _fmt_si(s.tokens),
                      f"{s.tokens / s.n_params:.3g}", str(s.steps), f"{s.flops:.3g}", f"{s.flops_6nd:.3g}",
-                     _fmt_time(est_time_s(s, backend_flops_per_s, overhead_s)), _fmt_memory(s, plan)))
+                     _fmt_time(est_time_s(s, backend_flops_per_s, overhead_s)), _fmt_memory(s, plan),
+                     f"{s.config.optim.lr:.3g}", str(s.config.train.batch_size), s.hp_source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 2 or i == len(head) - 1 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     total_c = sum(s.flops for s in specs)

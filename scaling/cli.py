@@ -19,7 +19,8 @@ COMMANDS = {
 def usage(prog: str, commands: dict) -> str:
     """The command list printed by `PROG --help` and after an unknown command."""
     lines = [f"usage: {prog} COMMAND [ARGS...]   |   {prog} --version", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in commands.items()]
+    width = max(map(len, commands))
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in commands.items()]
     return "\n".join(lines)
 
 

@@ -1,0 +1,67 @@
+"""analysis.hparams: the optimum of a synthetic LR grid with a known minimum, edge flags, power laws."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis import hparams
+
+
+def _grid(lr_star, lrs, curvature=0.08, noise=0.0, seed=0):
+    u = np.log(lrs)
+    rng = np.random.default_rng(seed)
+    return 2.5 + curvature * (u - math.log(lr_star)) ** 2 + noise * rng.standard_normal(len(lrs))
+
+
+def test_known_optimum_is_recovered_with_an_interval_that_covers_it():
+    lrs = np.geomspace(1e-4, 1e-1, 10)
+    opt = hparams.fit_optimum(lrs, _grid(3.7e-3, lrs))  # noiseless parabola: exact vertex
+    assert opt.edge == "" and opt.best == pytest.approx(3.7e-3, rel=1e-6)
+    # With noise the vertex moves; its 90% interval still covers the truth, and the point estimate
+    # is within the grid spacing (x2.15) of it.
+    covered = 0
+    for seed in range(20):
+        o = hparams.fit_optimum(lrs, _grid(3.7e-3, lrs, noise=0.005, seed=seed))
+        assert o.edge == "" and abs(math.log(o.best / 3.7e-3)) < math.log(2.15)
+        assert o.lo < o.best < o.hi
+        covered += o.lo <= 3.7e-3 <= o.hi
+    assert covered >= 14  # nominal 90% of 20 = 18; >= 14 allows for the t interval's small dof
+
+
+def test_optimum_on_the_edge_is_flagged_not_extrapolated():
+    lrs = np.geomspace(1e-4, 1e-2, 5)
+    low = hparams.fit_optimum(lrs, _grid(1e-5, lrs))  # true optimum 10x below the grid
+    assert low.edge == "low" and low.best == pytest.approx(1e-4) and math.isnan(low.lo)
+    high = hparams.fit_optimum(lrs, _grid(1.0, lrs))
+    assert high.edge == "high" and high.best == pytest.approx(1e-2)
+    # Diverged runs above the best finite one: the best is the last finite point, an edge too.
+    losses = _grid(1.0, lrs)
+    losses[-1] = np.inf
+    div = hparams.fit_optimum(lrs, losses)
+    assert div.edge == "high" and div.best == pytest.approx(lrs[-2]) and div.n_diverged == 1
+
+
+def test_bad_grids_are_refused():
+    with pytest.raises(hparams.HparamFitError, match="at least 3"):
+        hparams.fit_optimum([1e-3, 1e-2], [3.0, 2.9])
+    with pytest.raises(hparams.HparamFitError, match="> 0"):
+        hparams.fit_optimum([0.0, 1e-3, 1e-2], [3.0, 2.9, 3.1])
+
+
+def test_power_law_recovers_known_exponent_and_leaves_out_edges(tmp_path):
+    budgets = np.array([1e12, 1e13, 1e14, 1e15])
+    a, b = 0.3, -0.125  # eta*(C) = 0.3 C^-0.125 (DeepSeek-like exponent)
+    lrs = np.geomspace(1e-4, 1e-1, 12)
+    optima = [hparams.fit_optimum(lrs, _grid(a * c ** b, lrs, noise=0.002, seed=i)) for i, c in enumerate(budgets)]
+    optima.append(hparams.fit_optimum(lrs[:4], _grid(1e-2, lrs[:4])))  # an edge group: left out, named
+    law = hparams.fit_power_law(list(budgets) + [1e16], optima, ["C1", "C2", "C3", "C4", "C5"],
+                                y_name="lr", x_name="flops")
+    assert law.n_groups == 4 and law.left_out == ("C5: optimum on the grid's edge (high)",)
+    assert law.exponent_ci[0] < b < law.exponent_ci[1] and abs(law.exponent - b) < 0.03
+    # Independent check: numpy's polyfit in log-log over the same optima gives the same line.
+    slope, icpt = np.polyfit(np.log(budgets), np.log([o.best for o in optima[:4]]), 1)
+    assert law.exponent == pytest.approx(slope, rel=1e-9) and law.coef == pytest.approx(math.exp(icpt), rel=1e-9)
+    digest = hparams.write_fit_file(tmp_path / "fit.json", {"lr_vs_flops": law}, [])
+    doc = json.loads((tmp_path / "fit.json").read_text())
+    assert doc["laws"]["lr_vs_flops"]["exponent"] == pytest.approx(law.exponent) and len(digest) == 64

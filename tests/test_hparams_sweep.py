@@ -1,0 +1,115 @@
+"""LR x batch grids as sweeps (launch.hparams) and fitted laws fed back into a sweep's rules."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import hparams as hp_fit
+from launch import sweep
+
+HP_SWEEP = "experiments/hparams_cpu.py"
+
+
+def test_lr_batch_grid_is_planned_per_budget_with_sources_in_the_plan():
+    cfg = sweep.load_sweep(HP_SWEEP)
+    specs = sweep.expand(cfg)
+    assert len(specs) == 3 * 5 * 3 and len({s.run_id for s in specs}) == len(specs)
+    c0 = [s for s in specs if s.budget == 2.5e10]
+    assert sorted({s.config.optim.lr for s in c0}) == pytest.approx([3e-3 * m for m in (0.25, 0.5, 1, 2, 4)])
+    assert sorted({s.config.train.batch_size for s in c0}) == [8, 16, 32]
+    table = sweep.plan_table(specs, 1e10)
+    assert "hp source" in table.splitlines()[0] and "lr config x0.25, B config x0.5" in table
+    # Batch multipliers keep D (up to whole steps): the steps change instead.
+    assert {round(s.tokens, -4) for s in c0} == {round(c0[0].tokens, -4)}
+
+
+def _fit_file(tmp_path, a, b, name="fit.json"):
+    law = hp_fit.PowerLaw("lr", "flops", a, b, (math.nan, math.nan), (math.nan, math.nan), 0.9, 3, ())
+    blaw = hp_fit.PowerLaw("batch_size", "flops", 2e-4, 0.5, (math.nan, math.nan), (math.nan, math.nan), 0.9, 3, ())
+    path = tmp_path / name
+    digest = hp_fit.write_fit_file(path, {"lr_vs_flops": law, "batch_size_vs_flops": blaw}, [])
+    return path, digest
+
+
+def test_fit_file_sets_lr_and_batch_and_its_hash_is_in_every_run_id(tmp_path):
+    path, digest = _fit_file(tmp_path, 50.0, -0.25)
+    cfg = sweep.load_sweep(HP_SWEEP)
+    cfg.sweep.hparams.update(lr_multipliers=(), batch_multipliers=(), fit_file=str(path))
+    specs = sweep.expand(cfg)
+    assert len(specs) == 3
+    for s in specs:
+        assert s.config.optim.lr == pytest.approx(50.0 * s.budget ** -0.25)
+        b = 2e-4 * s.budget ** 0.5  # B* in sequences, rounded to the rules' batch_multiple (8)
+        assert s.config.train.batch_size == max(8, 8 * round(b / 8))
+        assert f"fit{digest[:8]}" in s.run_id and s.hp_source == f"lr fit:{digest[:8]}, B fit:{digest[:8]}"
+    assert f"fit:{digest[:8]}" in sweep.plan_table(specs, 1e10)
+    # A refit (another file) plans other runs; the same file plans the same ones (resume).
+    path2, _ = _fit_file(tmp_path, 60.0, -0.25, "fit2.json")
+    cfg.sweep.hparams.fit_file = str(path2)
+    assert not {s.run_id for s in sweep.expand(cfg)} & {s.run_id for s in specs}
+    cfg.sweep.hparams.fit_file = str(path)
+    assert [s.run_id for s in sweep.expand(cfg)] == [s.run_id for s in specs]
+
+
+def test_bad_hparams_section_and_fit_file_are_named(tmp_path):
+    cfg = sweep.load_sweep(HP_SWEEP)
+    cfg.sweep.hparams.lr_multipliers = (1.0, -2.0)
+    with pytest.raises(ValueError, match="lr_multipliers"):
+        sweep.expand(cfg)
+    cfg = sweep.load_sweep(HP_SWEEP)
+    (tmp_path / "x.json").write_text('{"kind": "other"}')
+    cfg.sweep.hparams.fit_file = str(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="not a hyperparameter fit file"):
+        sweep.expand(cfg)
+
+
+def test_fit_table_recovers_a_known_lr_law_from_a_synthetic_sweep():
+    # Loss(C, lr, B) with eta*(C) = 0.5 C^-0.1 and B*(C) = 16 at every C: the table fit recovers both.
+    rows = []
+    for c in (1e10, 1e11, 1e12, 1e13):
+        for lr in np.geomspace(1e-4, 1e-1, 9):
+            for bsz in (8, 16, 32, 64):
+                loss = 3.0 - 0.1 * math.log10(c) + 0.05 * math.log(lr / (0.5 * c ** -0.1)) ** 2 \
+                    + 0.02 * math.log(bsz / 16) ** 2
+                rows.append({"budget": c, "lr": lr, "batch_size": bsz, "loss": loss})
+    laws, groups = hp_fit.fit_table(pd.DataFrame(rows), x="flops")
+    assert laws["lr_vs_flops"].exponent == pytest.approx(-0.1, abs=1e-6)
+    assert laws["lr_vs_flops"].coef == pytest.approx(0.5, rel=1e-5)
+    assert laws["batch_size_vs_flops"].exponent == pytest.approx(0.0, abs=1e-6)
+    assert all(g["lr"]["edge"] == "" for g in groups if "lr" in g)
+
+
+def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
+    # The loop on synthetic runs: the LR x batch sweep's run directories (losses from a known
+    # eta*(C) = 3e-3 (C/5e10)^-0.2 and B*(C) = 16 (C/5e10)^0.5) -> `scaling hparams-fit` -> a sweep
+    # whose rules read the fit file gets eta*(C) back at each budget.
+    import json
+
+    from cli import hparams as hp_cli
+    from launch import local
+    from scaling import config as cfg_lib
+
+    specs = sweep.expand(sweep.load_sweep(HP_SWEEP))
+    root = tmp_path / "sweep"
+    local.write_manifest(root, specs, HP_SWEEP)
+    for s in specs:
+        eta, bstar = 3e-3 * (s.budget / 5e10) ** -0.2, 16 * (s.budget / 5e10) ** 0.5
+        loss = 2.0 + 0.05 * math.log(s.config.optim.lr / eta) ** 2 + 0.03 * math.log(s.config.train.batch_size / bstar) ** 2
+        run = root / "runs" / s.run_id
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(s.config.to_dict()))
+        (run / "result.json").write_text(json.dumps({
+            "status": "ok", "n_params": s.n_params, "tokens": s.tokens, "final_eval_loss": loss,
+            "final_train_loss": loss, "config_hash": cfg_lib.config_hash(s.config), "budget": s.budget}))
+    out = tmp_path / "fit.json"
+    assert hp_cli.fit_main([str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lr_vs_flops" in printed and "batch_size_vs_flops" in printed
+    laws = json.loads(out.read_text())["laws"]
+    assert laws["lr_vs_flops"]["exponent"] == pytest.approx(-0.2, abs=1e-6)
+    assert laws["batch_size_vs_flops"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    cfg = sweep.load_sweep(HP_SWEEP)
+    cfg.sweep.hparams.update(lr_multipliers=(), batch_multipliers=(), fit_file=str(out))
+    for s in sweep.expand(cfg):
+        assert s.config.optim.lr == pytest.approx(3e-3 * (s.budget / 5e10) ** -0.2, rel=1e-6)
