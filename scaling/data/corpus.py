@@ -66,15 +66,7 @@ class Corpus:
 
     def tokenizer(self):
         """The tokenizer this corpus was made with (to decode samples, encode prompts)."""
-        if not is_url(self.path):
-            return tokenizers.load(self.meta["tokenizer"]["spec"], self.path)
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:  # the tokenizer file, fetched from the bucket
-            if self.meta["tokenizer"].get("file"):
-                name = self.meta["tokenizer"]["file"]
-                (pathlib.Path(tmp) / name).write_text(Location(self.path).read_text(name))
-            return tokenizers.load(self.meta["tokenizer"]["spec"], tmp)
+        return tokenizers.load_at(self.meta["tokenizer"]["spec"], Location(self.path))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

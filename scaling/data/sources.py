@@ -13,6 +13,7 @@ seed) can be fixed before any text is tokenized.
 """
 import glob
 import gzip
+import itertools
 import json
 import os
 import pathlib
@@ -31,6 +32,11 @@ class Source:
     def __iter__(self):
         """Yield (name, text) for every document, always in the same order."""
         raise NotImplementedError
+
+    def iter_range(self, start: int, stop: int):
+        """Yield (name, text) for documents [start, stop) only (a shard's documents); sources
+        override it to skip the documents before `start` without decoding them."""
+        yield from itertools.islice(iter(self), start, stop)
 
     def describe(self) -> dict:
         return {"kind": self.kind}
@@ -52,7 +58,10 @@ class SotuSource(Source):
         return len(self.files)
 
     def __iter__(self):
-        for f in self.files:
+        return self.iter_range(0, len(self.files))
+
+    def iter_range(self, start, stop):
+        for f in self.files[start:stop]:
             yield f.stem, f.read_text(encoding="utf-8")
 
     def describe(self):
@@ -74,7 +83,10 @@ class GlobSource(Source):
         return len(self.files)
 
     def __iter__(self):
-        for f in self.files:
+        return self.iter_range(0, len(self.files))
+
+    def iter_range(self, start, stop):
+        for f in self.files[start:stop]:
             try:
                 yield f, pathlib.Path(f).read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
@@ -91,16 +103,30 @@ class JsonlSource(Source):
         self.path, self.text_field = path, text_field
         if not os.path.isfile(path):
             raise FileNotFoundError(f"source {path!r}: JSONL file not found")
-        self._n = sum(1 for line in self._lines() if line.strip())
+        # Count the documents, noting where every MARK-th one starts (byte offset, line number)
+        # so that a shard's reader can seek there instead of reading the lines before it.
+        self._marks, self._n, offset = [], 0, 0
+        for lineno, line, raw_len in self._lines():
+            if line.strip():
+                if self._n % self.MARK == 0:
+                    self._marks.append((offset, lineno))
+                self._n += 1
+            offset += raw_len
 
-    def _lines(self):
-        """The file's lines; an undecodable or truncated file is a ValueError naming file:line."""
-        opener = gzip.open if self.path.endswith(".gz") else open
-        lineno = 0
+    MARK = 4096  # documents between seek marks
+
+    def _lines(self, offset: int = 0, first_lineno: int = 1):
+        """(line number, text, raw length) of the file's lines from byte `offset` (0 for gzip);
+        an undecodable or truncated file is a ValueError naming file:line."""
+        gz = self.path.endswith(".gz")
+        opener = gzip.open if gz else open
+        lineno = first_lineno - 1
         try:
             with opener(self.path, "rb") as f:
-                for lineno, raw in enumerate(f, 1):
-                    yield raw.decode("utf-8")
+                if offset and not gz:
+                    f.seek(offset)
+                for lineno, raw in enumerate(f, first_lineno):
+                    yield lineno, raw.decode("utf-8"), len(raw)
         except UnicodeDecodeError as e:
             raise ValueError(f"source {self.path}:{lineno}: not UTF-8 text ({e})") from e
         except (EOFError, gzip.BadGzipFile) as e:
@@ -111,9 +137,22 @@ class JsonlSource(Source):
         return self._n
 
     def __iter__(self):
-        for lineno, line in enumerate(self._lines(), 1):
+        return self.iter_range(0, self._n)
+
+    def iter_range(self, start, stop):
+        doc = 0
+        lines = self._lines()
+        if start and self._marks and not self.path.endswith(".gz"):  # seek to the nearest mark at or before start
+            mark = min(start // self.MARK, len(self._marks) - 1)
+            lines, doc = self._lines(*self._marks[mark]), mark * self.MARK
+        for lineno, line, _ in lines:
             if not line.strip():
                 continue
+            doc += 1
+            if doc - 1 < start:
+                continue
+            if doc - 1 >= stop:
+                return
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -166,11 +205,25 @@ class ParquetSource(Source):
         return self._n
 
     def __iter__(self):
-        row = 0
-        for batch in self._file.iter_batches(columns=[self.text_field], batch_size=1024):
+        return self.iter_range(0, self._n)
+
+    def iter_range(self, start, stop):
+        # Start at the row group holding `start`: the groups before it are not read.
+        meta, group, row = self._file.metadata, 0, 0
+        while group < meta.num_row_groups and row + meta.row_group(group).num_rows <= start:
+            row += meta.row_group(group).num_rows
+            group += 1
+        groups = list(range(group, meta.num_row_groups))
+        if not groups or start >= stop:
+            return
+        for batch in self._file.iter_batches(columns=[self.text_field], batch_size=1024,
+                                             row_groups=groups):
             for text in batch.column(0).to_pylist():
-                where = f"{self.path}:{row}"
-                yield where, _as_text(where, self.text_field, text)
+                if row >= stop:
+                    return
+                if row >= start:
+                    where = f"{self.path}:{row}"
+                    yield where, _as_text(where, self.text_field, text)
                 row += 1
 
     describe = JsonlSource.describe
@@ -209,7 +262,10 @@ class HFSource(Source):
         return len(self._ds)
 
     def __iter__(self):
-        for row, ex in enumerate(self._ds):
+        return self.iter_range(0, len(self._ds))
+
+    def iter_range(self, start, stop):
+        for row, ex in enumerate(self._ds.select(range(start, min(stop, len(self._ds)))), start):
             where = f"hf:{self.name}:{row}"
             yield where, _as_text(where, self.text_field, ex[self.text_field])
 
