@@ -15,6 +15,7 @@ step with the same arguments is a no-op for what is done; other arguments are re
 the one that differs.
 """
 import concurrent.futures
+import concurrent.futures.process
 import errno
 import json
 import multiprocessing
@@ -194,7 +195,9 @@ def encode_shard(root: str, i: int) -> dict:
             for s in shards.SPLITS:
                 rec[s] = {"file": shards.shard_file(s, i, n), **w.stats[s], "sha256": w.token_sha256[s]}
                 loc.put(paths[s], rec[s]["file"])
-            loc.write_text(shards.record_file(i, n), json.dumps(rec) + "\n")  # last: shard done
+            with open(tmp / "record.json", "w") as f:  # last: its presence marks the shard done
+                f.write(json.dumps(rec) + "\n")
+            loc.put(tmp / "record.json", shards.record_file(i, n))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OSError(e.errno, f"disk full while writing shard {i} of {loc}; the finished "
@@ -238,6 +241,9 @@ def encode(out, indices, processes: int = 1, on_shard=None) -> int:
             for f in concurrent.futures.as_completed(futures):
                 rec = f.result()
                 on_shard and on_shard(rec)
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise ChildProcessError(f"a worker process encoding {loc} died (killed, or out of "
+                                    "memory?); the finished shards are kept: rerun to continue") from e
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise

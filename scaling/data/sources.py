@@ -113,7 +113,7 @@ class JsonlSource(Source):
                 self._n += 1
             offset += raw_len
 
-    MARK = 4096  # documents between seek marks
+    MARK = 1024  # documents between seek marks (a shard's reader skips at most this many)
 
     def _lines(self, offset: int = 0, first_lineno: int = 1):
         """(line number, text, raw length) of the file's lines from byte `offset` (0 for gzip);
