@@ -91,7 +91,7 @@ def test_tokenizer_sample_and_tokenizer_file(tmp_path):
     assert given.tokenizer().decode(np.asarray(given.eval_tokens)[:5]).startswith("doc")
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "parquet", "glob"])
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "glob", "files"])
 def test_sources_read_a_document_range(tmp_path, monkeypatch, kind):
     """iter_range(a, b) == list(source)[a:b], through the JSONL seek marks and parquet row groups."""
     monkeypatch.setattr(sources.JsonlSource, "MARK", 3)
@@ -106,6 +106,11 @@ def test_sources_read_a_document_range(tmp_path, monkeypatch, kind):
 
         spec = str(tmp_path / "d.parquet")
         pq.write_table(pa.table({"text": texts}), spec, row_group_size=4)
+    elif kind == "files":  # a glob of JSONL files of 5, 0, 5, 7 documents
+        for j, (a, b) in enumerate([(0, 5), (5, 5), (5, 10), (10, 17)]):
+            (tmp_path / f"part{j}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                             for t in texts[a:b]))
+        spec = str(tmp_path / "part*.jsonl")
     else:
         for i, t in enumerate(texts):
             (tmp_path / f"{i:02d}.txt").write_text(t)

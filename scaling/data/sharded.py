@@ -219,6 +219,12 @@ def parse_range(text: str, n_shards: int) -> range:
     return range(lo, hi)
 
 
+def _one_thread_each() -> None:
+    """In a worker: the BPE library encodes single-threaded (the processes are the parallelism;
+    one process alone uses the library's threads)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 def encode(out, indices, processes: int = 1, on_shard=None) -> int:
     """Encode the shards `indices` not yet done, in `processes` processes; the number encoded.
     `on_shard(record)` is called in this process as each finishes."""
@@ -235,7 +241,8 @@ def encode(out, indices, processes: int = 1, on_shard=None) -> int:
             on_shard and on_shard(rec)
         return len(todo)
     ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (JAX)
-    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx,
+                                                initializer=_one_thread_each) as pool:
         futures = [pool.submit(encode_shard, root, i) for i in todo]
         try:
             for f in concurrent.futures.as_completed(futures):

