@@ -127,10 +127,10 @@ def main(argv=None) -> int:
           f"the corpus needs {need / 1e9:.1f}G tokens (eval_fraction {eval_fraction}) = {gb:.0f} GB "
           f"of text at {args.bytes_per_token} bytes/token")
     for tok, rate in per_proc.items():
-        hours = [gb * 1e3 / (rate * n) / 3600 for n in (16, 64)]
+        hours = [gb * 1e3 / (rate * n) / 3600 for n in (16, 64)]  # GB -> MB, s -> h
         print(f"  {tok:<10} {rate:6.2f} MB/s per process (MB per CPU-second at K={procs[0]}): "
-              f"{1e3 / rate / 60:6.1f} min per GB on one process; the corpus in {hours[0]:6.1f} h on "
-              f"16 processes, {hours[1]:6.1f} h on 64")
+              f"{1e3 / rate / 60:6.1f} min per GB on one process; the corpus in {hours[0]:6.2f} h on "
+              f"16 processes, {hours[1]:6.2f} h on 64")
 
     m = model_125m()
     n = accounting.param_counts(m)["total"]

@@ -192,3 +192,18 @@ def test_killed_preparation_resumes_to_the_same_content_hash(tmp_path):
     whole = sharded.prepare(src, tmp_path / "whole", shard_docs=1)
     assert resumed.meta["content_sha256"] == whole.meta["content_sha256"]
     assert shards.verify(Location(out), resumed.meta) == 2 * 96
+
+
+def test_the_cloud_sweep_states_the_corpus_it_needs():
+    """The experiment's docstring states its largest run's D and the corpus size that implies."""
+    import re
+
+    from experiments import chinchilla_isoflop
+    from launch import sweep
+
+    cfg = sweep.load_sweep(os.path.join(REPO, "experiments", "chinchilla_isoflop.py"))
+    d_max = max(r.tokens for r in sweep.expand(cfg))
+    doc = " ".join(chinchilla_isoflop.__doc__.split())
+    assert f"trains on {d_max / 1e9:.1f}G tokens" in doc
+    need = float(re.search(r"needs >= ([\d.]+)G bpe:32768 tokens", doc).group(1))
+    assert need == round(d_max / (1 - cfg.data.eval_fraction) / 1e9, 1)

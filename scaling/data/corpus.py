@@ -194,7 +194,8 @@ def _file_lock(path: pathlib.Path):
 def load(data_cfg) -> Corpus:
     """The corpus named by a `data` config (ConfigDict or dict), preparing it if missing.
 
-    `data.corpus` is either a prepared corpus directory (its own sidecar fixes the eval split;
+    `data.corpus` is either a prepared corpus (a directory, or a gs:// / s3:// URL of a sharded
+    one, read window by window from the bucket; its own manifest or sidecar fixes the eval split;
     its tokenizer must match `data.tokenizer`), or a source spec ('sotu', a glob, a .jsonl or
     .parquet file, hf:...) prepared once into `data.cache_dir` under a name that includes the
     source, tokenizer, split seed (data.split_seed) and eval_fraction.

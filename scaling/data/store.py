@@ -15,7 +15,7 @@ import shutil
 import tempfile
 
 # What to install for each object-store scheme (fsspec names the package in its ImportError too).
-_FS_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}
+_FS_PACKAGES = {"gs": "'scaling[gcs]'", "gcs": "'scaling[gcs]'", "s3": "'scaling[s3]'"}
 
 
 def is_url(path) -> bool:
