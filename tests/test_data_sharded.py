@@ -192,6 +192,7 @@ def test_killed_preparation_resumes_to_the_same_content_hash(tmp_path):
     whole = sharded.prepare(src, tmp_path / "whole", shard_docs=1)
     assert resumed.meta["content_sha256"] == whole.meta["content_sha256"]
     assert shards.verify(Location(out), resumed.meta) == 2 * 96
+    assert not list(out.glob(".tmp-*"))  # a killed encoder's scratch files are gone
 
 
 def test_the_cloud_sweep_states_the_corpus_it_needs():

@@ -24,6 +24,7 @@ import time
 
 from scaling.data import corpus as corpus_lib
 from scaling.data import shards, sharded, sources
+from scaling.data.store import Location
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,9 +95,7 @@ def _prepare(args) -> None:
         print(f"planned {args.out}: {len(p['shards'])} shards of up to {args.shard_docs:,} "
               f"documents ({p['source']['documents']:,} documents); encode them with --shards A:B")
     elif args.shards is not None:
-        loc = sharded.Location(args.out)
-        p = sharded.read_plan(loc)
-        sharded._check_same_request(loc, p, sharded._request(args.source, **plan_args))
+        p = sharded.planned(args.source, args.out, **plan_args)
         todo = sharded.parse_range(args.shards, len(p["shards"]))
         n = sharded.encode(args.out, todo, args.processes, progress)
         print(f"shards {todo.start}..{todo.stop - 1} of {args.out} are done ({n} encoded now, "
@@ -111,7 +110,7 @@ def _prepare(args) -> None:
 def _verify(path) -> str:
     c = corpus_lib.open_corpus(path)
     if "shards" in c.meta:
-        n = shards.verify(shards.Location(path), c.meta)
+        n = shards.verify(Location(path), c.meta)
     else:  # a flat corpus: its content hash is sha256 over train.bin then eval.bin
         from scaling.data.preparation import _sha256_files
 
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = args.cmd == "prepare" and sharded.Location(args.out).exists(shards.PLAN_FILE)
+        kept = args.cmd == "prepare" and Location(args.out).exists(shards.PLAN_FILE)
         print(f"scaling data {args.cmd}: interrupted; " + (
             "the finished shards are kept: rerun the same command to continue" if kept
             else "nothing was written"), file=sys.stderr)

@@ -17,6 +17,7 @@ the one that differs.
 import concurrent.futures
 import concurrent.futures.process
 import errno
+import hashlib
 import json
 import multiprocessing
 import os
@@ -39,15 +40,28 @@ def _request(source, tokenizer, eval_fraction, seed, text_field, shard_docs, tok
     return {"source": source, "tokenizer": tokenizer, "eval_fraction": float(eval_fraction),
             "seed": int(seed), "text_field": text_field, "shard_docs": int(shard_docs),
             "tokenizer_sample": int(tokenizer_sample),
-            "tokenizer_file_sha256": tokenizers._sha256_file(tokenizer_file) if tokenizer_file else None}
+            "tokenizer_file_sha256": (hashlib.sha256(pathlib.Path(tokenizer_file).read_bytes())
+                                      .hexdigest() if tokenizer_file else None)}
 
 
-def _check_same_request(loc: Location, plan: dict, request: dict) -> None:
+def _check_same_request(loc: Location, plan_: dict, request: dict) -> None:
     for key, want in request.items():
-        if plan["request"].get(key) != want:
-            raise ValueError(f"{loc} was planned with {key}={plan['request'].get(key)!r}, this "
+        if plan_["request"].get(key) != want:
+            raise ValueError(f"{loc} was planned with {key}={plan_['request'].get(key)!r}, this "
                              f"command asks for {want!r}; repeat the original arguments or choose "
                              "another --out")
+
+
+def planned(source: str, out, *, tokenizer="bytes", eval_fraction=0.02, seed=0, text_field="text",
+            shard_docs=DEFAULT_SHARD_DOCS, tokenizer_sample=DEFAULT_TOKENIZER_SAMPLE,
+            tokenizer_file=None) -> dict:
+    """The existing plan at `out`, checked to be the one these arguments make (a machine that
+    encodes a shard range must not plan: the plan is made once, with --plan-only)."""
+    loc = Location(out)
+    p = read_plan(loc)
+    _check_same_request(loc, p, _request(source, tokenizer, eval_fraction, seed, text_field,
+                                         shard_docs, tokenizer_sample, tokenizer_file))
+    return p
 
 
 def read_plan(loc: Location) -> dict:
@@ -228,13 +242,13 @@ def _one_thread_each() -> None:
 def encode(out, indices, processes: int = 1, on_shard=None) -> int:
     """Encode the shards `indices` not yet done, in `processes` processes; the number encoded.
     `on_shard(record)` is called in this process as each finishes."""
+    if processes < 1:
+        raise ValueError(f"--processes {processes!r} must be >= 1")
     loc = Location(out)
     p = read_plan(loc)
     listing = loc.sizes(shards.SHARDS_DIR)
     todo = [i for i in indices if not _is_done(loc, p, i, listing)]
     root = os.fspath(out)
-    if processes < 1:
-        raise ValueError(f"--processes {processes!r} must be >= 1")
     if processes == 1 or len(todo) <= 1:
         for i in todo:
             rec = encode_shard(root, i)
@@ -307,6 +321,9 @@ def _write_manifest(loc: Location, p: dict, records: list) -> dict:
     }
     shards.open_streams(loc, manifest)  # every shard file present, of its recorded size
     loc.write_text(shards.MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+    if loc.local_path(".") is not None:  # every shard is done: leftovers of killed encoders go
+        for stale in loc.local_path(".").glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     return manifest
 
 
