@@ -104,3 +104,12 @@ def test_closed_stdout_is_not_an_error(tmp_path):
     proc.stdout.close()  # the reader is gone before anything is printed
     assert proc.wait(timeout=120) == 0
     assert proc.stderr.read() == b""
+
+
+def test_a_failed_plan_leaves_nothing(tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"hi {i}"}) + "\n" for i in range(3)))
+    argv = ["prepare", "--source", str(tmp_path / "d.jsonl"), "--tokenizer", "bpe:1000",
+            "--out", str(tmp_path / "out"), "--plan-only"]
+    assert cli.main(argv) == 2
+    assert "the training text supports a BPE vocabulary of at most" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]

@@ -118,6 +118,19 @@ def plan(source: str, out, *, tokenizer="bytes", eval_fraction=0.02, seed=0, tex
         return existing
     if not is_url(out):
         _check_new_dir(pathlib.Path(out))
+    created = not is_url(out) and not pathlib.Path(out).exists()
+    try:
+        return _write_plan(loc, request, source, text_field, tokenizer, eval_fraction, seed,
+                           shard_docs, tokenizer_sample, tokenizer_file)
+    except BaseException:
+        if created:  # a failed plan leaves no directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_plan(loc, request, source, text_field, tokenizer, eval_fraction, seed, shard_docs,
+                tokenizer_sample, tokenizer_file) -> dict:
+    """Read the source's size, choose the eval split and shards, make the tokenizer, write both."""
     src = sources.open_source(source, text_field)
     try:
         eval_idx = preparation.choose_eval_documents(len(src), eval_fraction, seed)
