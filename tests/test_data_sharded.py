@@ -66,6 +66,16 @@ def test_two_processes_equal_one_and_the_flat_corpus(tmp_path):
         np.testing.assert_array_equal(a["inputs"], b["inputs"])
 
 
+def test_one_shard_reads_as_the_flat_corpus(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", 12)
+    one = sharded.prepare(src, tmp_path / "one", eval_fraction=0.2)
+    flat = prepare(src, tmp_path / "flat", eval_fraction=0.2)
+    assert len(one.meta["shards"]) == 1
+    assert (one.path / one.meta["shards"][0]["train"]["file"]).read_bytes() == \
+        (flat.path / "train.bin").read_bytes()
+    np.testing.assert_array_equal(stream(one, 16, 20), stream(flat, 16, 20))
+
+
 def test_rerun_is_a_no_op_and_other_arguments_are_refused(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", 12)
     c = sharded.prepare(src, tmp_path / "c", shard_docs=5)
