@@ -5,7 +5,10 @@
     scaling sync sweeps/chinchilla_isoflop                            # results back from the bucket
     scaling fit sweeps/chinchilla_isoflop --law chinchilla                         # on the synced results
 
-Corpus: see experiments/base.py `cloud_lm` (prepare it once, copy it to the bucket). The bucket,
+Corpus: the largest run (1e20 FLOPs, 18 layers x d_model 1152) trains on 46.0G tokens, so without
+repetition the corpus needs >= 47.0G bpe:32768 tokens (2% of documents held out for eval): ~200 GB
+of text at ~4.3 bytes/token. Prepare it once straight into the bucket path the runs mount (see
+experiments/base.py `cloud_lm` and the README's "A corpus for the cloud sweep"). The bucket,
 accelerator, region (cloud.infra) and spot policy are overridden with --cloud.KEY=VALUE.
 
 Memory: every block is rematerialised (model.remat='full'): the plan estimates 1.5-6.5 GiB per v5e

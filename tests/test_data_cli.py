@@ -64,7 +64,7 @@ def test_prepare_errors_are_one_line(tmp_path, capsys, args, message):
 
 def test_info_on_a_non_corpus(tmp_path, capsys):
     assert cli.main(["info", str(tmp_path)]) == 2
-    assert "is not a prepared corpus (no meta.json)" in capsys.readouterr().err
+    assert "is not a prepared corpus (no manifest.json or meta.json)" in capsys.readouterr().err
     (tmp_path / "meta.json").write_text("{")
     assert cli.main(["info", str(tmp_path)]) == 2
     assert f"{tmp_path / 'meta.json'}: not valid JSON" in capsys.readouterr().err
@@ -84,7 +84,7 @@ def test_prepare_disk_full_and_interrupt(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(preparation, "_write_splits", fail(OSError(errno.ENOSPC, "No space")))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "scaling data prepare: error: [Errno 28] disk full: no space left on the file system of" in err
+    assert "scaling data prepare: error: [Errno 28] disk full while writing shard 0 of" in err
     assert len(err.strip().splitlines()) == 1
     monkeypatch.setattr(preparation, "_write_splits", fail(KeyboardInterrupt()))
     assert cli.main(argv) == 130
@@ -104,3 +104,12 @@ def test_closed_stdout_is_not_an_error(tmp_path):
     proc.stdout.close()  # the reader is gone before anything is printed
     assert proc.wait(timeout=120) == 0
     assert proc.stderr.read() == b""
+
+
+def test_a_failed_plan_leaves_nothing(tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"hi {i}"}) + "\n" for i in range(3)))
+    argv = ["prepare", "--source", str(tmp_path / "d.jsonl"), "--tokenizer", "bpe:1000",
+            "--out", str(tmp_path / "out"), "--plan-only"]
+    assert cli.main(argv) == 2
+    assert "the training text supports a BPE vocabulary of at most" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]

