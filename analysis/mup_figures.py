@@ -1,4 +1,4 @@
-"""Figures of the μP checks (matplotlib via analysis.figures: PNG + PDF). Inputs are plain records.
+"""Figures of the μP checks (matplotlib in the house style of analysis.style: PNG + PDF). Inputs are plain records.
 
 coord_sizes: one panel per activation, RMS vs width (log-log), one line per step, SP and μP side by
 side; lr_transfer: held-out loss vs LR, one line per width, SP and μP side by side, fitted optima as vertical lines.
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.figures import _new, plt, save
+from analysis import style
+from analysis.style import plt, save
 
 
 def coord_sizes(records: list[dict], out, *, layers: list[str]) -> list:
@@ -17,7 +18,6 @@ def coord_sizes(records: list[dict], out, *, layers: list[str]) -> list:
                              squeeze=False, constrained_layout=True, sharex=True)
     fig.suptitle("coordinate check: RMS of each activation vs width (one line per step)", fontsize=11)
     steps = sorted({r["step"] for r in records})
-    cmap = plt.get_cmap("viridis")
     for col, p in enumerate(params):
         for row, layer in enumerate(layers):
             ax = axes[row][col]
@@ -26,16 +26,14 @@ def coord_sizes(records: list[dict], out, *, layers: list[str]) -> list:
                              if r["parametrization"] == p and r["layer"] == layer and r["step"] == t)
                 if pts:
                     w, y = zip(*pts)
-                    ax.plot(w, y, marker="o", ms=3, lw=1, color=cmap(k / max(len(steps) - 1, 1)),
-                            label=f"step {t}")
+                    ax.plot(w, y, ms=3, lw=1, **style.series(k, len(steps)), label=f"step {t}")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(f"{'μP' if p == 'mup' else 'SP'}: {layer}", fontsize=8)
             ax.tick_params(labelsize=7)
             if row == len(layers) - 1:
-                ax.set_xlabel("width d_model", fontsize=8)
-            if col == 0:
-                ax.set_ylabel("RMS", fontsize=8)
+                ax.set_xlabel("width d_model (unitless)", fontsize=8)
+            ax.set_ylabel("RMS (unitless)", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="best")
     return save(fig, out)
 
@@ -43,25 +41,25 @@ def coord_sizes(records: list[dict], out, *, layers: list[str]) -> list:
 def lr_transfer(points: list[dict], optima: list[dict], out) -> list:
     """points: dicts with parametrization, width, lr, loss; optima: parametrization, width, best, edge."""
     params = list(dict.fromkeys(p["parametrization"] for p in points))
-    fig, axes = _new("LR transfer: held-out loss vs Adam LR (one line per width; dashed = fitted optimum, dotted = on the grid edge)",
-                     figsize=(5.2 * len(params), 4.2), ncols=len(params))
+    fig, axes = style.subplots("LR transfer: held-out loss vs Adam LR (one line per width; dashed = fitted optimum, "
+                               "dotted = on the grid edge)", figsize=(5.2 * len(params), 4.2), ncols=len(params))
     axes = np.atleast_1d(axes)
     widths = sorted({p["width"] for p in points})
-    cmap = plt.get_cmap("plasma")
     for ax, par in zip(axes, params):
         for k, w in enumerate(widths):
-            col = cmap(0.85 * k / max(len(widths) - 1, 1))
+            kw = style.series(k, len(widths))
+            col = kw["color"]
             pts = sorted((p["lr"], p["loss"]) for p in points
                          if p["parametrization"] == par and p["width"] == w and np.isfinite(p["loss"]))
             if not pts:
                 continue
             x, y = zip(*pts)
-            ax.plot(x, y, marker="o", ms=4, color=col, label=f"d_model {w}")
+            ax.plot(x, y, ms=4, **kw, label=f"d_model {w}")
             for o in optima:
                 if o["parametrization"] == par and o["width"] == w:
                     ax.axvline(o["best"], color=col, lw=0.8, ls=":" if o["edge"] else "--")
         ax.set_xscale("log")
-        ax.set_xlabel("Adam learning rate (μP: the base width's)")
+        ax.set_xlabel("Adam learning rate, μP: the base width's (unitless)")
         ax.set_ylabel("held-out loss (nats/token)")
         ax.set_title("μP" if par == "mup" else "SP (standard)")
         ax.legend(fontsize=7)

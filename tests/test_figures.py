@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import backtest, figures, reproduce_bnsl, reproduce_muennighoff, reproduce_porian, style
+from analysis import backtest, figures, mup_figures, reproduce_bnsl, reproduce_muennighoff, reproduce_porian, style
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF"
 UNIT_AT_END = re.compile(r"\(([^()]+)\)\s*$")
@@ -206,3 +206,19 @@ def test_backtest_and_reproduction_figures(tmp_path, drawn):
               for ds in ("rw", "owt2") for k in range(4)]
     _check(reproduce_porian.figure(setups, tmp_path / "porian", "95% bootstrap percentile CI"))
     assert drawn == {"problems": [], "count": 5}
+
+
+def test_mup_figures(tmp_path, drawn):
+    """The μP coordinate-check and LR-transfer figures, from synthetic records (SP grows, μP flat)."""
+    widths, steps, layers = (32, 64, 128, 256), (0, 2, 4), ["logits", "block0.mlp_out"]
+    records = [{"parametrization": p, "width": w, "step": t, "layer": layer,
+                "rms": (1 + t) * (w / 32 if p == "sp" else 1.0)}
+               for p in ("sp", "mup") for w in widths for t in steps for layer in layers]
+    _check(mup_figures.coord_sizes(records, tmp_path / "coord", layers=layers))
+    lrs = np.geomspace(1e-3, 1e-1, 5)
+    points = [{"parametrization": p, "width": w, "lr": lr,
+               "loss": 2 + (np.log(lr) - np.log(5e-3 * (32 / w if p == "sp" else 1))) ** 2 / 10}
+              for p in ("sp", "mup") for w in widths[:3] for lr in lrs]
+    optima = [{"parametrization": p, "width": w, "best": 5e-3, "edge": False} for p in ("sp", "mup") for w in widths[:3]]
+    _check(mup_figures.lr_transfer(points, optima, tmp_path / "lr"))
+    assert drawn == {"problems": [], "count": 2}
