@@ -101,6 +101,21 @@ def rope(x_BTHK, theta: float):
     return out.astype(x_BTHK.dtype)
 
 
+def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float):
+    """Causal softmax(q k^T * scale) v over the full T x T (the reference path), grouped-query:
+    query head h uses kv head h // (H / G). Scores and softmax in float32."""
+    B, T, H, K = q_BTHK.shape
+    G = k_BTGK.shape[2]
+    q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
+    # preferred_element_type keeps bf16 inputs but an f32 output
+    s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK, preferred_element_type=jnp.float32) * scale
+    causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
+    s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
+    p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(q_BTHK.dtype)
+    o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
+    return o_BTGRK.reshape(B, T, H, K)
+
+
 class Attention(nnx.Module):
     """Causal self-attention with RoPE, grouped-query heads and optional QK-norm."""
 
@@ -111,6 +126,7 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = H, G, K
         self.rope_theta, self.attn_scale = float(cfg.rope_theta), attn_scale
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.impl = attention_impl(cfg)
         self.wq = _matrix(rngs, (D, H, K), std, ("embed", "heads", "head_dim"), pdt)
         self.wk = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
         self.wv = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
@@ -121,26 +137,23 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x_BTD):
+    def qkv(self, x_BTD):
+        """Projections (+ QK-norm) and RoPE: (q_BTHK, k_BTGK, v_BTGK) in the compute dtype."""
         cdt = self.compute_dtype
-        B, T, _ = x_BTD.shape
-        G, R = self.n_kv_heads, self.n_heads // self.n_kv_heads  # kv heads, queries per kv head
         q_BTHK = jnp.einsum("btd,dhk->bthk", x_BTD, self.wq[...].astype(cdt))
         k_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wk[...].astype(cdt))
         v_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wv[...].astype(cdt))
         if self.q_norm is not None:
             q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
-        q_BTHK, k_BTGK = rope(q_BTHK, self.rope_theta), rope(k_BTGK, self.rope_theta)
-        q_BTGRK = q_BTHK.reshape(B, T, G, R, self.head_dim)
-        # Scores and softmax in float32 (preferred_element_type keeps bf16 inputs, f32 output).
-        s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK,
-                             preferred_element_type=jnp.float32) * self.attn_scale
-        causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
-        s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
-        p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(cdt)
-        o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
-        o_BTHK = o_BTGRK.reshape(B, T, self.n_heads, self.head_dim)
-        return jnp.einsum("bthk,hkd->btd", o_BTHK, self.wo[...].astype(cdt))
+        return rope(q_BTHK, self.rope_theta), rope(k_BTGK, self.rope_theta), v_BTGK
+
+    def out(self, o_BTHK):
+        """The output projection back into the residual stream."""
+        return jnp.einsum("bthk,hkd->btd", o_BTHK, self.wo[...].astype(self.compute_dtype))
+
+    def __call__(self, x_BTD):
+        q_BTHK, k_BTGK, v_BTGK = self.qkv(x_BTD)
+        return self.out(causal_attention(q_BTHK, k_BTGK, v_BTGK, self.attn_scale, self.impl))
 
 
 class MLP(nnx.Module):
@@ -222,18 +235,27 @@ class Transformer(nnx.Module):
             _matrix(rngs, (D, V), std, ("embed", "vocab"), pdt)
 
     def __call__(self, tokens_BT):
+        return self.logits(self.features(tokens_BT))
+
+    def features(self, tokens_BT):
+        """The final-normed residual stream x_BTD (compute dtype): the LM head's input."""
         T = tokens_BT.shape[1]
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.max_seq_len}")
-        cdt = self.compute_dtype
-        x_BTD = self._constrain(jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cdt))  # a gather
+        x_BTD = self._constrain(jnp.take(self.embedding[...], tokens_BT, axis=0).astype(self.compute_dtype))  # a gather
         call = _remat_block if self.remat == "full" else Block.__call__
         for block in self.blocks:
             x_BTD = self._constrain(call(block, x_BTD))
-        x_BTD = self.final_norm(x_BTD)
+        return self.final_norm(x_BTD)
+
+    def head_weight(self):
+        """The LM head's [D, V] matrix in the compute dtype (the embedding's transpose when tied)."""
         w_DV = self.embedding[...].T if self.lm_head is None else self.lm_head[...]
-        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(cdt),
-                                preferred_element_type=jnp.float32)
+        return w_DV.astype(self.compute_dtype)
+
+    def logits(self, x_BTD):
+        """float32 logits_BTV of the final-normed x_BTD (times logit_mult under muP)."""
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, self.head_weight(), preferred_element_type=jnp.float32)
         return logits_BTV * self.logit_mult if self.logit_mult != 1.0 else logits_BTV
 
     def _constrain(self, x_BTD):
@@ -255,6 +277,21 @@ def cross_entropy(logits_BTV, targets_BT, z_loss: float):
     nll = jnp.mean(lse_BT - target_logit_BT)
     z = z_loss * jnp.mean(lse_BT ** 2)
     return nll + z, {"nll": nll, "z_loss": z}
+
+
+def attention_impl(cfg) -> str:
+    """The attention implementation the model runs on this platform."""
+    return "dense"
+
+
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, impl: str):
+    """Causal attention by implementation `impl` (see attention_impl)."""
+    return dense_attention(q_BTHK, k_BTGK, v_BTGK, scale)
+
+
+def lm_loss(model, x_BTD, targets_BT, z_loss: float):
+    """(loss, aux) of cross_entropy on the model's logits of the final-normed x_BTD."""
+    return cross_entropy(model.logits(x_BTD), targets_BT, z_loss)
 
 
 def full_axis_rules(rules) -> tuple:
