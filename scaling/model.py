@@ -62,6 +62,8 @@ from flax import nnx
 
 from scaling.accounting import d_ff_of
 from scaling.config import PARAMETRIZATIONS, validate_model_config
+from scaling.attention import attention_impl, causal_attention, dense_attention  # noqa: F401
+from scaling.loss import chunked_lm_loss, cross_entropy  # noqa: F401  (cross_entropy: re-exported)
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
 ACTIVATION_AXES = ("batch", "seq", "act_embed")  # x_BTD's logical axes
@@ -101,21 +103,6 @@ def rope(x_BTHK, theta: float):
     return out.astype(x_BTHK.dtype)
 
 
-def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float):
-    """Causal softmax(q k^T * scale) v over the full T x T (the reference path), grouped-query:
-    query head h uses kv head h // (H / G). Scores and softmax in float32."""
-    B, T, H, K = q_BTHK.shape
-    G = k_BTGK.shape[2]
-    q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
-    # preferred_element_type keeps bf16 inputs but an f32 output
-    s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK, preferred_element_type=jnp.float32) * scale
-    causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
-    s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
-    p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(q_BTHK.dtype)
-    o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
-    return o_BTGRK.reshape(B, T, H, K)
-
-
 class Attention(nnx.Module):
     """Causal self-attention with RoPE, grouped-query heads and optional QK-norm."""
 
@@ -126,7 +113,7 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = H, G, K
         self.rope_theta, self.attn_scale = float(cfg.rope_theta), attn_scale
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
-        self.impl = attention_impl(cfg)
+        self.impl = attention_impl(cfg)  # resolved once, when the model is built
         self.wq = _matrix(rngs, (D, H, K), std, ("embed", "heads", "head_dim"), pdt)
         self.wk = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
         self.wv = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
@@ -227,6 +214,7 @@ class Transformer(nnx.Module):
         self.vocab_size, self.max_seq_len = V, cfg.max_seq_len
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
         self.remat, self.act_sharding = cfg.remat, act_sharding
+        self.loss_chunk = int(cfg.get("loss_chunk", 0))
         self.embedding = _matrix(rngs, (V, D), std, ("vocab", "embed"), pdt)
         self.blocks = nnx.List([Block(cfg, std=hidden_std, out_std=out_std,
                                       attn_scale=attn_scale, rngs=rngs) for _ in range(L)])
@@ -265,32 +253,11 @@ class Transformer(nnx.Module):
         return jax.lax.with_sharding_constraint(x_BTD, self.act_sharding)
 
 
-def cross_entropy(logits_BTV, targets_BT, z_loss: float):
-    """Mean next-token NLL (nats/token, float32) + z_loss * mean(logsumexp(logits)^2).
-
-    Returns (loss, aux) with aux = {"nll": mean NLL, "z_loss": the z-loss term (already scaled)}.
-    `loss` is the training objective; aux["nll"] is what gets reported as the loss.
-    """
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    nll = jnp.mean(lse_BT - target_logit_BT)
-    z = z_loss * jnp.mean(lse_BT ** 2)
-    return nll + z, {"nll": nll, "z_loss": z}
-
-
-def attention_impl(cfg) -> str:
-    """The attention implementation the model runs on this platform."""
-    return "dense"
-
-
-def causal_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, impl: str):
-    """Causal attention by implementation `impl` (see attention_impl)."""
-    return dense_attention(q_BTHK, k_BTGK, v_BTGK, scale)
-
-
 def lm_loss(model, x_BTD, targets_BT, z_loss: float):
-    """(loss, aux) of cross_entropy on the model's logits of the final-normed x_BTD."""
+    """(loss, aux) of cross_entropy on the model's logits of the final-normed x_BTD; with
+    model.loss_chunk > 0 through chunked_lm_loss (the same numbers, never the full logits)."""
+    if model.loss_chunk:
+        return chunked_lm_loss(x_BTD, model.head_weight(), targets_BT, z_loss, model.logit_mult, model.loss_chunk)
     return cross_entropy(model.logits(x_BTD), targets_BT, z_loss)
 
 
