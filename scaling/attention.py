@@ -12,7 +12,7 @@ and FLOPs are counted alike by scaling/accounting.py: the full T x T, whatever i
 import jax
 import jax.numpy as jnp
 
-from scaling.config import ATTENTION_IMPLS
+from scaling.config import ATTENTION_BLOCK, ATTENTION_IMPLS
 
 
 def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, offset: int = 0):
@@ -29,11 +29,6 @@ def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, offset: int = 0):
     p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(q_BTHK.dtype)
     o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
     return o_BTGRK.reshape(B, T, H, K)
-
-
-# Query rows per block of the blocked causal attention: at T = 256 two blocks skip 1/4 of the T x T
-# scores (measured faster than 32 or 64 on XLA:CPU, whose small matmuls lose more than they skip).
-ATTENTION_BLOCK = 128
 
 
 def attention_impl(cfg, platform: str | None = None) -> str:
