@@ -17,8 +17,8 @@ Units: bytes per device. Terms (`MemoryEstimate`):
   q and k raw and normalised. The head: the final norm (as above) and, with model.loss_chunk = 0,
   two float32 B x T x vocab buffers (the logits / the cross-entropy's exp, and the logits'
   gradient); with loss_chunk > 0 (scaling/loss.py, fused) the features' gradient (B x T x d_model,
-  compute dtype), the head's float32 gradient (d_model x vocab) and four float32 chunk x vocab
-  buffers (logits, softmax, its gradient, the one-hot). Attention 'blocked' keeps each query
+  compute dtype), the head's float32 gradient (d_model x vocab) and two float32 chunk x vocab
+  buffers (XLA fuses the softmax, its gradient and the one-hot into the logits' consumers). Attention 'blocked' keeps each query
   block's scores against its keys only (sum over blocks of block x keys instead of T x T); every
   other implementation is counted as dense (an upper bound for cuDNN's fused kernel, which keeps none).
   Remat "full" (each block under jax.checkpoint): one block input per layer is saved, and one
@@ -195,7 +195,7 @@ def _head_activations(m, bt: int, tp: int, cdt: int) -> int:
     chunk = int(m.get("loss_chunk", 0))
     if not chunk:
         return norm + 2 * bt * v * 4
-    return norm + bt * m.d_model * cdt + m.d_model * v * 4 + 4 * min(chunk, bt) * v * 4
+    return norm + bt * m.d_model * cdt + m.d_model * v * 4 + 2 * min(chunk, bt) * v * 4
 
 
 def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:

@@ -125,3 +125,18 @@ def test_cudnn_falls_back_to_xla_without_a_gpu():
     q, k, v = qkv(1, 64, 2, 2, 8)
     np.testing.assert_allclose(attention.causal_attention(q, k, v, 0.3, "cudnn"),
                                attention.dense_attention(q, k, v, 0.3), atol=ATOL)
+
+
+def test_gpu_benchmark_mode_plumbing_on_cpu(capsys):
+    """benchmarks/train_step.py --preset gpt2 at a tiny shape: the preset's bf16/vocab/seq flags
+    reach the trainer, explicit flags override them, and each line reports tokens/s, MFU and the
+    attention implementation that ran (GPU numbers themselves: not yet measured)."""
+    from benchmarks import train_step
+    args = train_step.parse_args(["--preset", "gpt2", "--sizes", "64x1", "--batch", "2", "--seq", "32",
+                                  "--steps", "1"])
+    assert (args.dtype, args.vocab) == ("bfloat16", train_step.GPT2_PRESET["vocab"])
+    c = train_step.make_config(64, 1, args)
+    assert (c.model.compute_dtype, c.data.seq_len, c.train.batch_size) == ("bfloat16", 32, 2)
+    r = train_step.bench(64, 1, args)
+    assert r["attention"] == model_lib.attention_impl(c.model) and r["tokens_per_s"] > 0
+    assert np.isfinite(r["loss"])
