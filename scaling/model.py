@@ -5,8 +5,14 @@ Architecture (pre-norm, no biases):
            -> RMSNorm -> LM head (tied to the embedding, or its own matrix) -> logits (float32)
 Attention is causal self-attention with RoPE (rotate-half form, over the full head_dim),
 grouped-query heads (n_kv_heads divides n_heads; n_kv_heads == 1 is multi-query) and optional
-QK-norm (RMSNorm with a learned scale on each query/key head vector, before RoPE). The MLP is
+QK-norm (RMSNorm with a learned scale on each query/key head vector, before RoPE); its core
+(softmax(q k^T) v) is scaling/attention.py's, by `model.attention` (dense reference, blocked on
+CPU, jax.nn.dot_product_attention xla/cuDNN on accelerators). The MLP is
 SwiGLU (silu(x W_gate) * (x W_up)) W_down or GELU (gelu(x W_up)) W_down.
+
+The loss: `lm_loss(model, model.features(tokens), targets, z_loss)` (scaling/loss.py), fused with
+the head over chunks of `model.loss_chunk` tokens, or `cross_entropy(model(tokens), ...)` on full
+logits; `model(tokens)` itself always returns the full logits.
 
 Dtypes: parameters are stored in `param_dtype` (float32); matmuls run in `compute_dtype`
 (float32 or bfloat16); the attention softmax, the norms' statistics, the logits and the loss are
