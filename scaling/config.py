@@ -28,12 +28,19 @@ DTYPES = ("float32", "bfloat16")
 PARAMETRIZATIONS = ("standard", "mup")
 SCHEDULES = ("cosine", "wsd", "constant")
 REMAT_POLICIES = ("none", "full")  # model.remat: save every activation for the backward, or recompute blocks
+# model.attention: auto = by platform (scaling.model.attention_impl); dense = full T x T (reference);
+# blocked = causal query blocks that skip fully masked keys (CPU); xla / cudnn = jax.nn.dot_product_attention.
+ATTENTION_IMPLS = ("auto", "dense", "blocked", "xla", "cudnn")
+# Query rows per block of 'blocked': at T = 256 two blocks skip 1/4 of the T x T scores (measured
+# faster than blocks of 32 or 64 on XLA:CPU, whose smaller matmuls lose more than they skip).
+ATTENTION_BLOCK = 128
 
 # Sections and keys that change how a run executes, not what it computes (up to float tolerance): a
 # run may resume on another mesh or with its corpus cached elsewhere. The Grain worker count is NOT
 # among them (its iterator state differs).
 EXECUTION_SECTIONS = ("mesh", "checkpoint")
-EXECUTION_KEYS = (("data", "cache_dir"), ("model", "remat"))  # remat recomputes, it computes the same
+# remat recomputes, attention / loss_chunk reorder the same sums: they compute the same up to float rounding
+EXECUTION_KEYS = (("data", "cache_dir"), ("model", "remat"), ("model", "attention"), ("model", "loss_chunk"))
 # Sections of labels that describe a run without changing it (e.g. the nominal budget it was planned for).
 LABEL_SECTIONS = ("meta",)
 # Sections that choose where a run is also shown (TensorBoard, W&B): views of the run directory.
@@ -67,6 +74,8 @@ def defaults() -> ml_collections.ConfigDict:
     m.compute_dtype = "float32"  # float32 | bfloat16 (params and logits stay float32)
     m.param_dtype = "float32"
     m.remat = "none"  # none | full (each block recomputed in the backward pass: less memory, ~1/3 more FLOPs)
+    m.attention = "auto"  # auto | dense | blocked | xla | cudnn (ATTENTION_IMPLS; FLOPs are counted alike)
+    m.loss_chunk = 512  # >0: LM head + cross-entropy fused over chunks of this many tokens (no full logits); 0: full logits
 
     c.data = d = ml_collections.ConfigDict()
     d.corpus = "sotu"  # 'sotu' (embedded) or a prepared corpus directory
@@ -376,11 +385,14 @@ def model_problems(cfg) -> list[str]:
             hint = " (0 means data.seq_len and must be resolved before the model is built)" \
                 if key == "max_seq_len" else ""
             problems.append(f"model.{key}={v!r} is not valid; it must be a positive integer{hint}")
+    chunk = cfg.get("loss_chunk", 0)
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+        problems.append(f"model.loss_chunk={chunk!r} is not valid; use 0 (full logits) or a positive int")
     if not isinstance(cfg.d_ff, int) or cfg.d_ff < 0:
         problems.append(f"model.d_ff={cfg.d_ff!r} is not valid; use 0 (derived) or a positive int")
     for key, choices in (("mlp", MLP_KINDS), ("compute_dtype", DTYPES), ("param_dtype", DTYPES),
-                         ("remat", REMAT_POLICIES)):
-        if cfg[key] not in choices:
+                         ("remat", REMAT_POLICIES), ("attention", ATTENTION_IMPLS)):
+        if cfg.get(key, choices[0]) not in choices:
             problems.append(f"model.{key}={cfg[key]!r} is not valid; use one of {choices}")
     for key in ("rope_theta", "norm_eps", "init_std"):
         if not cfg[key] > 0:

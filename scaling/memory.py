@@ -14,8 +14,13 @@ Units: bytes per device. Terms (`MemoryEstimate`):
   attention is dense, no fused kernel) plus its boolean causal mask (and the probabilities again
   in the compute dtype when that is not float32); the MLP hidden: SwiGLU gate, sigmoid(gate),
   silu(gate), up and their product (5 x B x T x d_ff), GELU up, tanh and output (3x); with QK-norm
-  q and k raw and normalised. The head: the final norm (as above) and two float32 B x T x vocab
-  buffers (the logits / the cross-entropy's exp, and the logits' gradient).
+  q and k raw and normalised. The head: the final norm (as above) and, with model.loss_chunk = 0,
+  two float32 B x T x vocab buffers (the logits / the cross-entropy's exp, and the logits'
+  gradient); with loss_chunk > 0 (scaling/loss.py, fused) the features' gradient (B x T x d_model,
+  compute dtype), the head's float32 gradient (d_model x vocab) and two float32 chunk x vocab
+  buffers (XLA fuses the softmax, its gradient and the one-hot into the logits' consumers). Attention 'blocked' keeps each query
+  block's scores against its keys only (sum over blocks of block x keys instead of T x T); every
+  other implementation is counted as dense (an upper bound for cuDNN's fused kernel, which keeps none).
   Remat "full" (each block under jax.checkpoint): one block input per layer is saved, and one
   block's "none" activations are live again while that block's backward recomputes them.
 - peak: params + opt_state + batch + max(activations + one layer's grads, grads + one layer's
@@ -51,7 +56,7 @@ import math
 import numbers
 
 from scaling.accounting import DEVICE_MEMORY, d_ff_of
-from scaling.config import REMAT_POLICIES
+from scaling.config import ATTENTION_BLOCK, REMAT_POLICIES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count
@@ -176,6 +181,23 @@ def param_elements_per_device(m, mesh_shape) -> dict:
     return {"layer": layer, "other": vocab * (1 if m.tie_embeddings else 2) + d}
 
 
+def _score_elements(m, T: int) -> int:
+    """Score-matrix elements per (row, head): T x T, or the blocked path's query blocks x their keys."""
+    if m.get("attention", "auto") != "blocked":
+        return T * T
+    return sum(min(b, T - s) * min(s + b, T) for b in (ATTENTION_BLOCK,) for s in range(0, T, b))
+
+
+def _head_activations(m, bt: int, tp: int, cdt: int) -> int:
+    """Bytes of the final norm and the LM head + loss saved or live at the backward's start."""
+    v = _split(m.vocab_size, tp)
+    norm = bt * m.d_model * (2 * cdt + 4)
+    chunk = int(m.get("loss_chunk", 0))
+    if not chunk:
+        return norm + 2 * bt * v * 4
+    return norm + bt * m.d_model * cdt + m.d_model * v * 4 + 2 * min(chunk, bt) * v * 4
+
+
 def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
     """Bytes one block saves for its backward pass (remat 'none'), per device."""
     D, H, G = m.d_model, m.n_heads, m.n_kv_heads
@@ -186,7 +208,7 @@ def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
     norm = bt * D * (cdt + 4 + cdt)  # input, float32 normalised, output (x2 per block)
     qkv = bt * (h + 2 * g) * K * cdt  # q, k after RoPE and v
     qk_norm = bt * (h + g) * K * (cdt + 4) if m.qk_norm else 0  # raw q, k and their f32 normalised
-    scores = rows * h * T * T * (2 * 4 + 1 + (cdt if cdt != 4 else 0))  # exp, probs, mask (+ probs in cdt)
+    scores = rows * h * _score_elements(m, T) * (2 * 4 + 1 + (cdt if cdt != 4 else 0))  # exp, probs, mask (+ probs in cdt)
     attn_out = bt * h * K * cdt
     hidden = bt * f * cdt * (5 if m.mlp == "swiglu" else 3)
     return 2 * norm + qkv + qk_norm + scores + attn_out + hidden
@@ -212,7 +234,7 @@ def estimate(config, mesh_shape, *, remat: str | None = None, batch_per_device: 
     params = (m.n_layers * counts["layer"] + counts["other"]) * pdt
     layer_acts = _layer_activations(m, rows, T, tp, cdt)
     bt = rows * T
-    head = bt * m.d_model * (2 * cdt + 4) + 2 * bt * _split(m.vocab_size, tp) * 4
+    head = _head_activations(m, bt, tp, cdt)
     if remat == "none":
         acts = m.n_layers * layer_acts + head
     else:  # block inputs only; one block's activations come back during its backward

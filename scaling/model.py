@@ -5,8 +5,14 @@ Architecture (pre-norm, no biases):
            -> RMSNorm -> LM head (tied to the embedding, or its own matrix) -> logits (float32)
 Attention is causal self-attention with RoPE (rotate-half form, over the full head_dim),
 grouped-query heads (n_kv_heads divides n_heads; n_kv_heads == 1 is multi-query) and optional
-QK-norm (RMSNorm with a learned scale on each query/key head vector, before RoPE). The MLP is
+QK-norm (RMSNorm with a learned scale on each query/key head vector, before RoPE); its core
+(softmax(q k^T) v) is scaling/attention.py's, by `model.attention` (dense reference, blocked on
+CPU, jax.nn.dot_product_attention xla/cuDNN on accelerators). The MLP is
 SwiGLU (silu(x W_gate) * (x W_up)) W_down or GELU (gelu(x W_up)) W_down.
+
+The loss: `lm_loss(model, model.features(tokens), targets, z_loss)` (scaling/loss.py), fused with
+the head over chunks of `model.loss_chunk` tokens, or `cross_entropy(model(tokens), ...)` on full
+logits; `model(tokens)` itself always returns the full logits.
 
 Dtypes: parameters are stored in `param_dtype` (float32); matmuls run in `compute_dtype`
 (float32 or bfloat16); the attention softmax, the norms' statistics, the logits and the loss are
@@ -62,6 +68,8 @@ from flax import nnx
 
 from scaling.accounting import d_ff_of
 from scaling.config import PARAMETRIZATIONS, validate_model_config
+from scaling.attention import attention_impl, causal_attention, dense_attention  # noqa: F401
+from scaling.loss import chunked_lm_loss, cross_entropy  # noqa: F401  (cross_entropy: re-exported)
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
 ACTIVATION_AXES = ("batch", "seq", "act_embed")  # x_BTD's logical axes
@@ -111,6 +119,7 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = H, G, K
         self.rope_theta, self.attn_scale = float(cfg.rope_theta), attn_scale
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.impl = attention_impl(cfg)  # resolved once, when the model is built
         self.wq = _matrix(rngs, (D, H, K), std, ("embed", "heads", "head_dim"), pdt)
         self.wk = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
         self.wv = _matrix(rngs, (D, G, K), std, ("embed", "kv", "head_dim"), pdt)
@@ -121,26 +130,23 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x_BTD):
+    def qkv(self, x_BTD):
+        """Projections (+ QK-norm) and RoPE: (q_BTHK, k_BTGK, v_BTGK) in the compute dtype."""
         cdt = self.compute_dtype
-        B, T, _ = x_BTD.shape
-        G, R = self.n_kv_heads, self.n_heads // self.n_kv_heads  # kv heads, queries per kv head
         q_BTHK = jnp.einsum("btd,dhk->bthk", x_BTD, self.wq[...].astype(cdt))
         k_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wk[...].astype(cdt))
         v_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wv[...].astype(cdt))
         if self.q_norm is not None:
             q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
-        q_BTHK, k_BTGK = rope(q_BTHK, self.rope_theta), rope(k_BTGK, self.rope_theta)
-        q_BTGRK = q_BTHK.reshape(B, T, G, R, self.head_dim)
-        # Scores and softmax in float32 (preferred_element_type keeps bf16 inputs, f32 output).
-        s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK,
-                             preferred_element_type=jnp.float32) * self.attn_scale
-        causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
-        s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
-        p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(cdt)
-        o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
-        o_BTHK = o_BTGRK.reshape(B, T, self.n_heads, self.head_dim)
-        return jnp.einsum("bthk,hkd->btd", o_BTHK, self.wo[...].astype(cdt))
+        return rope(q_BTHK, self.rope_theta), rope(k_BTGK, self.rope_theta), v_BTGK
+
+    def out(self, o_BTHK):
+        """The output projection back into the residual stream."""
+        return jnp.einsum("bthk,hkd->btd", o_BTHK, self.wo[...].astype(self.compute_dtype))
+
+    def __call__(self, x_BTD):
+        q_BTHK, k_BTGK, v_BTGK = self.qkv(x_BTD)
+        return self.out(causal_attention(q_BTHK, k_BTGK, v_BTGK, self.attn_scale, self.impl))
 
 
 class MLP(nnx.Module):
@@ -214,6 +220,7 @@ class Transformer(nnx.Module):
         self.vocab_size, self.max_seq_len = V, cfg.max_seq_len
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
         self.remat, self.act_sharding = cfg.remat, act_sharding
+        self.loss_chunk = int(cfg.get("loss_chunk", 0))
         self.embedding = _matrix(rngs, (V, D), std, ("vocab", "embed"), pdt)
         self.blocks = nnx.List([Block(cfg, std=hidden_std, out_std=out_std,
                                       attn_scale=attn_scale, rngs=rngs) for _ in range(L)])
@@ -222,18 +229,27 @@ class Transformer(nnx.Module):
             _matrix(rngs, (D, V), std, ("embed", "vocab"), pdt)
 
     def __call__(self, tokens_BT):
+        return self.logits(self.features(tokens_BT))
+
+    def features(self, tokens_BT):
+        """The final-normed residual stream x_BTD (compute dtype): the LM head's input."""
         T = tokens_BT.shape[1]
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.max_seq_len}")
-        cdt = self.compute_dtype
-        x_BTD = self._constrain(jnp.take(self.embedding[...], tokens_BT, axis=0).astype(cdt))  # a gather
+        x_BTD = self._constrain(jnp.take(self.embedding[...], tokens_BT, axis=0).astype(self.compute_dtype))  # a gather
         call = _remat_block if self.remat == "full" else Block.__call__
         for block in self.blocks:
             x_BTD = self._constrain(call(block, x_BTD))
-        x_BTD = self.final_norm(x_BTD)
+        return self.final_norm(x_BTD)
+
+    def head_weight(self):
+        """The LM head's [D, V] matrix in the compute dtype (the embedding's transpose when tied)."""
         w_DV = self.embedding[...].T if self.lm_head is None else self.lm_head[...]
-        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(cdt),
-                                preferred_element_type=jnp.float32)
+        return w_DV.astype(self.compute_dtype)
+
+    def logits(self, x_BTD):
+        """float32 logits_BTV of the final-normed x_BTD (times logit_mult under muP)."""
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, self.head_weight(), preferred_element_type=jnp.float32)
         return logits_BTV * self.logit_mult if self.logit_mult != 1.0 else logits_BTV
 
     def _constrain(self, x_BTD):
@@ -243,18 +259,12 @@ class Transformer(nnx.Module):
         return jax.lax.with_sharding_constraint(x_BTD, self.act_sharding)
 
 
-def cross_entropy(logits_BTV, targets_BT, z_loss: float):
-    """Mean next-token NLL (nats/token, float32) + z_loss * mean(logsumexp(logits)^2).
-
-    Returns (loss, aux) with aux = {"nll": mean NLL, "z_loss": the z-loss term (already scaled)}.
-    `loss` is the training objective; aux["nll"] is what gets reported as the loss.
-    """
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    nll = jnp.mean(lse_BT - target_logit_BT)
-    z = z_loss * jnp.mean(lse_BT ** 2)
-    return nll + z, {"nll": nll, "z_loss": z}
+def lm_loss(model, x_BTD, targets_BT, z_loss: float):
+    """(loss, aux) of cross_entropy on the model's logits of the final-normed x_BTD; with
+    model.loss_chunk > 0 through chunked_lm_loss (the same numbers, never the full logits)."""
+    if model.loss_chunk:
+        return chunked_lm_loss(x_BTD, model.head_weight(), targets_BT, z_loss, model.logit_mult, model.loss_chunk)
+    return cross_entropy(model.logits(x_BTD), targets_BT, z_loss)
 
 
 def full_axis_rules(rules) -> tuple:

@@ -26,7 +26,7 @@ from scaling import accounting, data, distributed, memory, rundir, sharding, tra
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
-from scaling.model import build_model, cross_entropy
+from scaling.model import build_model, lm_loss
 from scaling.optim import make_optimizer
 from scaling.provenance import peak_source, provenance
 
@@ -126,8 +126,8 @@ def make_trainer(config, mesh, rules, steps: int) -> Trainer:
     batch_sh = sharding.batch_sharding(mesh)
 
     def loss_fn(params, inputs_BT, targets_BT):
-        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
-        return cross_entropy(logits_BTV, targets_BT, t.z_loss)
+        model = nnx.merge(graphdef, params)
+        return lm_loss(model, model.features(inputs_BT), targets_BT, t.z_loss)
 
     def train_step(state, inputs_BT, targets_BT):
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], inputs_BT, targets_BT)

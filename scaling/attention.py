@@ -1,0 +1,76 @@
+"""Causal self-attention cores: o_BTHK = softmax(q k^T * scale, causal) v, grouped-query.
+
+Implementations (`model.attention`, chosen by `attention_impl`; all compute the same function,
+and FLOPs are counted alike by scaling/accounting.py: the full T x T, whatever is skipped):
+- dense: the reference. Scores over the full T x T in float32, masked, softmax, times v.
+- blocked: query rows in blocks of ATTENTION_BLOCK; each block's scores only against the keys
+  up to its last row, so fully masked blocks are never computed (exact: each row's softmax sees
+  all its keys at once). XLA:CPU's choice ('auto' on CPU).
+- xla / cudnn: jax.nn.dot_product_attention with that implementation ('cudnn' is the fused
+  flash-attention kernel on NVIDIA GPUs; 'auto' picks it for bf16 on GPU).
+"""
+import jax
+import jax.numpy as jnp
+
+from scaling.config import ATTENTION_BLOCK, ATTENTION_IMPLS
+
+
+def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, offset: int = 0):
+    """Causal softmax(q k^T * scale) v over every key (the reference path), grouped-query: query
+    head h uses kv head h // (H / G). Scores and softmax in float32. Query t sits at position
+    offset + t among the S keys (offset > 0: a block of queries, see blocked_attention)."""
+    B, T, H, K = q_BTHK.shape
+    S, G = k_BTGK.shape[1], k_BTGK.shape[2]
+    q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
+    # preferred_element_type keeps bf16 inputs but an f32 output
+    s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK, preferred_element_type=jnp.float32) * scale
+    causal_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=offset)
+    s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
+    p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1).astype(q_BTHK.dtype)
+    o_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", p_BGRTS, v_BTGK)
+    return o_BTGRK.reshape(B, T, H, K)
+
+
+def attention_impl(cfg, platform: str | None = None) -> str:
+    """The attention implementation the model runs: cfg.attention unless 'auto', which picks by
+    platform (default: JAX's default backend): 'cudnn' on GPU when it can run it (bf16 compute,
+    head_dim a multiple of 8 up to 128), 'xla' elsewhere on GPU/TPU, 'blocked' on CPU."""
+    impl = cfg.get("attention", "auto")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    if platform == "cpu":
+        return "blocked"
+    head_dim = cfg.d_model // cfg.n_heads
+    fused_ok = cfg.compute_dtype == "bfloat16" and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if platform in ("gpu", "cuda") and fused_ok else "xla"
+
+
+def blocked_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, block: int = ATTENTION_BLOCK):
+    """Exact causal attention that never computes a fully masked score block: query rows
+    [s, s + block) attend to keys [0, s + block) only; each row's softmax still sees all its keys
+    at once (no online rescaling), so the result equals dense_attention up to float rounding."""
+    T = q_BTHK.shape[1]
+    outs = [dense_attention(q_BTHK[:, s:s + block], k_BTGK[:, :min(s + block, T)],
+                            v_BTGK[:, :min(s + block, T)], scale, offset=s)
+            for s in range(0, T, block)]
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, impl: str):
+    """Causal attention o_BTHK by implementation `impl` (attention_impl's result). 'xla' and
+    'cudnn' are jax.nn.dot_product_attention's; cudnn falls back to xla where it cannot trace."""
+    if impl == "dense":
+        return dense_attention(q_BTHK, k_BTGK, v_BTGK, scale)
+    if impl == "blocked":
+        return blocked_attention(q_BTHK, k_BTGK, v_BTGK, scale)
+    if impl == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
+                                                implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):  # no GPU / cuDNN, or an unsupported shape
+            impl = "xla"
+    if impl == "xla":
+        return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, scale=scale, is_causal=True,
+                                            implementation="xla")
+    raise ValueError(f"model.attention={impl!r} is not valid; use one of {ATTENTION_IMPLS}")
