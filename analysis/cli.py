@@ -202,6 +202,17 @@ def _plain_warnings():
 _FORMATWARNING = warnings.formatwarning
 
 
+def run_command(name: str, body, argv) -> int:
+    """`scaling NAME`: run body(argv) with plain warning lines; bad input (ValueError,
+    FileNotFoundError) is one 'scaling NAME: error: ...' line on stderr and exit code 2."""
+    with _plain_warnings():
+        try:
+            return body(argv)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"scaling {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+
+
 def fit_main(argv: list[str]) -> int:
     """`scaling fit`: returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
     if "--conventions" in argv:  # FLOP-convention sensitivity: its own parser and table

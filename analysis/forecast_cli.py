@@ -16,13 +16,12 @@ import argparse
 import json
 import math
 import pathlib
-import sys
 
 import numpy as np
 import pandas as pd
 
 from analysis import backtest, laws, predict
-from analysis.cli import _Parser, _plain_warnings
+from analysis.cli import _Parser, run_command
 from analysis.workflows import starts_subset
 
 CSV_ALIASES = {"Model Size": "n_params", "Training FLOP": "flops"}  # Epoch's digitised points
@@ -73,18 +72,9 @@ def _check(args):
         raise ValueError(f"--bootstrap={args.bootstrap}: need >= 2 resamples")
 
 
-def _run(name, body, argv) -> int:
-    with _plain_warnings():
-        try:
-            return body(argv)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"scaling {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
-            return 2
-
-
 def backtest_main(argv: list[str]) -> int:
     """`scaling backtest`: rollout backtest table + summary (+ CSV, JSON and figure in --out)."""
-    return _run("backtest", _backtest, argv)
+    return run_command("backtest", _backtest, argv)
 
 
 def _backtest(argv) -> int:
@@ -144,7 +134,7 @@ def forecast_main(argv: list[str], *, make_config=None, hash_config=None, git_sh
     config beside it. make_config(source, sweep_file, target_flops) -> (N*, D*) -> config dict,
     or None when the source has no sweep config (it raises ValueError for a bad one);
     hash_config(config dict) -> str; git_sha: recorded as is."""
-    return _run("forecast", lambda a: _forecast(a, make_config, hash_config, git_sha), argv)
+    return run_command("forecast", lambda a: _forecast(a, make_config, hash_config, git_sha), argv)
 
 
 def _forecast(argv, make_config, hash_config, git_sha) -> int:
@@ -186,7 +176,7 @@ def _forecast(argv, make_config, hash_config, git_sha) -> int:
 
 def score_main(argv: list[str]) -> int:
     """`scaling score`: the forecast vs the measured run(s) at its target budget."""
-    return _run("score", _score, argv)
+    return run_command("score", _score, argv)
 
 
 def _score(argv) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
-import sys
+
+from analysis.cli import run_command
 
 
 def _fmt_ci(lo, hi) -> str:
@@ -57,8 +58,4 @@ def _fit(argv) -> int:
 
 def fit_main(argv: list[str]) -> int:
     """`scaling hparams-fit`."""
-    try:
-        return _fit(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scaling hparams-fit: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    return run_command("hparams-fit", _fit, argv)

@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
+
+from analysis.cli import run_command
 
 
 def _numbers(kind):
@@ -112,19 +113,11 @@ def _lr_transfer(argv) -> int:
     return 0
 
 
-def _run(name, body, argv) -> int:
-    try:
-        return body(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scaling {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-
-
 def mup_check_main(argv: list[str]) -> int:
     """`scaling mup-check`."""
-    return _run("mup-check", _mup_check, argv)
+    return run_command("mup-check", _mup_check, argv)
 
 
 def lr_transfer_main(argv: list[str]) -> int:
     """`scaling lr-transfer`."""
-    return _run("lr-transfer", _lr_transfer, argv)
+    return run_command("lr-transfer", _lr_transfer, argv)

@@ -62,8 +62,8 @@ def _sha256_files(paths) -> str:
     return h.hexdigest()
 
 
-def _check_out_dir(out_dir: pathlib.Path) -> None:
-    """Refuse an output path that is a file, lies under a file, or is a non-empty directory."""
+def check_not_under_a_file(out_dir: pathlib.Path) -> None:
+    """Refuse an --out path that is an existing file or lies under one (flat and sharded corpora)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} is an existing file; give a new directory path")
     for parent in out_dir.parents:
@@ -71,6 +71,11 @@ def _check_out_dir(out_dir: pathlib.Path) -> None:
             if not parent.is_dir():
                 raise FileExistsError(f"--out {out_dir}: {parent} is a file, not a directory")
             break
+
+
+def _check_out_dir(out_dir: pathlib.Path) -> None:
+    """Refuse an output path that is a file, lies under a file, or is a non-empty directory."""
+    check_not_under_a_file(out_dir)
     if (out_dir / META_FILE).exists():
         raise FileExistsError(f"{out_dir} already holds a prepared corpus; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()):

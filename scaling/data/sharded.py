@@ -162,13 +162,7 @@ def _write_plan(loc, request, source, text_field, tokenizer, eval_fraction, seed
 
 def _check_new_dir(out: pathlib.Path) -> None:
     """A new sharded corpus needs a path that is not a file and not a non-empty directory."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is an existing file; give a new directory path")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FileExistsError(f"--out {out}: {parent} is a file, not a directory")
-            break
+    preparation.check_not_under_a_file(out)
     if out.is_dir() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an (unfinished) sharded corpus; choose "
                               "another --out")
