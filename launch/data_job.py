@@ -168,7 +168,8 @@ def submit_main(argv: list[str]) -> int:
             return 0
         skypilot.launch([task])
     except (ValueError, OSError, ImportError) as e:
-        print(f"scaling data prepare: error: {e}", file=sys.stderr)
+        hint = " (the cloud extra: pip install -e '.[cloud]')" if getattr(e, "name", None) == "sky" else ""
+        print(f"scaling data prepare: error: {e}{hint}", file=sys.stderr)
         return 2
     print(f"launched managed job {task.name!r}: `sky jobs queue` for its state; when it succeeded, "
           f"`scaling data info {args.out}`")
