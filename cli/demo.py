@@ -69,7 +69,8 @@ def _report_is_current(sweep_dir: pathlib.Path, run_ids: list[str], forecast: bo
     return all(p.exists() for p in results) and report.stat().st_mtime >= max(p.stat().st_mtime for p in results)
 
 
-def forecast_step(cfg, sweep_file: str, sweep_dir: pathlib.Path, n_bootstrap: int) -> pathlib.Path | None:
+def forecast_step(cfg, sweep_file: str, sweep_dir: pathlib.Path, n_bootstrap: int,
+                  n_starts: int = 0) -> pathlib.Path | None:
     """Write the forecast for sweep.forecast_flops once (before its run), run the predicted-optimal
     config in SWEEP_DIR/forecast (resumable) and score it; the forecast file, or None if no run."""
     from analysis import forecast, forecast_cli
@@ -82,7 +83,8 @@ def forecast_step(cfg, sweep_file: str, sweep_dir: pathlib.Path, n_bootstrap: in
         print(f"   reusing the forecast written {forecast.load_forecast(path)['created']} ({path}); it is never "
               f"rewritten (delete {fdir} to forecast again)")
     elif cli_forecast.forecast_main([str(sweep_dir), "--target-flops", repr(float(target)), "--out", str(path),
-                                     "--sweep", sweep_file, "--bootstrap", str(n_bootstrap)]):
+                                     "--sweep", sweep_file, "--bootstrap", str(n_bootstrap)]
+                                    + (["--n-starts", str(n_starts)] if n_starts else [])):
         return None
     doc = forecast.load_forecast(path)
     spec = cli_forecast.spec_maker(cfg, target)(doc["optimum"]["N"]["value"], doc["optimum"]["D"]["value"])
@@ -112,7 +114,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--parallel", type=int, default=2, help="runs at once (each gets its own CPU core)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the fits' CIs")
     p.add_argument("--force-report", action="store_true", help="rebuild the report even if it is current")
+    p.add_argument("--n-starts", type=int, default=0, metavar="K",
+                   help="L-BFGS starts of each parametric fit, evenly taken from the law's grid (0: the whole grid)")
     args = p.parse_args(argv)
+    if args.n_starts < 0:
+        p.error(f"--n-starts={args.n_starts}: must be >= 0 (0: the whole grid)")
 
     from launch import local, sweep
     from scaling import data
@@ -167,7 +173,7 @@ def main(argv: list[str]) -> int:
             print(f"   not forecast: {len(failed)} sweep run(s) not ok; rerun to finish them first")
         else:
             try:
-                forecast_path = forecast_step(cfg, args.sweep, sweep_dir, args.bootstrap)
+                forecast_path = forecast_step(cfg, args.sweep, sweep_dir, args.bootstrap, args.n_starts)
             except KeyboardInterrupt:
                 print("\ninterrupted: the forecast is kept and its run resumes; rerun `scaling demo`",
                       file=sys.stderr)
@@ -176,8 +182,8 @@ def main(argv: list[str]) -> int:
     print(f"\n== {n_steps - 1}/{n_steps} fits and figures ==", flush=True)
     from analysis import report
 
-    summary = report.build(sweep_dir, plan_text=plan, n_bootstrap=args.bootstrap, log=print,
-                           forecast=forecast_path)
+    summary = report.build(sweep_dir, plan_text=plan, n_bootstrap=args.bootstrap, n_starts=args.n_starts,
+                           log=print, forecast=forecast_path)
 
     print(f"\n== {n_steps}/{n_steps} report ==")
     print(f"   {sweep_dir / 'report.md'}\n   {sweep_dir / 'report.html'}")

@@ -34,7 +34,8 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path, corpus_cache, capsys):
     cfg = tmp_path / "tiny_sweep.py"
     cfg.write_text(TINY_SWEEP.format(cache=corpus_cache, forecast=0))
     sweep_dir = tmp_path / "sweep"
-    argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--parallel", "2", "--bootstrap", "10"]
+    argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--parallel", "2", "--bootstrap", "10",
+            "--n-starts", "300"]  # 300 of the 4,500 grid starts: what test_report uses; the full grid is the CLI's default
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
     assert "9/9 runs" in out and "== 4/4 report ==" in out
@@ -62,7 +63,7 @@ def test_demo_forecasts_runs_and_scores_beyond_the_sweep(tmp_path, corpus_cache,
     for s, e in zip(sweep.expand(sweep.load_sweep(cfg)), noise):
         write_run(sweep_dir / "runs" / s.run_id, n_params=s.n_params, tokens=s.tokens,
                   loss=float(law_loss(s.n_params, s.tokens) * np.exp(e)), config_hash=None, budget=s.budget)
-    argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--bootstrap", "20"]
+    argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--bootstrap", "20", "--n-starts", "300"]
     assert demo.main(argv) == 0
     fits = json.loads((sweep_dir / "fit.json").read_text())
     assert fits["n_runs"] == 9  # the forecast run is not one of the sweep's
