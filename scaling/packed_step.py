@@ -9,6 +9,9 @@ unpacked step folds e.g. lr / warmup_steps in float64 and rounds once to float32
 divides in float32 (at most 1 ulp apart). With the batched matmuls of vmap (a different summation
 order) that makes a member's losses equal its unpacked run's to float32 rounding, not bit for bit.
 
+Members with differing train.z_loss compute their loss from the full logits (the fused chunked loss
+of model.loss_chunk takes z_loss as a compile-time constant): the same sums in another order.
+
 A member whose loss is NaN/inf at a step is frozen from that step on (its params and optimizer
 state keep their last values; `alive` turns false), so nothing non-finite reaches the next step;
 members never mix (vmap), so the others train on unaffected.
@@ -22,6 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from scaling.loss import cross_entropy
 from scaling.model import lm_loss
 from scaling.optim import decay_mask, make_schedule, mup_lr_multipliers, scale_by_tree
 
@@ -80,7 +84,10 @@ def make_packed_step(config, graphdef, params_one, steps: int, scalars: dict[str
     def member_step(params, opt_state, alive, member_scalars, inputs_BT, targets_BT, step):
         def loss_fn(p):
             model = nnx.merge(graphdef, p)
-            return lm_loss(model, model.features(inputs_BT), targets_BT, member_scalars.get("z_loss", z_const))
+            x_BTD = model.features(inputs_BT)
+            if "z_loss" in member_scalars:  # the fused chunked loss takes z_loss as a compile-time constant
+                return cross_entropy(model.logits(x_BTD), targets_BT, member_scalars["z_loss"])
+            return lm_loss(model, x_BTD, targets_BT, z_const)
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         tx, schedule = member_optimizer(config, member_scalars, params, steps)
