@@ -83,9 +83,11 @@ def _skip_result(run_dir: pathlib.Path, config, progress: Progress) -> dict | No
     return _load_finished(run_dir, config, progress)
 
 
-def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbose: bool = True) -> list[dict]:
+def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbose: bool = True,
+               loop: str | None = None) -> list[dict]:
     """Train the members as one pack; one result per member, in order (also each run_dir/result.json):
-    finished ok, failed (non-finite loss), or {"status": "stopped", "step"} after stop_after_steps."""
+    finished ok, failed (non-finite loss), or {"status": "stopped", "step"} after stop_after_steps.
+    loop: how members run inside the step (packed_step.make_packed_step); None: "map" on CPU, else "vmap"."""
     configs = [cfg_lib.resolve(c) for c in configs]
     for c in configs:
         cfg_lib.validate(c)
@@ -105,7 +107,7 @@ def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbos
     try:
         for i in todo:
             rundir.write_json(run_dirs[i] / rundir.CONFIG, configs[i].to_dict())
-        pack = _setup([configs[i] for i in todo], [run_dirs[i] for i in todo], progress, members)
+        pack = _setup([configs[i] for i in todo], [run_dirs[i] for i in todo], progress, members, loop)
         _loop(pack, stop_after_steps)
         for m in members:
             results[todo[m.index]] = _member_result(pack, m, stop_after_steps)
@@ -140,7 +142,7 @@ class _Pack:
         return [m for m in self.members if m.failed is None]
 
 
-def _setup(configs, run_dirs, progress: Progress, members: list) -> _Pack:
+def _setup(configs, run_dirs, progress: Progress, members: list, loop: str | None) -> _Pack:
     """Corpus, device, compiled packed step, data iterators; each member from its newest checkpoint."""
     t_segment = time.time()
     c0 = configs[0]
@@ -179,7 +181,9 @@ def _setup(configs, run_dirs, progress: Progress, members: list) -> _Pack:
             m.data_iter = iters[0 if shared else i]
     graphdef = fresh[0][0]
     scalars = ps.varying_scalars(configs)
-    step = ps.make_packed_step(c0, graphdef, fresh[0][1]["params"], steps, scalars, batch_per_member=not shared)
+    loop = loop or ("map" if mesh.devices.flat[0].platform == "cpu" else "vmap")
+    step = ps.make_packed_step(c0, graphdef, fresh[0][1]["params"], steps, scalars, batch_per_member=not shared,
+                               loop=loop)
     state = {"params": ps.stack([s["params"] for s in states]),
              "opt_state": ps.stack([ps.retree(s["opt_state"], step.opt_treedef) for s in states]),
              "alive": jax.numpy.ones((len(members),), bool), "step": jax.numpy.asarray(start, jax.numpy.int32)}

@@ -1,0 +1,108 @@
+"""Packed vs unpacked training throughput for the demo's shapes, side by side in one process.
+
+    python benchmarks/packing.py                          # the demo's 6 shapes, k = 1, 4, 16
+    python benchmarks/packing.py --shapes 1x8,1x16 --ks 1,4,16,32,64 --steps 150
+
+For each shape (n_layers x d_model, head_dim 8 as in experiments/demo_cpu.py; seq_len 64, batch 16,
+bytes vocabulary 256) it trains, through the real trainers with their data loader, logging and
+final checkpoint: one unpacked run (`scaling.train.train`), then packs of k members
+(`scaling.packed_train.train_pack`: members differ in seed and lr, one shared batch stream as in a
+sweep), then the unpacked run again. tokens/s is what the trainers record in result.json: training
+tokens over the timed log intervals (the first interval after start-up, which holds compilation, is
+excluded; evals and checkpoints are outside the intervals). Per member = one member's tokens;
+total = k x per member. ratio = total packed / unpacked, where unpacked is the mean of the runs
+before and after the packs (the machine may be shared: compare ratios, not absolute numbers;
+the load average is printed before and after).
+"""
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+from scaling import accounting
+from scaling import config as cfg_lib
+from scaling.packed_train import train_pack
+from scaling.train import train
+
+DEMO_SHAPES = "1x8,1x16,2x24,3x32,4x48,5x64"  # n_layers x d_model of experiments/demo_cpu.py's plan
+
+
+def member_config(n_layers: int, d_model: int, steps: int, seed: int, cache_dir: str):
+    """One run of the benchmark: the demo's shape and batch; eval and checkpoint only at the end."""
+    c = cfg_lib.defaults()
+    c.data.update(seq_len=64, cache_dir=cache_dir)
+    c.model.update(d_model=d_model, n_layers=n_layers, n_heads=d_model // 8, n_kv_heads=d_model // 8)
+    c.train.update(batch_size=16, tokens=16 * 64 * steps, log_every=max(steps // 6, 1), eval_every=10 * steps,
+                   eval_tokens=16 * 64 * 2, peak_flops=1e12)  # MFU is not reported: skip the peak measurement
+    c.optim.update(warmup_steps=max(steps // 10, 1), lr=3e-3 * (1 + 0.1 * seed))
+    c.seed = seed
+    c.mesh.num_devices = 1
+    c.checkpoint.every_steps = 10 * steps
+    c.track.tensorboard = False
+    return c
+
+
+def measure(n_layers: int, d_model: int, ks: list[int], steps: int, work: str, cache_dir: str,
+            loop: str | None) -> list[dict]:
+    """Rows for one shape: unpacked, each k, unpacked again."""
+    rows, tag = [], f"L{n_layers} d{d_model}"
+    n_params = accounting.param_counts(cfg_lib.resolve(member_config(n_layers, d_model, steps, 0, cache_dir)).model)["total"]
+
+    def unpacked(i):
+        r = train(member_config(n_layers, d_model, steps, 0, cache_dir), os.path.join(work, f"{tag}-u{i}"),
+                  verbose=False)
+        return r["tokens_per_s"]
+
+    before = unpacked(0)
+    for k in ks:
+        configs = [member_config(n_layers, d_model, steps, s, cache_dir) for s in range(k)]
+        t0 = time.perf_counter()
+        results = train_pack(configs, [os.path.join(work, f"{tag}-k{k}-{s}") for s in range(k)], verbose=False,
+                             loop=loop)
+        wall = time.perf_counter() - t0
+        per = min(r["tokens_per_s"] for r in results)  # all equal: one clock for the pack
+        rows.append({"shape": tag, "n_params": n_params, "k": k, "member_tokens_per_s": per,
+                     "total_tokens_per_s": k * per, "wall_s": wall})
+    after = unpacked(1)
+    base = (before + after) / 2
+    for r in rows:
+        r.update(unpacked_tokens_per_s=base, unpacked_before=before, unpacked_after=after,
+                 ratio=r["total_tokens_per_s"] / base)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=DEMO_SHAPES, help="n_layers x d_model, comma-separated")
+    p.add_argument("--ks", default="1,4,16", help="pack sizes, comma-separated")
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps per run")
+    p.add_argument("--cache-dir", default="data_cache", help="data.cache_dir (the prepared corpus)")
+    p.add_argument("--loop", choices=("map", "vmap"), default=None,
+                   help="members inside the step: lax.map or vmap (default: the trainer's, map on CPU)")
+    p.add_argument("--json", action="store_true", help="also one JSON line per row")
+    args = p.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; loop {args.loop or 'default'}")
+    work = tempfile.mkdtemp(prefix="packing-bench-")
+    rows = []
+    try:
+        for shape in args.shapes.split(","):
+            n_layers, d_model = (int(x) for x in shape.split("x"))
+            rows += measure(n_layers, d_model, ks, args.steps, work, args.cache_dir, args.loop)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"load average after: {os.getloadavg()}")
+    print(f"{'shape':<8} {'N':>7} {'k':>3} {'unpacked tok/s':>15} {'member tok/s':>13} {'total tok/s':>12} "
+          f"{'total/unpacked':>15}")
+    for r in rows:
+        print(f"{r['shape']:<8} {r['n_params']:>7,} {r['k']:>3} {r['unpacked_tokens_per_s']:>15,.0f} "
+              f"{r['member_tokens_per_s']:>13,.0f} {r['total_tokens_per_s']:>12,.0f} {r['ratio']:>14.2f}x")
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
