@@ -64,7 +64,7 @@ def references(members, tmp_path_factory):
 
 
 def _rows(run_dir):
-    return [r for r in rundir.read_metrics(run_dir)]
+    return rundir.read_metrics(run_dir)
 
 
 def _assert_equal_runs(packed_dir, ref_dir, rtol=RTOL):
@@ -137,3 +137,41 @@ def test_bad_packs_are_one_line_errors(members, small, tmp_path, capsys):
     with pytest.raises(SystemExit):
         packed_cli.main(args[:6])  # a --config without its --workdir
     assert "one --config per --workdir" in capsys.readouterr().err
+
+
+def test_vmap_and_per_member_batches_match_the_member_loop(members):
+    """The accelerators' path (vmap, batched matmuls) and per-member data streams ([K, B, T] batches)
+    give each member what the CPU path (a loop over members, one shared batch) gives it."""
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from scaling import packed_step as ps
+    from scaling.model import build_model
+    from scaling.optim import make_optimizer
+
+    configs = [cfg_lib.resolve(c) for c in members]
+    states = []
+    for c in configs:
+        graphdef, params = nnx.split(build_model(c.model, c.seed))
+        states.append((params, make_optimizer(c, params, 12)[0].init(params)))
+    rng = np.random.default_rng(0)
+    x, y = (rng.integers(0, 256, (2, 8, 32)).astype(np.int32) for _ in range(2))  # (inputs, targets) each
+
+    def losses(loop, per_member, batches):
+        step = ps.make_packed_step(configs[0], graphdef, states[0][0], 12, ps.varying_scalars(configs),
+                                   batch_per_member=per_member, loop=loop)
+        state = {"params": ps.stack([p for p, _ in states]),
+                 "opt_state": ps.stack([ps.retree(o, step.opt_treedef) for _, o in states]),
+                 "alive": jnp.ones((2,), bool), "step": jnp.asarray(0, jnp.int32)}
+        out = []
+        for _ in range(3):  # the third loss depends on two updates
+            state, o = step.step_fn(state, *batches)
+            out.append(np.asarray(o["loss"]))
+        return np.stack(out)  # [steps, K]
+
+    shared_x, shared_y = losses("map", False, x), losses("map", False, y)
+    own = losses("vmap", True, (np.stack([x[0], y[0]]), np.stack([x[1], y[1]])))
+    np.testing.assert_allclose(own[:, 0], shared_x[:, 0], rtol=RTOL)
+    np.testing.assert_allclose(own[:, 1], shared_y[:, 1], rtol=RTOL)
+    assert abs(shared_x[-1, 1] - shared_y[-1, 1]) > 1e3 * RTOL  # the batches matter
