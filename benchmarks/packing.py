@@ -90,18 +90,28 @@ def main() -> None:
     try:
         for shape in args.shapes.split(","):
             n_layers, d_model = (int(x) for x in shape.split("x"))
-            rows += measure(n_layers, d_model, ks, args.steps, work, args.cache_dir, args.loop)
+            shape_rows = measure(n_layers, d_model, ks, args.steps, work, args.cache_dir, args.loop)
+            for r in shape_rows:  # as measured: a long run shows its first shapes early
+                print(_line(r), f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            rows += shape_rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {os.getloadavg()}")
-    print(f"{'shape':<8} {'N':>7} {'k':>3} {'unpacked tok/s':>15} {'member tok/s':>13} {'total tok/s':>12} "
-          f"{'total/unpacked':>15}")
+    print(HEADER)
     for r in rows:
-        print(f"{r['shape']:<8} {r['n_params']:>7,} {r['k']:>3} {r['unpacked_tokens_per_s']:>15,.0f} "
-              f"{r['member_tokens_per_s']:>13,.0f} {r['total_tokens_per_s']:>12,.0f} {r['ratio']:>14.2f}x")
+        print(_line(r))
     if args.json:
         for r in rows:
             print(json.dumps(r))
+
+
+HEADER = (f"{'shape':<8} {'N':>7} {'k':>3} {'unpacked tok/s':>15} {'member tok/s':>13} {'total tok/s':>12} "
+          f"{'total/unpacked':>15}")
+
+
+def _line(r: dict) -> str:
+    return (f"{r['shape']:<8} {r['n_params']:>7,} {r['k']:>3} {r['unpacked_tokens_per_s']:>15,.0f} "
+            f"{r['member_tokens_per_s']:>13,.0f} {r['total_tokens_per_s']:>12,.0f} {r['ratio']:>14.2f}x")
 
 
 if __name__ == "__main__":

@@ -110,13 +110,14 @@ def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbos
         pack = _setup([configs[i] for i in todo], [run_dirs[i] for i in todo], progress, members, loop)
         _loop(pack, stop_after_steps)
         for m in members:
-            results[todo[m.index]] = _member_result(pack, m, stop_after_steps)
+            results[todo[m.index]] = _member_result(pack, m)
     except Exception as e:
         if rundir.is_disk_full(e) and not isinstance(e, rundir.DiskFullError):
             e = rundir.DiskFullError(run_dirs[todo[0]].parent)
-        for i, c in enumerate(configs):
-            if i in todo and not any(m.index == todo.index(i) and m.failed for m in members):
-                _record_failure(run_dirs[i], c, e)
+        diverged = {todo[m.index] for m in members if m.failed}  # already recorded as failed
+        for i in todo:
+            if i not in diverged:
+                _record_failure(run_dirs[i], configs[i], e)
         if isinstance(e, rundir.DiskFullError):
             raise e from None
         raise
@@ -341,13 +342,15 @@ def _save(pack: _Pack, step: int, force: bool) -> None:
         m.ckpt.save(step, state, m.data_iter, meta=m.host.to_meta(m.elapsed_s()), force=force)
 
 
-def _member_result(pack: _Pack, m: _Member, stop_after_steps: int | None) -> dict:
+def _member_result(pack: _Pack, m: _Member) -> dict:
     """The member's result: stopped, failed (already recorded), or finished (written now)."""
     if m.failed is not None:
         return rundir.read_result(m.run_dir)
     if pack.stopped_at is not None:
         return {"status": "stopped", "step": pack.stopped_at}
     result = {**_finish(m, *m.last_rate), "pack_size": len(pack.members)}
-    rundir.write_result(m.run_dir, result)
+    rundir.write_result(m.run_dir, result)  # the member is finished from here on
     m.writer.publish(result)
+    pack.progress.message(f"{m.run_dir.name} done: eval loss {result['final_eval_loss']:.4f} nats/token, "
+                          f"{result['tokens_per_s']:,.0f} tokens/s of its own")
     return result
