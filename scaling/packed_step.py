@@ -88,7 +88,7 @@ def make_packed_step(config, graphdef, params_one, steps: int, scalars: dict[str
     z_const = config.train.z_loss
     scalars_K = {k: jnp.asarray(v) for k, v in scalars.items()}
 
-    def member_step(params, opt_state, alive, member_scalars, inputs_BT, targets_BT, step):
+    def member_grads(params, member_scalars, inputs_BT, targets_BT):
         def loss_fn(p):
             model = nnx.merge(graphdef, p)
             x_BTD = model.features(inputs_BT)
@@ -97,31 +97,34 @@ def make_packed_step(config, graphdef, params_one, steps: int, scalars: dict[str
             return lm_loss(model, x_BTD, targets_BT, z_const)
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, aux["nll"]
+
+    def member_update(params, opt_state, alive, member_scalars, grads, loss, step):
         tx, schedule = member_optimizer(config, member_scalars, params, steps)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # a non-finite loss freezes the member where it stands: no NaN/inf enters its state
-        ok = alive & jnp.isfinite(aux["nll"])
+        ok = alive & jnp.isfinite(loss)
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), ok,
-                {"loss": aux["nll"], "grad_norm": optax.global_norm(grads), "lr": schedule(step)})
+                {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step)})
 
-    batch_axis = 0 if batch_per_member else None
-    vstep = jax.vmap(member_step, in_axes=(0, 0, 0, 0, batch_axis, batch_axis, None))
-
-    def mapped_step(params, opt_state, alive, member_scalars, inputs, targets, step):
-        # a loop over members inside the one step: each member's matmuls stay plain (unbatched) dots
-        if batch_per_member:
-            return jax.lax.map(lambda a: member_step(*a, step), (params, opt_state, alive, member_scalars, inputs,
-                                                                  targets))
-        return jax.lax.map(lambda a: member_step(*a, inputs, targets, step), (params, opt_state, alive,
-                                                                              member_scalars))
-
-    run_members = mapped_step if loop == "map" else vstep
+    def over_members(fn, per_member: tuple, shared: tuple):
+        """fn(*member's slices of per_member, *shared) for every member: a loop inside the step
+        ("map": each member's matmuls stay plain dots) or vmap (batched matmuls)."""
+        if loop == "map":
+            return jax.lax.map(lambda a: fn(*a, *shared), per_member)
+        return jax.vmap(fn, in_axes=(0,) * len(per_member) + (None,) * len(shared))(*per_member, *shared)
 
     def train_step(state, inputs, targets):
-        params, opt_state, alive, out = run_members(state["params"], state["opt_state"], state["alive"], scalars_K,
-                                                    inputs, targets, state["step"])
+        params = state["params"]
+        if batch_per_member:
+            grads, loss = over_members(member_grads, (params, scalars_K, inputs, targets), ())
+        else:
+            grads, loss = over_members(member_grads, (params, scalars_K), (inputs, targets))
+        # the optimizer is elementwise: vmapped on every platform (one op per leaf for all members)
+        params, opt_state, alive, out = jax.vmap(member_update, in_axes=(0, 0, 0, 0, 0, 0, None))(
+            params, state["opt_state"], state["alive"], scalars_K, grads, loss, state["step"])
         return {"params": params, "opt_state": opt_state, "alive": alive, "step": state["step"] + 1}, out
 
     def eval_one(params, inputs_BT, targets_BT, weights_BT):
@@ -130,11 +133,14 @@ def make_packed_step(config, graphdef, params_one, steps: int, scalars: dict[str
             logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
         return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
 
+    def eval_step(params_K, inputs_BT, targets_BT, weights_BT):
+        return over_members(eval_one, (params_K,), (inputs_BT, targets_BT, weights_BT))
+
     one = {k: float(v[0]) for k, v in scalars.items()}
     tx_one, _ = member_optimizer(config, one, params_one, steps)
     opt_treedef = jax.tree.structure(jax.eval_shape(tx_one.init, params_one))
     return PackedStep(step_fn=jax.jit(train_step, donate_argnums=0),
-                      eval_fn=jax.jit(jax.vmap(eval_one, in_axes=(0, None, None, None))),
+                      eval_fn=jax.jit(eval_step),
                       opt_treedef=opt_treedef)
 
 
