@@ -63,12 +63,13 @@ def check_pack(configs, run_dirs) -> None:
     dup = next((d for d in dirs if dirs.count(d) > 1), None)
     if dup is not None:
         raise cfg_lib.ConfigError(f"run directory {dup} is given for two members of the pack")
+    free = ", ".join(".".join(filter(None, k)) for k in packed.PACKED_KEYS)
     for i, c in enumerate(configs[1:], 1):
         diff = packed.differing_keys(configs[0], c)
         if diff:
             raise cfg_lib.ConfigError(
                 f"member {i} ({run_dirs[i]}) cannot share a pack with member 0 ({run_dirs[0]}): they differ in "
-                f"{', '.join(diff)} (members may differ only in {', '.join('.'.join(filter(None, k)) for k in packed.PACKED_KEYS)})")
+                f"{', '.join(diff)} (members may differ only in {free})")
 
 
 def _skip_result(run_dir: pathlib.Path, config, progress: Progress) -> dict | None:

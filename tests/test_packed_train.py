@@ -96,7 +96,8 @@ def test_members_equal_their_unpacked_runs_and_a_diverging_member_fails_alone(me
     la, lb = (rundir.read_result(d)["final_eval_loss"] for d in (dirs[0], dirs[2]))
     assert abs(la - lb) > 1e3 * RTOL * la
     # the diverged member is recorded as the unpacked trainer records it (tests/test_train.py)
-    assert re.fullmatch(r"NonFiniteLossError: non-finite training loss (nan|-?inf) at step \d+; .*", results[1]["error"])
+    assert re.fullmatch(r"NonFiniteLossError: non-finite training loss (nan|-?inf) at step \d+; .*",
+                        results[1]["error"])
     assert rundir.read_result(dirs[1]) == results[1]
     assert all(math.isfinite(r["loss"]) for r in _rows(dirs[1]))
     # a rerun skips every member: finished ok, or failed with a non-finite loss (it would diverge again)
