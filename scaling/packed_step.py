@@ -1,13 +1,14 @@
-"""The packed step: K same-shape members trained by one jitted, vmapped step.
+"""The packed step: K same-shape members trained by one jitted step over a leading member axis.
 
 Parameters and optimizer states carry a leading member axis K. The per-member scalars of
 packed.PACKED_KEYS that differ within the pack (lr, Adam's b1/b2/eps, weight decay, clip norm,
-z-loss) are vmapped float32 inputs; those equal across the pack stay Python constants, exactly as
+z-loss) are per-member float32 inputs [K]; those equal across the pack stay Python constants, exactly as
 in the unpacked step. The schedule is the unpacked `make_schedule` called with the member's lr as
 a traced value, so it is the same formula; what changes is where constants are rounded: the
 unpacked step folds e.g. lr / warmup_steps in float64 and rounds once to float32, the packed one
-divides in float32 (at most 1 ulp apart). With the batched matmuls of vmap (a different summation
-order) that makes a member's losses equal its unpacked run's to float32 rounding, not bit for bit.
+divides in float32 (at most 1 ulp apart). With vmap's batched matmuls and the vmapped optimizer's
+reductions (other summation orders) a member's losses equal its unpacked run's to float32
+rounding, not bit for bit (tests/test_packed_train.py: rtol 1e-5; ~1e-7 measured).
 
 Members with differing train.z_loss compute their loss from the full logits (the fused chunked loss
 of model.loss_chunk takes z_loss as a compile-time constant): the same sums in another order.
