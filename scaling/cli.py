@@ -12,6 +12,7 @@ import sys
 # subcommand -> (module, function, one-line help). Each function takes argv (list[str]) -> int.
 COMMANDS = {
     "train": ("scaling.train_cli", "main", "train one model from a config file"),
+    "train-pack": ("scaling.packed_cli", "main", "train same-shape runs as one packed job (one step for all members)"),
     "data": ("scaling.data.cli", "main", "prepare a corpus (text -> token file + sidecar)"),
 }
 

@@ -18,10 +18,29 @@ PACKED_KEYS = (("", "seed"), ("data", "seed"), ("model", "init_std"), ("optim", 
 _IGNORED_SECTIONS = cfg_lib.LABEL_SECTIONS + cfg_lib.VIEW_SECTIONS
 
 
-def pack_key(config) -> str:
-    """Canonical JSON of a resolved run config with PACKED_KEYS, labels and views removed: runs with
-    equal keys can train in one pack (same shapes, steps and schedule; per-member scalars differ)."""
+def _shared_part(config) -> dict:
+    """The config as a dict with PACKED_KEYS, labels and views removed: what members must share."""
     d = {k: v for k, v in config.to_dict().items() if k not in _IGNORED_SECTIONS}
     for section, key in PACKED_KEYS:
         (d.get(section, {}) if section else d).pop(key, None)
-    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return d
+
+
+def pack_key(config) -> str:
+    """Canonical JSON of a resolved run config with PACKED_KEYS, labels and views removed: runs with
+    equal keys can train in one pack (same shapes, steps and schedule; per-member scalars differ)."""
+    return json.dumps(_shared_part(config), sort_keys=True, separators=(",", ":"))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def differing_keys(a, b) -> list[str]:
+    """Dotted config keys outside PACKED_KEYS whose values differ between configs a and b (sorted):
+    why two runs cannot share a pack ([] when pack_key(a) == pack_key(b))."""
+    fa, fb = _flat(_shared_part(a)), _flat(_shared_part(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, None) != fb.get(k, None) or (k in fa) != (k in fb))
