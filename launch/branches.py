@@ -21,7 +21,7 @@ import pathlib
 import shutil
 from typing import Callable
 
-from launch.sweep import RunSpec, _fmt_si
+from launch.sweep import RunSpec
 from scaling import accounting, branch, rundir
 from scaling import config as cfg_lib
 
@@ -132,7 +132,7 @@ def savings_table(bplan: BranchPlan) -> str:
     lines.append(f"\nWSD branches: {len(bplan.branches)} points from {len(bplan.trunks)} trunks; C executed "
                  f"{ex:.3g} vs {alone:.3g} FLOPs one run per point ({alone / ex:.2f}x fewer, saving {1 - ex / alone:.0%}; "
                  f"exact training FLOPs, evals excluded); trunk tokens D_trunk = "
-                 f"{_fmt_si(sum(t.spec.tokens for t in bplan.trunks))}")
+                 f"{sum(t.spec.tokens for t in bplan.trunks):,}")
     return "\n".join(lines)
 
 

@@ -99,8 +99,8 @@ def restore(config, trunk_dir: pathlib.Path, abstract_state, data_iter) -> tuple
     try:
         if ckpt is None or b.step not in ckpt.all_steps():
             raise BranchError(f"{where}: trunk checkpoint {ckpt_dir / str(b.step)} is missing (the trunk has not "
-                              "reached it, or its checkpoints were deleted after its branches finished); "
-                              "rerun the trunk")
+                              "reached it, did not keep it, or its checkpoints were deleted after its branches "
+                              f"finished); run the trunk first, or delete {trunk_dir} to train it again")
         state, meta = ckpt.restore(b.step, abstract_state, data_iter)
     finally:
         if ckpt is not None:
