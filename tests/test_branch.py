@@ -153,6 +153,7 @@ def test_branch_whose_trunk_failed_is_failed_with_that_reason(both, tmp_path):
     (["--config.optim.schedule=cosine"], "optim.schedule='wsd'"),
     (["--config.sweep.rules.warmup_fraction=0.1"], "sweep.rules.warmup_fraction"),
     (["--config.sweep.rules.batch_ref=8", "--config.sweep.rules.batch_exponent=0.5"], "sweep.rules.batch_exponent"),
+    (["--backend", "skypilot"], "local backend only"),
 ])
 def test_sweep_refuses_branches_it_cannot_share(tmp_path, corpus_cache, capsys, overrides, rule):
     from launch.cli import sweep_main
@@ -161,3 +162,18 @@ def test_sweep_refuses_branches_it_cannot_share(tmp_path, corpus_cache, capsys, 
     assert sweep_main([str(path), "--dry-run", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("scaling sweep: error: sweep.branches=True") and rule in err and "\n" not in err
+
+
+def test_identity_keeps_old_run_ids_and_checks_the_branch_step():
+    c = cfg_lib.resolve(cfg_lib.defaults())
+    science = cfg_lib.science(c)
+    assert "decay_shape" not in science["optim"] and "branch" not in science["train"]  # ids made before them
+    c.optim.decay_shape = "1-sqrt"
+    assert cfg_lib.science(c)["optim"]["decay_shape"] == "1-sqrt"  # but a 1-sqrt run is another run
+    c.optim.schedule = "wsd"
+    steps = cfg_lib.num_steps(c)
+    c.train.branch.update(trunk="trunk-x", step=cfg_lib.branch_step(c.optim, steps) - 1)
+    with pytest.raises(cfg_lib.ConfigError, match="train.branch.step"):
+        cfg_lib.validate(c)
+    c.train.branch.step += 1
+    cfg_lib.validate(c)
