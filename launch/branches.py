@@ -149,7 +149,7 @@ def execute(bplan: BranchPlan, sweep_dir, make_backend: Callable, say: Callable[
     ready = []
     for b in bplan.branches:
         t = bplan.trunk_of(b.run_id)
-        state = trunk_results.get(t.spec.run_id, "ok") if t in todo else "ok"
+        state = trunk_results.get(t.spec.run_id) if t in todo else "ok"  # None: not settled (stopped)
         if state == "ok":
             ready.append(b)
         elif state == "failed":
