@@ -129,7 +129,7 @@ def savings_table(bplan: BranchPlan) -> str:
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     ex, alone = sum(t.executed_flops for t in bplan.trunks), sum(t.standalone_flops for t in bplan.trunks)
-    lines.append(f"\nWSD branches: {len(bplan.branches)} points from {len(bplan.trunks)} trunks; C executed "
+    lines.append(f"\nWSD branches: {len(bplan.branches)} points from {len(bplan.trunks)} trunk{'s' * (len(bplan.trunks) != 1)}; C executed "
                  f"{ex:.3g} vs {alone:.3g} FLOPs one run per point ({alone / ex:.2f}x fewer, saving {1 - ex / alone:.0%}; "
                  f"exact training FLOPs, evals excluded); trunk tokens D_trunk = "
                  f"{sum(t.spec.tokens for t in bplan.trunks):,}")
