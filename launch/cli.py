@@ -190,6 +190,10 @@ def _sweep(args) -> int:
         raise ValueError(f"sweep dir {sweep_dir} is an existing file; give a directory with --sweep-dir "
                          f"(default {_default_sweep_dir(args.config)})")
 
+    from launch import branches
+    bplan = branches.plan_for(cfg, specs, args.backend)  # None unless sweep.branches; one-line refusals
+    if bplan is not None:
+        specs = bplan.branches  # the planned runs are the branches; their trunks run first
     if args.backend == "skypilot":
         return _sweep_skypilot(args, cfg, specs, dropped, path, sweep_dir)
     if args.cloud_overrides:
@@ -198,16 +202,22 @@ def _sweep(args) -> int:
     mem = sweep.memory_plan(cfg)  # the mem/dev column; check_memory refuses what won't fit
     print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel, mem))
     _print_dropped(dropped, args.verbose)
+    if bplan is not None:
+        print("\n" + branches.savings_table(bplan))
     sweep.check_memory(specs, mem)
     if args.dry_run:
         return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
-    backend = local.LocalBackend(sweep_dir, parallel=args.parallel, max_attempts=args.max_attempts, gpus=gpus,
-                                 on_event=_Printer(args.verbose), est_flops_per_s=cfg.sweep.est_flops_per_s)
+
+    def backend_for(directory):
+        return local.LocalBackend(directory, parallel=args.parallel, max_attempts=args.max_attempts, gpus=gpus,
+                                  on_event=_Printer(args.verbose), est_flops_per_s=cfg.sweep.est_flops_per_s)
     local.write_manifest(sweep_dir, specs, args.config)  # FILE or FILE.py:ARG: what load_sweep reads again
+    if bplan is not None:  # the trunks' own plan: `scaling status SWEEP/trunks` lists them
+        local.write_manifest(rundir.trunks_dir(sweep_dir), [t.spec for t in bplan.trunks], args.config)
     print(f"\nsweep dir: {sweep_dir}")
     t0 = time.time()
-    results = backend.run(specs)
+    results = backend_for(sweep_dir).run(specs) if bplan is None else branches.execute(bplan, sweep_dir, backend_for)
     failed = [r for r, s in results.items() if s == "failed"]
     elsewhere = [r for r, s in results.items() if s == "running elsewhere"]
     print(f"\n{len(results) - len(failed) - len(elsewhere)} ok, {len(failed)} failed, "

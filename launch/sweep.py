@@ -94,6 +94,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     (0: no limit); cloud sweeps: overrides the accelerator's memory.
     forecast_flops: a budget C (FLOPs, 6ND) to forecast from the sweep's results and then run
     (`scaling demo`); 0 = none.
+    branches: execute runs that differ only in D as one WSD trunk + a cooldown branch per D
+    (launch/branches.py); False = one run per point.
     """
     s = ml_collections.ConfigDict()
     s.kind = "isoflop"
@@ -126,6 +128,7 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     s.overhead_s = 10.0
     s.device_memory_gb = 0.0
     s.forecast_flops = 0.0
+    s.branches = False  # WSD trunks + cooldown branches instead of one run per point (launch/branches.py)
     s.hparams = hparams.section_defaults()  # LR x batch grids, fitted LR/batch laws (launch/hparams.py)
     return s
 

@@ -36,6 +36,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 STATE, DATA, META = "state", "data", "meta"
 META_FILE = "metadata"  # the file Orbax's JSON handler writes inside the meta item
@@ -100,7 +101,9 @@ class Checkpointer:
     """Keep-N, asynchronous Orbax checkpoints of (state, data iterator, meta) every k steps."""
 
     def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
-                 async_save: bool = True):
+                 async_save: bool = True, keep_steps: tuple[int, ...] = (), read_only: bool = False):
+        """keep_steps: steps always saved and never deleted by keep-N (a WSD trunk's branch points).
+        read_only: only restore (another run's checkpoints: nothing is created, cleaned up or deleted)."""
         if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
             raise ValueError(f"checkpoint.every_steps={every_steps!r}: must be a positive int")
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -109,12 +112,16 @@ class Checkpointer:
         path = epath.Path(directory)  # local paths and object stores (gs://...) alike
         self.directory = path if "://" in os.fspath(directory) else path.resolve()
         _check_not_a_file(self.directory)
-        self.every_steps, self.keep = every_steps, keep
+        self.every_steps, self.keep, self.keep_steps = every_steps, keep, frozenset(keep_steps)
+        preserve = {"max_to_keep": keep} if not keep_steps else {"preservation_policy": pp.AnyPreservationPolicy(
+            [pp.LatestN(keep), pp.CustomSteps(sorted(self.keep_steps))])}
+        if read_only:
+            preserve = {}  # nothing is saved, so nothing is deleted
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            **preserve,
             enable_async_checkpointing=bool(async_save),
-            cleanup_tmp_directories=True,  # partial saves of a killed process
-            create=True,
+            cleanup_tmp_directories=not read_only,  # partial saves of a killed process
+            create=not read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._started: set[int] = set()  # steps saved by this object (maybe still in flight)
@@ -125,7 +132,7 @@ class Checkpointer:
         """True when `save(step, ..., force)` would write a checkpoint."""
         if step in self._started or step in self._manager.all_steps():
             return False  # e.g. the final forced save right after a periodic one
-        return force or step % self.every_steps == 0
+        return force or step % self.every_steps == 0 or step in self.keep_steps
 
     def save(self, step: int, state: Any, data_iter: Any = None, meta: dict | None = None,
              force: bool = False) -> bool:

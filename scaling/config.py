@@ -27,6 +27,9 @@ from scaling.accounting import MLP_KINDS, d_ff_of
 DTYPES = ("float32", "bfloat16")
 PARAMETRIZATIONS = ("standard", "mup")
 SCHEDULES = ("cosine", "wsd", "constant")
+# optim.decay_shape, the WSD decay from lr to the floor over its n steps (t = 0 .. 1 across them):
+# linear: lr(t) = floor + (lr - floor)·(1 - t); 1-sqrt (Hägele et al. 2024): floor + (lr - floor)·(1 - sqrt(t)).
+DECAY_SHAPES = ("linear", "1-sqrt")
 REMAT_POLICIES = ("none", "full")  # model.remat: save every activation for the backward, or recompute blocks
 # model.attention: auto = by platform (scaling.model.attention_impl); dense = full T x T (reference);
 # blocked = causal query blocks that skip fully masked keys (CPU); xla / cudnn = jax.nn.dot_product_attention.
@@ -45,6 +48,9 @@ EXECUTION_KEYS = (("data", "cache_dir"), ("model", "remat"), ("model", "attentio
 LABEL_SECTIONS = ("meta",)
 # Sections that choose where a run is also shown (TensorBoard, W&B): views of the run directory.
 VIEW_SECTIONS = ("track",)
+# Keys added after runs existed, left out of the identity while they hold these values, so the ids of
+# runs made before them stay valid (a run directory made then still resumes under the same id).
+IDENTITY_DEFAULTS = ((("optim", "decay_shape"), "linear"), (("train", "branch"), {"trunk": "", "step": 0}))
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -97,6 +103,9 @@ def defaults() -> ml_collections.ConfigDict:
     t.eval_tokens = 65_536  # tokens of the held-out split per evaluation
     t.log_every = 10
     t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = measure (CPU) or look up
+    # A WSD cooldown branch (scaling/branch.py): start from trunk run `trunk` (its run id) at step `step`
+    # instead of step 0. "" = an ordinary run.
+    t.branch = ml_collections.ConfigDict({"trunk": "", "step": 0})
 
     c.optim = o = ml_collections.ConfigDict()
     o.lr = 3e-3
@@ -104,6 +113,7 @@ def defaults() -> ml_collections.ConfigDict:
     o.warmup_steps = 50
     o.min_lr_ratio = 0.1  # floor of the decay, as a fraction of lr
     o.decay_fraction = 0.2  # wsd only: final fraction of steps spent decaying
+    o.decay_shape = "linear"  # wsd only: linear | 1-sqrt (DECAY_SHAPES)
     o.b1 = 0.9
     o.b2 = 0.95
     o.eps = 1e-8
@@ -124,6 +134,7 @@ def defaults() -> ml_collections.ConfigDict:
     k.keep = 2
     k.async_save = True
     k.dir = ""  # "": RUN_DIR/checkpoints; or a bucket path (gs://..., s3://...) Orbax writes directly
+    k.keep_steps = ()  # steps always checkpointed and never deleted by `keep` (a trunk's branch points)
 
     c.meta = e = ml_collections.ConfigDict()
     e.budget = 0.0  # the nominal FLOP budget C of an isoFLOP run (set by the planner); 0.0 = none
@@ -143,6 +154,9 @@ def science(config) -> dict:
     d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS + LABEL_SECTIONS + VIEW_SECTIONS}
     for section, key in EXECUTION_KEYS:
         d.get(section, {}).pop(key, None)
+    for (section, key), neutral in IDENTITY_DEFAULTS:
+        if d.get(section, {}).get(key, neutral) == neutral:
+            d.get(section, {}).pop(key, None)
     return d
 
 
@@ -433,7 +447,8 @@ def validate(config) -> None:
             problems.append(msg)
 
     for key, value, choices in (("optim.schedule", config.optim.schedule, SCHEDULES),
-                                ("optim.parametrization", config.optim.parametrization, PARAMETRIZATIONS)):
+                                ("optim.parametrization", config.optim.parametrization, PARAMETRIZATIONS),
+                                ("optim.decay_shape", config.optim.decay_shape, DECAY_SHAPES)):
         need(value in choices, f"{key}={value!r}: must be one of {choices}")
     problems += _positive_problems(
         config, ("data.seq_len", "train.tokens", "train.batch_size", "train.log_every", "train.eval_every",
@@ -461,9 +476,36 @@ def validate(config) -> None:
              f"data.seq_len={config.data.seq_len}: longer than model.max_seq_len="
              f"{config.model.max_seq_len} (the RoPE table); raise max_seq_len or use 0 (= seq_len)")
     if not problems:
-        problems += _schedule_problems(config)
+        problems += _schedule_problems(config) + branch_problems(config)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def branch_problems(config) -> list[str]:
+    """train.branch and checkpoint.keep_steps: a branch names its trunk and a step inside the constant phase."""
+    b, problems = config.train.branch, []
+    keep = config.checkpoint.keep_steps
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in keep):
+        problems.append(f"checkpoint.keep_steps={keep!r}: must be positive step numbers")
+    if not b.trunk and not b.step:
+        return problems
+    if not b.trunk or not isinstance(b.step, int) or b.step < 1:
+        return problems + [f"train.branch=(trunk={b.trunk!r}, step={b.step!r}): a branch needs a trunk run id "
+                           "and a step >= 1 (or neither: an ordinary run)"]
+    if config.optim.schedule != "wsd":
+        return problems + [f"train.branch: a branch continues a trunk with its own WSD cooldown; optim.schedule="
+                           f"{config.optim.schedule!r} must be 'wsd'"]
+    steps = num_steps(config)
+    if steps > 0 and b.step != branch_step(config.optim, steps):
+        problems.append(f"train.branch.step={b.step}: a run of {steps} steps leaves the constant phase at step "
+                        f"{branch_step(config.optim, steps)} (steps - WSD decay steps); branch there")
+    return problems
+
+
+def branch_step(optim_cfg, total_steps: int) -> int:
+    """WSD: the last step of the constant phase (steps 1 .. b run at the peak lr after warmup): a run
+    of total_steps steps branches from its trunk here, b = total_steps - decay_steps."""
+    return total_steps - decay_steps(optim_cfg, total_steps)
 
 
 def _schedule_problems(config) -> list[str]:

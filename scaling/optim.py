@@ -4,15 +4,21 @@ Schedules (all with linear warmup from 0 over `warmup_steps`):
 - cosine: decays from lr to lr·min_lr_ratio over exactly the run's remaining steps — Chinchilla found a
   cosine cycle longer than the run overestimates the loss of intermediate-length runs, so each run of a
   sweep gets a schedule matched to its own length.
-- wsd (warmup-stable-decay): constant lr, then a linear decay to the floor over the last
-  `decay_fraction` of the steps, so cooldowns can branch from a shared stable phase.
+- wsd (warmup-stable-decay): constant lr, then a decay to the floor over the last n = round(decay_fraction
+  · steps) steps, so cooldowns can branch from a shared stable phase (scaling/branch.py). Over the decay,
+  step k of n (k = 0 .. n; k = n is the run's last step) runs at lr(t) with t = k / n and
+    linear:  lr(t) = floor + (lr - floor) · (1 - t)
+    1-sqrt:  lr(t) = floor + (lr - floor) · (1 - sqrt(t))     (Hägele et al. 2024, "Scaling Laws and
+             Compute-Optimal Training Beyond Fixed Training Durations")
+  (optim.decay_shape). The steps before the decay, 1 .. steps - n counted from 1, all run at lr after
+  warmup: the branch point of scaling.config.branch_step.
 - constant: warmup, then lr.
 """
 import jax
 import jax.numpy as jnp
 import optax
 
-from scaling.config import SCHEDULES, decay_steps
+from scaling.config import DECAY_SHAPES, SCHEDULES, decay_steps
 
 
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -26,7 +32,7 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     elif kind == "wsd":
         n_decay = decay_steps(optim_cfg, total_steps)
         main = optax.join_schedules(
-            [optax.constant_schedule(lr), optax.linear_schedule(lr, floor, n_decay)], [max(last - n_decay, 0)])
+            [optax.constant_schedule(lr), _decay(optim_cfg.decay_shape, lr, floor, n_decay)], [max(last - n_decay, 0)])
     elif kind == "constant":
         main = optax.constant_schedule(lr)
     else:
@@ -36,6 +42,15 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     # step s of warmup uses lr·(s+1)/warmup so the very first update is not zero.
     ramp = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else optax.constant_schedule(lr)
     return optax.join_schedules([ramp, main], [warmup])
+
+
+def _decay(shape: str, lr: float, floor: float, n: int) -> optax.Schedule:
+    """lr at decay step k = 0 .. n (then held at the floor): the shapes of the module docstring."""
+    if shape == "linear":
+        return optax.linear_schedule(lr, floor, n)
+    if shape == "1-sqrt":
+        return lambda k: floor + (lr - floor) * (1.0 - jnp.sqrt(jnp.clip(k / n, 0.0, 1.0)))
+    raise ValueError(f"optim.decay_shape={shape!r}: must be one of {DECAY_SHAPES}")
 
 
 def _path_names(path) -> list[str]:

@@ -28,6 +28,12 @@ A sweep directory holds `sweep.json` (the planned runs, atomic, written by the r
 starts), one run directory per run under `runs/<run_id>/`, and for a sweep launched on the cloud
 `cloud.json` ({"bucket": BUCKET/<sweep>}: where `scaling sync` fetches the runs from).
 
+A sweep executed with WSD branches (launch/branches.py) also holds its trunks, each an ordinary run
+directory, under `trunks/runs/<trunk_id>/` (`trunk_dir`): `trunks/` is laid out like a sweep of its own
+(`scaling status SWEEP/trunks` shows them), and outside `runs/`, so analysis never loads a trunk as a
+point. A branch run SWEEP/runs/<id> finds its trunk there by the trunk id in its config
+(train.branch.trunk); its metrics rows copied from the trunk carry "from_trunk": true.
+
 Every JSON file here is written with `write_json` (temp file, fsync, rename, fsync of the
 directory), so a crash leaves the old file or the new one, never a torn one. Readers raise
 `RunDirError` naming the file when one is unreadable.
@@ -52,6 +58,7 @@ LOCK = ".lock"
 SWEEP_MANIFEST = "sweep.json"
 CLOUD_RECORD = "cloud.json"
 RUNS = "runs"
+TRUNKS = "trunks"
 
 _TAIL_BYTES = 8192  # enough for the last few metrics rows
 
@@ -248,6 +255,21 @@ def last_metrics_row(run_dir) -> dict | None:
 def run_dir_of(sweep_dir, run_id: str) -> pathlib.Path:
     """Where run `run_id` of a sweep lives."""
     return pathlib.Path(sweep_dir) / RUNS / run_id
+
+
+def trunks_dir(sweep_dir) -> pathlib.Path:
+    """The sweep-like directory holding a sweep's WSD trunks (trunks/runs/<trunk_id>)."""
+    return pathlib.Path(sweep_dir) / TRUNKS
+
+
+def trunk_dir(sweep_dir, trunk_id: str) -> pathlib.Path:
+    """Where trunk `trunk_id` of a sweep lives."""
+    return run_dir_of(trunks_dir(sweep_dir), trunk_id)
+
+
+def branch_trunk_dir(run_dir, trunk_id: str) -> pathlib.Path:
+    """The trunk of branch run SWEEP/runs/<id>: SWEEP/trunks/runs/<trunk_id>."""
+    return trunk_dir(pathlib.Path(run_dir).resolve().parent.parent, trunk_id)
 
 
 def run_dirs(sweep_dir) -> list[pathlib.Path]:

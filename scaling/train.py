@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scaling import accounting, data, distributed, memory, rundir, sharding, tracking
+from scaling import accounting, branch, data, distributed, memory, rundir, sharding, tracking
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
@@ -178,12 +178,14 @@ class HostState:
         return {"host": {**dataclasses.asdict(self), "elapsed_s": elapsed_s}}
 
 
-def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool = True) -> dict:
+def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool = True,
+          trunk_dir=None) -> dict:
     """Train one model; returns the result dict (also written to run_dir/result.json).
 
     stop_after_steps: checkpoint and return {"status": "stopped", "step"} after this step without
     writing result.json, as a preempted run would (used to test resume).
     Raises rundir.DiskFullError (naming what filled) when the disk fills.
+    trunk_dir: a branch's trunk run directory (train.branch); default: by the sweep layout (scaling/rundir.py).
     """
     config = cfg_lib.resolve(config)
     cfg_lib.validate(config)
@@ -198,7 +200,9 @@ def train(config, run_dir, *, stop_after_steps: int | None = None, verbose: bool
     try:
         if is_main:
             rundir.write_json(run_dir / rundir.CONFIG, config.to_dict())
-        run = _setup(config, run_dir, progress, is_main)
+        if config.train.branch.trunk and trunk_dir is None:
+            trunk_dir = rundir.branch_trunk_dir(run_dir, config.train.branch.trunk)
+        run = _setup(config, run_dir, progress, is_main, trunk_dir)
         tokens_per_s, mfu = _loop(run, stop_after_steps)
         if run.stopped_at is not None:
             return {"status": "stopped", "step": run.stopped_at}
@@ -255,6 +259,7 @@ class _Run:
     peak: float | None  # peak FLOP/s of the mesh, for MFU
     memory: dict  # scaling.memory's per-device estimate of a step (bytes), for result.json
     t_segment: float  # time.time() when this segment (process) started the run
+    trunk_dir: pathlib.Path | None = None  # a branch's trunk run directory (scaling/branch.py)
     stopped_at: int | None = None
 
     def to_global(self, local_BT):
@@ -280,7 +285,7 @@ class _Run:
         self.writer.close()
 
 
-def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> _Run:
+def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool, trunk_dir=None) -> _Run:
     """Corpus, mesh, model, optimizer, compiled steps, data iterator; restored from the newest checkpoint."""
     t_segment = time.time()  # this segment's wall time counts from setup
     m, t = config.model, config.train
@@ -310,12 +315,13 @@ def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool) -> 
         eval_set=data.eval_batches(corpus, seq_len=seq_len, batch_size=batch, n_tokens=t.eval_tokens),
         rows=slice(shard * batch // n_shards, (shard + 1) * batch // n_shards),
         ckpt=Checkpointer(config.checkpoint.dir or run_dir / rundir.CHECKPOINTS, every_steps=config.checkpoint.every_steps,
-                          keep=config.checkpoint.keep, async_save=config.checkpoint.async_save),
+                          keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
+                          keep_steps=tuple(config.checkpoint.keep_steps)),
         writer=MetricsWriter(run_dir, enabled=is_main, view=tracking.run_view(
             config, run_dir, peak, peak_source(config, mesh.devices.flat[0]))), host=HostState(), start=0, steps=steps,
         tokens_per_step=batch * seq_len, counts=accounting.param_counts(m),
         fpt=accounting.flops_per_token(m, seq_len), peak=peak, memory=mem,
-        t_segment=t_segment)
+        t_segment=t_segment, trunk_dir=None if trunk_dir is None else pathlib.Path(trunk_dir))
     _resume(run)
     return run
 
@@ -343,6 +349,12 @@ def _resume(run: _Run) -> None:
     """Restore state, data position and HostState from the newest checkpoint; align the metrics file with it."""
     # The newest checkpoint that restores: damaged newer ones are moved aside, each named in one line.
     restored = run.ckpt.restore_latest(abstract_of(run.state), run.data_iter, log=run.progress.message)
+    from_trunk = restored is None and run.trunk_dir is not None
+    if from_trunk:  # a branch's first start: the trunk's state at the branch point, and its rows before it
+        restored = branch.restore(run.config, run.trunk_dir, abstract_of(run.state), run.data_iter)
+        run.writer.truncate_after(0)  # rows of an earlier start that stopped before its first checkpoint
+        for row in branch.trunk_rows(run.config, run.trunk_dir):
+            run.writer.write(row)
     if restored is not None:
         run.start, run.state, meta = restored
         run.host = HostState.from_meta(meta)
@@ -351,7 +363,9 @@ def _resume(run: _Run) -> None:
     for note in lost:  # kept in the host state and result.json: the finished run lacks these rows
         run.progress.message(f"warning: {note}")
     run.host.metrics_lost += lost
-    if restored is not None:
+    if from_trunk:
+        run.progress.message(f"branched from trunk {run.config.train.branch.trunk} at step {run.start}")
+    elif restored is not None:
         run.progress.message(f"resumed from checkpoint at step {run.start}")
     else:
         c, fpt = run.counts, run.fpt
@@ -487,4 +501,5 @@ def _finish(run: _Run, tokens_per_s: float, mfu: float | None) -> dict:
         "process_count": jax.process_count(), "versions": _versions(), "git_sha": _git_sha(),
         "metrics_lost": list(host.metrics_lost), **provenance(run),
         "memory": run.memory, "peak_bytes_measured": _peak_bytes_measured(run.mesh),
+        **({"branch": branch.record(config, run.tokens_per_step, run.fpt["train"])} if run.trunk_dir else {}),
     }

@@ -47,6 +47,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stop-after-steps", type=int, default=None,
                         help="checkpoint and exit after this step, as a preemption would (testing resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--trunk-dir", default=None, help="a WSD branch (train.branch.trunk set): its trunk's run "
+                        "directory (default: SWEEP/trunks/runs/<trunk id> beside SWEEP/runs/<workdir>)")
     from scaling import flags
     try:
         given = flags.split(argv)
@@ -70,6 +72,9 @@ def main(argv: list[str]) -> int:
     except cfg_lib.ConfigError as e:
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
+    if args.trunk_dir is not None and not config.train.branch.trunk:
+        print("scaling train: --trunk-dir is for a branch run; the config sets no train.branch.trunk", file=sys.stderr)
+        return 2
 
     _enable_compilation_cache()
     from scaling import distributed
@@ -85,7 +90,8 @@ def main(argv: list[str]) -> int:
     from scaling.train import NonFiniteLossError, train
     fresh = not workdir.exists()
     try:
-        result = train(config, workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
+        result = train(config, workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet,
+                       trunk_dir=args.trunk_dir)
     except cfg_lib.ConfigError as e:
         _remove_if_nothing_to_resume(workdir, fresh)
         print(f"scaling train: {e}", file=sys.stderr)

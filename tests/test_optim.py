@@ -59,3 +59,18 @@ def test_adamw_first_step_matches_hand_computation():
     upd, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(upd["w"], -0.1 * (np.sign(grads["w"]) + 0.5 * params["w"]), rtol=1e-5)
     np.testing.assert_allclose(upd["scale"], -0.1 * np.sign(grads["scale"]), rtol=1e-5)  # no decay
+
+
+@pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
+def test_wsd_decay_shapes_follow_their_formula_from_the_branch_point(shape):
+    # 100 steps, 20 decay steps: steps 1..80 (indices 0..79) run at lr; decay step k = index - 79.
+    o = _optim(lr=2.0, warmup_steps=5, min_lr_ratio=0.1, decay_fraction=0.2, schedule="wsd", decay_shape=shape)
+    s = make_schedule(o, total_steps=100)
+    lrs = np.array([float(s(i)) for i in range(100)])
+    assert cfg_lib.branch_step(o, 100) == 80 and np.all(lrs[5:80] == 2.0)
+    t = (np.arange(79, 100) - 79) / 20
+    expect = 0.2 + 1.8 * ((1 - t) if shape == "linear" else (1 - np.sqrt(t)))
+    np.testing.assert_allclose(lrs[79:], expect, rtol=1e-6)
+    # a constant-schedule trunk with the same warmup runs at exactly the same lr up to the branch point
+    trunk = make_schedule(_optim(lr=2.0, warmup_steps=5, schedule="constant"), total_steps=80)
+    assert [float(trunk(i)) for i in range(80)] == list(lrs[:80])

@@ -36,7 +36,7 @@ def _check_run_config(env: dict, spec) -> None:
     the bucket (checkpoint.dir, an execution key outside the run's identity)."""
     run_config = json.loads(env["SCALING_RUN_CONFIG"])
     assert run_config["checkpoint"].pop("dir") == f"{env['SCALING_BUCKET_RUN']}/checkpoints"
-    expected = spec.config.to_dict()
+    expected = json.loads(json.dumps(spec.config.to_dict()))  # as it travels: JSON (tuples become lists)
     expected["checkpoint"].pop("dir")
     assert run_config == expected
 

@@ -1,0 +1,179 @@
+"""WSD trunks with cooldown branches (scaling/branch.py, launch/branches.py).
+
+One shape at two token counts (20 and 28 steps: branch points 16 and 22, trunk of 25 steps) is trained
+both ways in-process: one standalone WSD run per D (the reference), and one trunk + two branches. The
+trunk is stopped and resumed before, between and after its branch points, and one branch is stopped
+and resumed mid-cooldown. Bit-identity is the right tolerance: up to its branch point a WSD run computes
+exactly what the constant-lr trunk computes (the same lr value at every step, the same data, the same
+compiled arithmetic on CPU) and the branch restores the trunk's exact state, so any difference is a bug.
+"""
+import dataclasses
+import sys
+
+import ml_collections
+import pytest
+
+from launch import branches, local, sweep
+from scaling import branch, rundir
+from scaling import config as cfg_lib
+from scaling.train import train
+
+TIMING = {"time_s", "tokens_per_s", "mfu", "wall_time_s"}  # wall-clock fields: differ run to run
+SWEEP = """
+import ml_collections
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.data = dict(seq_len=32, cache_dir={cache!r})
+    c.train = dict(batch_size=8, log_every=5, eval_every=10, eval_tokens=8 * 32 * 4, peak_flops=1e11)
+    c.optim = dict(warmup_steps=5, schedule={schedule!r}, decay_shape="1-sqrt")
+    c.mesh = dict(num_devices=1)
+    c.checkpoint = dict(every_steps=10, keep=1)
+    c.sweep = s = ml_collections.ConfigDict()
+    s.kind = "grid"
+    s.tokens = (8 * 32 * 20, 8 * 32 * 28)
+    s.shapes = dict(explicit=((2, 16),), head_dim=8)
+    s.branches = True
+    return c
+"""
+
+
+def _sweep_file(path, cache, schedule="wsd"):
+    path.write_text(SWEEP.format(cache=cache, schedule=schedule))
+    return path
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory, corpus_cache):
+    """(specs, plan, reference sweep dir, branched sweep dir), every run finished."""
+    root = tmp_path_factory.mktemp("branch")
+    specs = sweep.expand(sweep.load_sweep(_sweep_file(root / "grid.py", corpus_cache)))
+    ref, br = root / "ref", root / "br"
+    local.write_manifest(ref, specs, "grid.py")
+    for s in specs:
+        train(s.config, rundir.run_dir_of(ref, s.run_id), verbose=False)
+    plan = branches.plan(specs)
+    (trunk,) = plan.trunks
+    local.write_manifest(br, plan.branches, "grid.py")
+    tdir = rundir.trunk_dir(br, trunk.spec.run_id)
+    for stop in (12, 19, 23):  # before, between and after the branch points 16 and 22
+        assert train(trunk.spec.config, tdir, stop_after_steps=stop, verbose=False)["status"] == "stopped"
+    train(trunk.spec.config, tdir, verbose=False)
+    kept = branch.trunk_checkpoints(tdir)
+    kept = sorted(int(p.name) for p in kept.iterdir() if p.name.isdigit())
+    short, long_ = plan.branches
+    train(short.config, rundir.run_dir_of(br, short.run_id), verbose=False)
+    assert train(long_.config, rundir.run_dir_of(br, long_.run_id), stop_after_steps=25,
+                 verbose=False)["status"] == "stopped"
+    train(long_.config, rundir.run_dir_of(br, long_.run_id), verbose=False)
+    return specs, plan, ref, br, kept
+
+
+def _rows(run_dir):
+    return [{k: v for k, v in r.items() if k not in TIMING | {branch.FROM_TRUNK}} for r in rundir.read_metrics(run_dir)]
+
+
+def test_plan_groups_one_trunk_at_the_wsd_branch_points(both):
+    specs, plan, *_ = both
+    (trunk,) = plan.trunks
+    assert [b.config.train.branch.step for b in plan.branches] == [16, 22]  # S - round(0.2 S)
+    assert trunk.spec.steps == 25 and trunk.spec.config.optim.schedule == "constant"
+    assert tuple(trunk.spec.config.checkpoint.keep_steps) == (16, 22)
+    # FLOPs: the trunk's 25 steps + the branches' 4 + 6 against 20 + 28 from step 0 (exact FLOPs per token)
+    per_step = specs[0].flops / specs[0].steps
+    assert trunk.executed_flops == pytest.approx(per_step * (25 + 4 + 6), rel=1e-12)
+    assert trunk.standalone_flops == pytest.approx(per_step * 48, rel=1e-12)
+    assert "27%" in branches.savings_table(plan)  # 1 - 35/48
+
+
+def test_trunk_keeps_its_branch_points_whatever_keep_says(both):
+    *_, kept = both
+    assert {16, 22} <= set(kept) and 25 in kept  # keep=1: only the newest of the periodic ones besides
+
+
+def test_branch_equals_the_standalone_wsd_run_bit_for_bit(both):
+    specs, plan, ref, br, _ = both
+    for s, b in zip(specs, plan.branches):
+        got, want = rundir.run_dir_of(br, b.run_id), rundir.run_dir_of(ref, s.run_id)
+        assert _rows(got) == _rows(want)  # every train and eval row, the trunk's copied ones included
+        step = b.config.train.branch.step
+        assert [r["step"] for r in rundir.read_metrics(got) if r.get(branch.FROM_TRUNK)] == \
+               [r["step"] for r in rundir.read_metrics(want) if r["step"] <= step]
+        a, r = rundir.read_result(got), rundir.read_result(want)
+        for key in ("final_eval_loss", "final_train_loss", "final_eval_bpb", "tokens", "flops", "n_params", "step"):
+            assert a[key] == r[key], key
+        assert a["branch"]["trunk"] == plan.trunks[0].spec.run_id and a["branch"]["step"] == step
+        assert a["branch"]["flops_executed"] == pytest.approx(a["flops"] * (s.steps - step) / s.steps, rel=1e-12)
+
+
+def test_results_table_is_the_same_either_way(both):
+    from analysis import results
+
+    _, _, ref, br, _ = both
+    a, b = results.load(ref), results.load(br)
+    cols = ["n_params", "n_params_nonembed", "tokens", "flops", "flops_6nd", "loss", "final_train_loss", "budget"]
+    assert len(a) == len(b) == 2
+    assert a[cols].equals(b[cols])
+
+
+def test_release_deletes_trunk_checkpoints_only_when_every_branch_finished(both, tmp_path):
+    _, plan, _, br, _ = both
+    (trunk,) = plan.trunks
+    ckpts = branch.trunk_checkpoints(rundir.trunk_dir(br, trunk.spec.run_id))
+    undone = dataclasses.replace(plan, branches=plan.branches,
+                                 trunks=[dataclasses.replace(trunk, branch_ids=trunk.branch_ids + ("absent",))])
+    assert branches.release(undone, br, say=lambda _: None) == [] and ckpts.is_dir()
+    assert branches.release(plan, br, say=lambda _: None) == [trunk.spec.run_id] and not ckpts.exists()
+
+
+def test_missing_trunk_or_trunk_checkpoint_is_one_line_naming_it(both, tmp_path):
+    specs, plan, _, br, _ = both
+    trunk = plan.trunks[0].spec.run_id
+    c = ml_collections.ConfigDict(specs[0].config.to_dict())
+    c.train.tokens = 24 * 8 * 32  # branch point 19: a step the trunk never kept
+    other = cfg_lib.resolve(branch.branch_config(c, trunk))
+    with pytest.raises(branch.BranchError) as e:
+        train(other, tmp_path / "run", verbose=False, trunk_dir=rundir.trunk_dir(br, trunk))
+    assert f"trunk checkpoint {branch.trunk_checkpoints(rundir.trunk_dir(br, trunk)) / '19'} is missing" in str(e.value)
+    with pytest.raises(branch.BranchError, match="no trunk run at"):
+        train(other, tmp_path / "run2", verbose=False)  # by the layout: tmp_path/../trunks/runs/<id>: none
+
+
+def test_branch_whose_trunk_failed_is_failed_with_that_reason(both, tmp_path):
+    _, plan, *_ = both
+    said = []
+    fail_trunks = (sys.executable, "-c", "import sys; sys.exit(1 if '/trunks/' in sys.argv[1] else 0)", "{run_dir}")
+    res = branches.execute(plan, tmp_path, lambda d: local.LocalBackend(d, command=fail_trunks, max_attempts=1),
+                           say=said.append)
+    assert dict(res) == {b.run_id: "failed" for b in plan.branches}
+    assert all("its trunk" in line and plan.trunks[0].spec.run_id in line for line in said)
+    assert not (tmp_path / rundir.RUNS).exists()  # no branch was started
+
+
+@pytest.mark.parametrize("overrides, rule", [
+    (["--config.optim.schedule=cosine"], "optim.schedule='wsd'"),
+    (["--config.sweep.rules.warmup_fraction=0.1"], "sweep.rules.warmup_fraction"),
+    (["--config.sweep.rules.batch_ref=8", "--config.sweep.rules.batch_exponent=0.5"], "sweep.rules.batch_exponent"),
+    (["--backend", "skypilot"], "local backend only"),
+])
+def test_sweep_refuses_branches_it_cannot_share(tmp_path, corpus_cache, capsys, overrides, rule):
+    from launch.cli import sweep_main
+
+    path = _sweep_file(tmp_path / "grid.py", corpus_cache)
+    assert sweep_main([str(path), "--dry-run", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scaling sweep: error: sweep.branches=True") and rule in err and "\n" not in err
+
+
+def test_identity_keeps_old_run_ids_and_checks_the_branch_step():
+    c = cfg_lib.resolve(cfg_lib.defaults())
+    science = cfg_lib.science(c)
+    assert "decay_shape" not in science["optim"] and "branch" not in science["train"]  # ids made before them
+    c.optim.decay_shape = "1-sqrt"
+    assert cfg_lib.science(c)["optim"]["decay_shape"] == "1-sqrt"  # but a 1-sqrt run is another run
+    c.optim.schedule = "wsd"
+    steps = cfg_lib.num_steps(c)
+    c.train.branch.update(trunk="trunk-x", step=cfg_lib.branch_step(c.optim, steps) - 1)
+    with pytest.raises(cfg_lib.ConfigError, match="train.branch.step"):
+        cfg_lib.validate(c)
+    c.train.branch.step += 1
+    cfg_lib.validate(c)
