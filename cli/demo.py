@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     if args.n_starts < 0:
         p.error(f"--n-starts={args.n_starts}: must be >= 0 (0: the whole grid)")
 
-    from launch import local, sweep
+    from launch import branches, local, sweep
     from scaling import data
     from scaling.config import ConfigError
 
@@ -129,9 +129,12 @@ def main(argv: list[str]) -> int:
     try:
         cfg = sweep.load_sweep(args.sweep)
         specs = sweep.expand(cfg)
+        bplan = branches.plan_for(cfg, specs, "local")  # None unless sweep.branches
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"scaling demo: error: {e}", file=sys.stderr)
         return 2
+    if bplan is not None:
+        specs = bplan.branches  # the points are the branches; their trunks run first
     run_ids = [s.run_id for s in specs]
     do_forecast = cfg.sweep.forecast_flops > 0
     if not args.force_report and _report_is_current(sweep_dir, run_ids, do_forecast):
@@ -150,12 +153,15 @@ def main(argv: list[str]) -> int:
 
     print(f"\n== 2/{n_steps} sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
     plan = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
+    if bplan is not None:
+        plan += "\n\n" + branches.savings_table(bplan)
     print(plan, flush=True)
-    local.write_manifest(sweep_dir, specs, args.sweep)
-    backend = local.LocalBackend(sweep_dir, parallel=args.parallel, max_attempts=2, on_event=DemoProgress(),
-                                 est_flops_per_s=cfg.sweep.est_flops_per_s)
+
+    def backend_for(directory):
+        return local.LocalBackend(directory, parallel=args.parallel, max_attempts=2, on_event=DemoProgress(),
+                                  est_flops_per_s=cfg.sweep.est_flops_per_s)
     try:
-        statuses = backend.run(specs)
+        statuses = branches.run_planned(bplan, specs, sweep_dir, backend_for, args.sweep)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept and unfinished ones resume from their checkpoints; "
               f"rerun `scaling demo` to continue", file=sys.stderr)

@@ -136,6 +136,19 @@ def savings_table(bplan: BranchPlan) -> str:
     return "\n".join(lines)
 
 
+def run_planned(bplan: BranchPlan | None, specs: list[RunSpec], sweep_dir, make_backend: Callable, source: str,
+                say: Callable[[str], None] = print):
+    """Write the sweep's manifest (and the trunks' own, `scaling status SWEEP/trunks`) and run it: one
+    run per spec when bplan is None, else trunks then branches (`execute`). Returns SweepResults."""
+    from launch import local
+
+    local.write_manifest(sweep_dir, specs, source)  # FILE or FILE.py:ARG: what load_sweep reads again
+    if bplan is None:
+        return make_backend(sweep_dir).run(specs)
+    local.write_manifest(rundir.trunks_dir(sweep_dir), [t.spec for t in bplan.trunks], source)
+    return execute(bplan, sweep_dir, make_backend, say)
+
+
 def execute(bplan: BranchPlan, sweep_dir, make_backend: Callable, say: Callable[[str], None] = print):
     """Trunks (those with an unfinished branch), then the branches whose trunk finished ok; returns the
     branches' SweepResults (a branch whose trunk failed is 'failed'). make_backend(dir) -> LocalBackend."""

@@ -212,12 +212,9 @@ def _sweep(args) -> int:
     def backend_for(directory):
         return local.LocalBackend(directory, parallel=args.parallel, max_attempts=args.max_attempts, gpus=gpus,
                                   on_event=_Printer(args.verbose), est_flops_per_s=cfg.sweep.est_flops_per_s)
-    local.write_manifest(sweep_dir, specs, args.config)  # FILE or FILE.py:ARG: what load_sweep reads again
-    if bplan is not None:  # the trunks' own plan: `scaling status SWEEP/trunks` lists them
-        local.write_manifest(rundir.trunks_dir(sweep_dir), [t.spec for t in bplan.trunks], args.config)
     print(f"\nsweep dir: {sweep_dir}")
     t0 = time.time()
-    results = backend_for(sweep_dir).run(specs) if bplan is None else branches.execute(bplan, sweep_dir, backend_for)
+    results = branches.run_planned(bplan, specs, sweep_dir, backend_for, args.config)
     failed = [r for r, s in results.items() if s == "failed"]
     elsewhere = [r for r, s in results.items() if s == "running elsewhere"]
     print(f"\n{len(results) - len(failed) - len(elsewhere)} ok, {len(failed)} failed, "
