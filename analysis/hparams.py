@@ -154,6 +154,19 @@ def fit_power_law(xs, optima: list[Optimum], labels, *, y_name: str, x_name: str
     return PowerLaw(y_name, x_name, float(math.exp(ln_a)), float(b), a_ci, b_ci, level, len(keep), tuple(left_out))
 
 
+def law_doubts(law: PowerLaw) -> list[str]:
+    """What should make one doubt a fitted law, in words: no interval (2 groups), or an exponent
+    interval that includes 0 (the optima do not show y* changing with x at the interval's level)."""
+    name = f"{law.y_name}*({law.x_name})"
+    lo, hi = law.exponent_ci
+    if math.isnan(lo):
+        return [f"{name}: {law.n_groups} groups leave no degrees of freedom: the exponent has no interval"]
+    if lo <= 0 <= hi:
+        return [f"{name}: the exponent's {law.level:.0%} interval [{lo:.3g}, {hi:.3g}] includes 0: these optima "
+                f"do not show {law.y_name}* changing with {law.x_name}; add groups or widen their range"]
+    return []
+
+
 def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict]) -> str:
     """Write the laws ({'lr_vs_flops': law, ...}) and the per-group optima (scaling.hparam_file's
     format); return the file's SHA-256."""

@@ -49,6 +49,9 @@ def _fit(argv) -> int:
     for r in rows:
         if "not_fitted" in r:
             print(f"{r['law']}: not fitted: {r['not_fitted']}")
+    for law in laws.values():
+        for doubt in hparams.law_doubts(law):
+            print(f"warning: {doubt}")
     if not laws:
         raise ValueError("no law could be fitted (see above); widen the grids or add groups")
     digest = hparams.write_fit_file(args.out, laws, rows)

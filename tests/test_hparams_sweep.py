@@ -113,3 +113,28 @@ def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     cfg.sweep.hparams.update(lr_multipliers=(), batch_multipliers=(), fit_file=str(out))
     for s in sweep.expand(cfg):
         assert s.config.optim.lr == pytest.approx(3e-3 * (s.budget / 5e10) ** -0.2, rel=1e-6)
+
+
+def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_lr(monkeypatch):
+    # experiments/demo_cpu.py:tuned is the hand-set demo's isoFLOP grid with each run's LR from
+    # experiments/hparams_cpu_fit.json (eta*(C) at the run's budget); batch stays the demo's rule, as
+    # that file has no batch law (every budget's best batch was the grid's smallest).
+    import hashlib
+    import pathlib
+
+    from scaling import hparam_file
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the variant names its fit file relative to the repository root
+    fit_file = repo / "experiments" / "hparams_cpu_fit.json"
+    laws, sha = hparam_file.read(fit_file)
+    assert sha == hashlib.sha256(fit_file.read_bytes()).hexdigest() and "batch_size_vs_flops" not in laws
+    hand = sweep.expand(sweep.load_sweep(repo / "experiments" / "demo_cpu.py"))
+    tuned = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:tuned"))
+    assert [(s.budget, s.n_params, s.tokens) for s in tuned] == [(s.budget, s.n_params, s.tokens) for s in hand]
+    for h, t in zip(hand, tuned):
+        law = laws["lr_vs_flops"]
+        assert h.config.optim.lr == 3e-3
+        assert t.config.optim.lr == pytest.approx(law["coef"] * t.budget ** law["exponent"], rel=1e-12)
+        assert t.config.train.batch_size == h.config.train.batch_size
+        assert f"fit{sha[:8]}" in t.run_id and t.hp_source == f"lr fit:{sha[:8]}, B rule"
