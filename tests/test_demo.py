@@ -1,4 +1,5 @@
-"""`scaling demo` end to end on a tiny isoFLOP sweep: runs -> fits -> report, then rerun = no-op;
+"""`scaling demo` end to end on a tiny isoFLOP sweep (branched like the demo's: trunks, then a cooldown
+branch per point): runs -> fits -> report, then rerun = no-op;
 and its forecast step: forecast written before its run, the run, the score, the report led by it."""
 import json
 import time
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from cli import demo
-from launch import sweep
+from launch import branches, sweep
 from tests.test_cli_forecast import law_loss, write_run
 
 TINY_SWEEP = """
@@ -24,6 +25,7 @@ def get_config():
     c.sweep.shapes.explicit = ((1, 8), (1, 16), (2, 16))
     c.sweep.rules.batch_ref = 0
     c.train.batch_size = 8
+    c.optim.warmup_steps = 2  # the demo's 30 would not fit these 10-40-step runs
     c.sweep.forecast_flops = {forecast}
     return c
 """
@@ -60,7 +62,8 @@ def test_demo_forecasts_runs_and_scores_beyond_the_sweep(tmp_path, corpus_cache,
     cfg.write_text(TINY_SWEEP.format(cache=corpus_cache, forecast=8e9))
     sweep_dir = tmp_path / "sweep"
     noise = np.random.default_rng(0).normal(0, 0.005, 9)
-    for s, e in zip(sweep.expand(sweep.load_sweep(cfg)), noise):
+    planned = branches.plan(sweep.expand(sweep.load_sweep(cfg))).branches  # the demo's points are branches
+    for s, e in zip(planned, noise):
         write_run(sweep_dir / "runs" / s.run_id, n_params=s.n_params, tokens=s.tokens,
                   loss=float(law_loss(s.n_params, s.tokens) * np.exp(e)), config_hash=None, budget=s.budget)
     argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--bootstrap", "20", "--n-starts", "300"]

@@ -129,7 +129,7 @@ def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_lr(monke
     fit_file = repo / "experiments" / "hparams_cpu_fit.json"
     laws, sha = hparam_file.read(fit_file)
     assert sha == hashlib.sha256(fit_file.read_bytes()).hexdigest() and "batch_size_vs_flops" not in laws
-    hand = sweep.expand(sweep.load_sweep(repo / "experiments" / "demo_cpu.py"))
+    hand = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:classic"))
     tuned = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:tuned"))
     assert [(s.budget, s.n_params, s.tokens) for s in tuned] == [(s.budget, s.n_params, s.tokens) for s in hand]
     for h, t in zip(hand, tuned):

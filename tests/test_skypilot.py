@@ -159,7 +159,7 @@ def test_cli_dry_run_prints_validated_tasks(capsys):
     out = capsys.readouterr().out
     assert "1 SkyPilot managed-job tasks" in out and "tpu-v4-32" in out and "jax[tpu]==" in out
     assert "warning: cloud.bucket='gs://YOUR-BUCKET/scaling' is the placeholder bucket" in out
-    rc = cli.sweep_main([str(REPO / "experiments" / "demo_cpu.py"), "--backend", "skypilot", "--dry-run"])
+    rc = cli.sweep_main([f"{REPO / 'experiments' / 'demo_cpu.py'}:classic", "--backend", "skypilot", "--dry-run"])
     assert rc == 2 and "no `cloud` section" in capsys.readouterr().err
 
 

@@ -21,7 +21,8 @@ from scaling import config as cfg_lib
 from scaling.model import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEMO = REPO / "experiments" / "demo_cpu.py"
+DEMO_FILE = REPO / "experiments" / "demo_cpu.py"  # the demo itself: a branched WSD sweep
+DEMO = f"{DEMO_FILE}:classic"  # its one-run-per-point grid: the base of the planner's mechanics tests
 
 
 def tiny_sweep(kind="isoflop") -> ml_collections.ConfigDict:
@@ -173,7 +174,7 @@ def test_bad_shapes_are_named():
 
 def test_shipped_demo_sweep_shape():
     """The demo: >= 12 runs, >= 3 budgets, >= 3 shapes per budget, each budget's shapes spanning >= 4x in N."""
-    specs = sweep.expand(sweep.load_sweep(DEMO))
+    specs = sweep.expand(sweep.load_sweep(DEMO_FILE))
     assert len(specs) >= 12
     budgets = sorted({s.budget for s in specs})
     assert len(budgets) >= 3
@@ -225,7 +226,7 @@ def test_end_to_end_real_trainer_records_the_planned_numbers(tmp_path, capsys, m
     cfg_path.write_text(
         "from experiments.demo_cpu import get_config as demo\n"
         "def get_config():\n"
-        "    c = demo()\n"
+        "    c = demo('classic')\n"
         "    c.data.cache_dir = %r\n"
         "    c.sweep.budgets = (2e10,)\n"
         "    c.sweep.shapes.n_targets = (30e3, 95e3)\n"
@@ -269,7 +270,8 @@ IDS_BEFORE = {
 
 @pytest.mark.parametrize("name", sorted(IDS_BEFORE))
 def test_shipped_sweeps_keep_their_run_ids(name):
-    cfg = sweep.load_sweep(REPO / "experiments" / f"{name}.py")
+    # the demo's one-run-per-point grid lives on as its 'classic' variant (the default now branches)
+    cfg = sweep.load_sweep(f"{REPO / 'experiments' / name}.py" + (":classic" if name == "demo_cpu" else ""))
     if name == "demo_cpu":  # the demo's fifth budget became its forecast target: with it, the same ids
         assert tuple(cfg.sweep.budgets) == (5e10, 1e11, 2e11, 4e11)
         cfg.sweep.budgets = (*cfg.sweep.budgets, 8e11)
@@ -330,7 +332,8 @@ def test_planning_the_demo_sweep_imports_no_jax():
     code = ("import sys\nfrom cli.main import main\nrc = main(['sweep', 'experiments/demo_cpu.py', '--dry-run'])\n"
             "print('RC', rc, 'JAX', 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert "19 runs" in out.stdout and out.stdout.strip().endswith("RC 0 JAX False"), out.stdout + out.stderr
+    assert "49 runs" in out.stdout and "WSD branches: 49 points from 7 trunks" in out.stdout
+    assert out.stdout.strip().endswith("RC 0 JAX False"), out.stdout + out.stderr
 
 
 def test_an_oversized_run_is_refused_before_anything_launches(tmp_path, capsys):
@@ -346,7 +349,7 @@ def test_an_oversized_run_is_refused_before_anything_launches(tmp_path, capsys):
     limit_gb = (top + second) / 2 / memory.USABLE_FRACTION / 1e9
     assert big and all(peak[r] > memory.USABLE_FRACTION * limit_gb * 1e9 for r in big)  # really oversized
     path = tmp_path / "oversized.py"
-    path.write_text("from experiments.demo_cpu import get_config as g\n\n\ndef get_config():\n    c = g()\n"
+    path.write_text("from experiments.demo_cpu import get_config as g\n\n\ndef get_config():\n    c = g('classic')\n"
                     f"    c.sweep.device_memory_gb = {limit_gb!r}\n    return c\n")
     for extra in (["--dry-run"], ["--sweep-dir", str(tmp_path / "out")]):
         assert cli.sweep_main([str(path), *extra]) == 2
