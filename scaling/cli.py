@@ -13,6 +13,8 @@ import sys
 COMMANDS = {
     "train": ("scaling.train_cli", "main", "train one model from a config file"),
     "data": ("scaling.data.cli", "main", "prepare a corpus (text -> token file + sidecar)"),
+    "worker": ("scaling.worker", "main", "run train jobs read from stdin, one after another (the sweep runner's "
+               "warm worker)"),
 }
 
 

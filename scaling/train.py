@@ -452,7 +452,9 @@ def _write_train_row(run: _Run, step: int, last_out: dict, tokens_per_s: float, 
     tokens = step * run.tokens_per_step
     run.writer.write({"split": "train", "step": step, "tokens": tokens, "loss": host.last_train_loss,
                       "lr": float(last_out["lr"]), "grad_norm": float(last_out["grad_norm"]),
-                      "tokens_per_s": tokens_per_s, "mfu": mfu, "flops": run.fpt["train"] * tokens,
+                      # no rate yet at the segment's first (compiling) step: none, rather than one with compile in it
+                      "tokens_per_s": tokens_per_s if math.isfinite(tokens_per_s) else None,
+                      "mfu": mfu if mfu is not None and math.isfinite(mfu) else None, "flops": run.fpt["train"] * tokens,
                       "time_s": run.elapsed_s()})
     run.progress.log(step, host.last_train_loss, tokens_per_s, mfu, steps_per_s=tokens_per_s / run.tokens_per_step)
 

@@ -310,13 +310,14 @@ def test_corrupt_result_is_a_failure_with_its_reason_and_status_shows_it(tmp_pat
 
 
 def test_disk_full_in_the_sweep_log_stops_with_a_reason_and_truthful_records(tmp_path, standin, monkeypatch):
-    real = local._write_log
+    from launch import workers
+    real = workers._write_log
 
     def write_log(log, data):
         if not data.startswith(b"\n=== try"):  # the trainer's output fills the disk
             raise OSError(errno.ENOSPC, "No space left on device")
         real(log, data)
-    monkeypatch.setattr(local, "_write_log", write_log)
+    monkeypatch.setattr(workers, "_write_log", write_log)
     events = []
     out = _backend(tmp_path / "sw", standin, on_event=events.append).run(make_specs(3))
     rd = local.run_dir_of(tmp_path / "sw", "r0")
