@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
     print(plan, flush=True)
     local.write_manifest(sweep_dir, specs, args.sweep)
     backend = local.LocalBackend(sweep_dir, parallel=args.parallel, max_attempts=2, on_event=DemoProgress(),
-                                 est_flops_per_s=cfg.sweep.est_flops_per_s)
+                                 pack_size=cfg.sweep.pack_size, est_flops_per_s=cfg.sweep.est_flops_per_s)
     try:
         statuses = backend.run(specs)
     except KeyboardInterrupt:

@@ -203,6 +203,7 @@ class LocalBackend:
                               host=socket.gethostname(), started_at=time.time(), command=cmd,
                               worker="warm" if self.warm else "process",
                               device_slot={k: sorted(v) for k, v in self.slots[slot_index].items()})
+                status.pop("pack", None)  # an earlier attempt's pack
                 if len(specs) > 1:
                     status["pack"] = [s.run_id for s in specs]
                 rundir.write_json(run_dir_of(self.sweep_dir, spec.run_id) / rundir.LAUNCH, status)

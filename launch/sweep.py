@@ -94,6 +94,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     (0: no limit); cloud sweeps: overrides the accelerator's memory.
     forecast_flops: a budget C (FLOPs, 6ND) to forecast from the sweep's results and then run
     (`scaling demo`); 0 = none.
+    pack_size: local sweeps: runs equal but for seed / LR / optimizer scalars / init scale
+    (scaling.packed.pack_key) train up to this many at a time as one packed job; 0 or 1 = off.
     """
     s = ml_collections.ConfigDict()
     s.kind = "isoflop"
@@ -126,6 +128,7 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     s.overhead_s = 10.0
     s.device_memory_gb = 0.0
     s.forecast_flops = 0.0
+    s.pack_size = 0
     s.hparams = hparams.section_defaults()  # LR x batch grids, fitted LR/batch laws (launch/hparams.py)
     return s
 
@@ -153,6 +156,9 @@ def sweep_problems(sw) -> list[str]:
     problems = []
     if sw.kind not in SWEEP_KINDS:
         problems.append(f"sweep.kind={sw.kind!r}: must be one of {SWEEP_KINDS}")
+    if not (isinstance(sw.pack_size, int) and sw.pack_size >= 0):
+        problems.append(f"sweep.pack_size={sw.pack_size!r}: must be an integer >= 0 (runs per packed job; "
+                        "0 or 1: no packing)")
     if not sw.seeds:
         problems.append("sweep.seeds is empty; give at least one seed, e.g. (0,)")
     if sw.kind == "grid" and not sw.tokens:
