@@ -140,6 +140,7 @@ class LocalBackend:
             raise ValueError(f"--max-attempts={max_attempts}: must be >= 1")
         if pack_size < 0:
             raise ValueError(f"sweep.pack_size={pack_size}: must be >= 0 (0 or 1: no packing)")
+        packs.check_trainer(pack_command, pack_size)
         self.sweep_dir = pathlib.Path(sweep_dir)
         self.command, self.pack_command = tuple(command), tuple(pack_command)
         self.pack_size = pack_size

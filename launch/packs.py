@@ -6,13 +6,23 @@
 Which runs may share a pack is scaling.packed.pack_key (the one definition); pack_size 0 or 1 is
 off: every run alone, as before packing existed. Runs whose key no other run shares stay alone.
 """
-import sys
-
+from launch.workers import SCALING_PREFIX, in_process_argv
 from scaling.packed import pack_key
 
 # `python -m scaling train-pack --config C1 --workdir R1 --config C2 --workdir R2 ...`; "{members}"
 # expands to the --config/--workdir pairs.
-PACK_COMMAND = (sys.executable, "-m", "scaling", "train-pack", "{members}")
+PACK_COMMAND = SCALING_PREFIX + ("train-pack", "{members}")
+
+
+def check_trainer(command, pack_size: int) -> None:
+    """ValueError when packing is on but `command` is `python -m scaling train-pack` and this
+    version's `python -m scaling` has no such command (rather than every pack failing)."""
+    from scaling import cli
+
+    name = (in_process_argv(command) or [None])[0]
+    if pack_size > 1 and name is not None and name not in cli.COMMANDS:
+        raise ValueError(f"sweep.pack_size={pack_size} needs the packed trainer (`python -m scaling {name}`), "
+                         "which this version lacks; set --config.sweep.pack_size=0")
 
 
 def group(specs, pack_size: int) -> list[list]:

@@ -411,3 +411,10 @@ def test_packs_are_one_job_each_member_settled_from_its_own_result(tmp_path, sta
     assert launch["r1"]["history"][0]["error"].startswith("exit code 3")
     assert launch["r1"]["attempts"] == 2 and launch["r1"]["command"][1] == str(standin)  # the retry: alone
     assert "boom: injected failure" in (local.run_dir_of(sweep_dir, "r0") / "train.log").read_text()  # shared log
+
+
+def test_packing_with_a_missing_pack_trainer_is_refused_up_front(tmp_path):
+    missing = (sys.executable, "-m", "scaling", "no-such-command", "{members}")
+    with pytest.raises(ValueError, match="sweep.pack_size=4 needs the packed trainer"):
+        local.LocalBackend(tmp_path, pack_size=4, pack_command=missing)
+    local.LocalBackend(tmp_path, pack_size=1, pack_command=missing)  # packing off: not needed
