@@ -383,7 +383,12 @@ class _Sweep:
         if job.ended:
             w.job = None
             self.busy.remove(w)
-            self.idle[w.slot_index] = w
+            if job.frame_rc == 0:
+                self.idle[w.slot_index] = w
+            else:  # a failed job may have left the process in a bad state: the next job gets a fresh one
+                if not w.eof:
+                    self.sel.unregister(w.proc.stdout)
+                w.shut_down()
             self.finish(job)
             return
         if w.proc.poll() is None:

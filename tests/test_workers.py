@@ -67,3 +67,16 @@ def test_warm_worker_runs_like_fresh_processes_and_a_kill9_of_it_loses_nothing(s
     log = (local.run_dir_of(sweep_dir, specs[0].run_id) / rundir.TRAIN_LOG).read_text()
     assert re.search(r"resumed from checkpoint at step [48]\n", log.split("=== try 2")[1])
     assert "\x1e" not in log and "compiling the train step" in log  # no end frame in the run's log
+
+
+def test_a_failed_job_is_recorded_with_its_exit_code_and_retires_its_worker(tmp_path):
+    """An invalid config makes `scaling train` exit 2 inside the worker: the end frame carries the 2,
+    the attempt is failed with the trainer's message, and the retry gets a fresh worker."""
+    from test_local import make_specs
+
+    out = local.LocalBackend(tmp_path / "sw", max_attempts=2).run(make_specs(1))
+    assert out == {"r0": "failed"}
+    launch = json.loads((local.run_dir_of(tmp_path / "sw", "r0") / rundir.LAUNCH).read_text())
+    assert [h["exit_code"] for h in launch["history"]] == [2, 2] and launch["worker"] == "warm"
+    assert launch["error"].startswith("exit code 2; last output: ")
+    assert launch["history"][0]["pid"] != launch["history"][1]["pid"]
