@@ -2,6 +2,7 @@
 
     scaling train --config experiments/base.py --config.model.d_model=64 --workdir runs/x
     scaling data prepare --help
+    scaling data prepare --source gs://B/raw/x.jsonl --out gs://B/corpora/x --backend skypilot --nodes 4 --dry-run
     scaling sweep experiments/demo_cpu.py [--dry-run]
     scaling status SWEEP_DIR
     scaling fit SWEEP_DIR_OR_CSV --law chinchilla
@@ -22,6 +23,7 @@ from scaling import cli as trainer_cli
 
 COMMANDS = {
     **trainer_cli.COMMANDS,
+    "data": ("cli.data", "main", "prepare a sharded corpus (locally, or --backend skypilot on cloud nodes)"),
     "sweep": ("launch.cli", "sweep_main", "plan (--dry-run) or run a sweep"),
     "status": ("launch.cli", "status_main", "status table of a sweep directory"),
     "sync": ("launch.sync", "sync_main", "bring a cloud sweep's results back from its bucket"),

@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
 def cloud_lm(seq_len: int) -> ml_collections.ConfigDict:
     """The cloud sweeps' shared model and data: bf16, untied 32k-BPE LM on FineWeb-Edu, FSDP over the pod.
 
-    Before launching: prepare the corpus once with `scaling data prepare` (BPE, 32k vocab) and copy
-    the prepared directory to gs://<your bucket>/corpora/fineweb-edu-bpe32k; the sweeps mount
+    Before launching: prepare the corpus once (BPE, 32k vocab) into gs://<your bucket>/corpora/fineweb-edu-bpe32k
+    with `scaling data prepare ... --out` that URL, here or as a SkyPilot job on cloud CPU nodes
+    (`--backend skypilot --nodes N`; README, Data); the sweeps mount
     gs://<your bucket>/corpora at /data (their cloud.data_mounts), the bucket being the one
     --cloud.bucket=gs://<your bucket>/scaling names.
     """

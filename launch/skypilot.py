@@ -252,9 +252,12 @@ def queue_records() -> list:
 
 def build_task(spec, cloud, sweep_name: str, source: dict | None = None, for_launch: bool = True):
     """A validated sky.Task for one run (SkyPilot parses and checks the task config)."""
-    import sky
+    return validated_task(task_config(spec, cloud, sweep_name, source, for_launch), cloud)
 
-    config = task_config(spec, cloud, sweep_name, source, for_launch)
+
+def validated_task(config: dict, cloud):
+    """SkyPilot's sky.Task of a task config (dict), parsed and checked by SkyPilot itself."""
+    import sky
     from sky import sky_logging
 
     try:

@@ -27,33 +27,47 @@ from scaling.data import shards, sharded, sources
 from scaling.data.store import Location
 
 
+def add_prepare_args(p: argparse.ArgumentParser) -> None:
+    """The arguments that say what corpus to prepare (shared with the SkyPilot data job's command)."""
+    p.add_argument("--source", required=True, help=sources.SOURCE_HELP)
+    p.add_argument("--text-field", default="text", help="JSONL/Parquet/HF text field")
+    p.add_argument("--tokenizer", default="bytes",
+                   help="bytes | bpe:<vocab> (e.g. bpe:8192) | tiktoken:<encoding>")
+    p.add_argument("--out", required=True, help="new directory or gs://, s3:// URL for the corpus")
+    p.add_argument("--eval-fraction", type=float, default=0.02,
+                   help="fraction of whole documents held out for eval (default 0.02)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the eval-document choice and of the BPE training sample")
+    p.add_argument("--processes", type=int, default=1, help="encode shards in K processes")
+    p.add_argument("--shard-docs", type=int, default=sharded.DEFAULT_SHARD_DOCS,
+                   help=f"documents per shard (default {sharded.DEFAULT_SHARD_DOCS:,})")
+    p.add_argument("--tokenizer-sample", type=int, default=sharded.DEFAULT_TOKENIZER_SAMPLE,
+                   help="training documents (drawn by --seed) a BPE is trained on; all if "
+                        f"fewer (default {sharded.DEFAULT_TOKENIZER_SAMPLE:,})")
+    p.add_argument("--tokenizer-file", default=None,
+                   help="use this tokenizer.json (for bpe:<vocab>) instead of training one")
+
+
+def plan_kwargs(args) -> dict:
+    """The plan's keyword arguments (sharded.plan / planned / prepare) from parsed prepare args."""
+    return dict(tokenizer=args.tokenizer, eval_fraction=args.eval_fraction, seed=args.seed,
+                text_field=args.text_field, shard_docs=args.shard_docs,
+                tokenizer_sample=args.tokenizer_sample, tokenizer_file=args.tokenizer_file)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scaling data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    prep = sub.add_parser("prepare", help="tokenize a text source into a sharded corpus")
-    prep.add_argument("--source", required=True, help=sources.SOURCE_HELP)
-    prep.add_argument("--text-field", default="text", help="JSONL/Parquet/HF text field")
-    prep.add_argument("--tokenizer", default="bytes",
-                      help="bytes | bpe:<vocab> (e.g. bpe:8192) | tiktoken:<encoding>")
-    prep.add_argument("--out", required=True, help="new directory or gs://, s3:// URL for the corpus")
-    prep.add_argument("--eval-fraction", type=float, default=0.02,
-                      help="fraction of whole documents held out for eval (default 0.02)")
-    prep.add_argument("--seed", type=int, default=0,
-                      help="seed of the eval-document choice and of the BPE training sample")
-    prep.add_argument("--processes", type=int, default=1, help="encode shards in K processes")
-    prep.add_argument("--shard-docs", type=int, default=sharded.DEFAULT_SHARD_DOCS,
-                      help=f"documents per shard (default {sharded.DEFAULT_SHARD_DOCS:,})")
-    prep.add_argument("--tokenizer-sample", type=int, default=sharded.DEFAULT_TOKENIZER_SAMPLE,
-                      help="training documents (drawn by --seed) a BPE is trained on; all if "
-                           f"fewer (default {sharded.DEFAULT_TOKENIZER_SAMPLE:,})")
-    prep.add_argument("--tokenizer-file", default=None,
-                      help="use this tokenizer.json (for bpe:<vocab>) instead of training one")
+    prep = sub.add_parser("prepare", help="tokenize a text source into a sharded corpus",
+                          epilog="--backend skypilot --nodes N: the same preparation as a SkyPilot job on "
+                                 "N cloud CPU nodes (`scaling data prepare --backend skypilot --help`)")
+    add_prepare_args(prep)
     only = prep.add_mutually_exclusive_group()
     only.add_argument("--plan-only", action="store_true",
-                      help="only the plan (eval split, shard ranges, tokenizer); no shards")
+                   help="only the plan (eval split, shard ranges, tokenizer); no shards")
     only.add_argument("--shards", default=None, metavar="A:B",
-                      help="only encode shards A..B-1 (the plan must exist); no manifest")
+                   help="only encode shards A..B-1 (the plan must exist); no manifest")
     for name, what in (("finalize", "write the manifest once every shard exists"),
                        ("info", "print a prepared corpus's manifest or sidecar"),
                        ("verify", "re-hash every token file against the manifest or sidecar")):
@@ -61,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _summary(c) -> str:
+def summary(c) -> str:
+    """A prepared corpus in a few lines: source, tokenizer, per split counts, content hash."""
     m = c.meta
     n_shards = len(m.get("shards", [])) or 1
     lines = [f"corpus {c.path}: source {m['source']['spec']!r}, tokenizer "
@@ -78,18 +93,22 @@ def _summary(c) -> str:
     return "\n".join(lines)
 
 
-def _prepare(args) -> None:
-    plan_args = dict(tokenizer=args.tokenizer, eval_fraction=args.eval_fraction, seed=args.seed,
-                     text_field=args.text_field, shard_docs=args.shard_docs,
-                     tokenizer_sample=args.tokenizer_sample, tokenizer_file=args.tokenizer_file)
-    t0 = time.time()
+def shard_printer(t0: float):
+    """An on_shard callback for sharded.encode: one line per encoded shard (tokens, count so far,
+    seconds since t0)."""
     n_done = [0]
 
     def progress(rec):
         n_done[0] += 1
         print(f"  shard {rec['index']}: {rec['train']['tokens'] + rec['eval']['tokens']:,} tokens "
               f"({n_done[0]} encoded, {time.time() - t0:.1f} s)", flush=True)
+    return progress
 
+
+def _prepare(args) -> None:
+    plan_args = plan_kwargs(args)
+    t0 = time.time()
+    progress = shard_printer(t0)
     if args.plan_only:
         p = sharded.plan(args.source, args.out, **plan_args)
         print(f"planned {args.out}: {len(p['shards'])} shards of up to {args.shard_docs:,} "
@@ -103,7 +122,7 @@ def _prepare(args) -> None:
     else:
         c = sharded.prepare(args.source, args.out, processes=args.processes, on_shard=progress,
                             **plan_args)
-        print(_summary(c))
+        print(summary(c))
         print(f"  prepared in {time.time() - t0:.1f} s ({args.processes} processes)")
 
 
@@ -129,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             _prepare(args)
         elif args.cmd == "finalize":
             sharded.finalize(args.path)
-            print(_summary(corpus_lib.open_corpus(args.path)))
+            print(summary(corpus_lib.open_corpus(args.path)))
         elif args.cmd == "verify":
             print(_verify(args.path))
         else:
             c = corpus_lib.open_corpus(args.path)
-            print(_summary(c))
+            print(summary(c))
             print(json.dumps(c.meta, indent=2))
     except BrokenPipeError:  # stdout closed (e.g. `| head`): the work itself is done
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
