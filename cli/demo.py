@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
 
     def backend_for(directory):
         return local.LocalBackend(directory, parallel=args.parallel, max_attempts=2, on_event=DemoProgress(),
-                                  est_flops_per_s=cfg.sweep.est_flops_per_s)
+                                  pack_size=cfg.sweep.pack_size, est_flops_per_s=cfg.sweep.est_flops_per_s)
     try:
         statuses = branches.run_planned(bplan, specs, sweep_dir, backend_for, args.sweep)
     except KeyboardInterrupt:

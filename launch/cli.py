@@ -41,7 +41,8 @@ class _Printer:
         if e.kind == "skip":
             print(f"{head} skip  {e.run_id} ({e.status})", file=self.stream, flush=True)
         elif e.kind == "start":
-            print(f"{head} start {e.run_id} (attempt {e.attempt})", file=self.stream, flush=True)
+            pack = f", packed with {' '.join(r for r in e.pack if r != e.run_id)}" if e.pack else ""
+            print(f"{head} start {e.run_id} (attempt {e.attempt}{pack})", file=self.stream, flush=True)
         elif e.kind == "output" and self.verbose:
             print(f"    {e.run_id}: {e.line}", file=self.stream, flush=True)
         elif e.kind == "finish":
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="local: runs at once, each on a disjoint device subset")
     p.add_argument("--max-attempts", type=int, default=2, help="local: attempts per run per invocation")
     p.add_argument("--gpus", default=None, help="local: comma-separated GPU ids to split among parallel runs")
+    p.add_argument("--process-per-run", action="store_true",
+                   help="local: a fresh trainer process per run (default: warm workers, one per device slot, "
+                        "take run after run)")
     p.add_argument("--only", default=None, help="run only the runs whose id contains this substring")
     p.add_argument("-v", "--verbose", action="store_true", help="forward every trainer output line")
     p.add_argument("--allow-dirty", action="store_true",
@@ -164,7 +168,7 @@ def sweep_main(argv: list[str]) -> int:
 
 
 def _sweep(args) -> int:
-    from launch import local, sweep
+    from launch import local, packs, sweep
 
     if args.parallel < 1:
         raise ValueError(f"--parallel={args.parallel}: must be >= 1 (runs at once)")
@@ -202,6 +206,8 @@ def _sweep(args) -> int:
     mem = sweep.memory_plan(cfg)  # the mem/dev column; check_memory refuses what won't fit
     print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel, mem))
     _print_dropped(dropped, args.verbose)
+    for line in packs.describe(packs.group(specs, cfg.sweep.pack_size), cfg.sweep.pack_size):
+        print(line)
     if bplan is not None:
         print("\n" + branches.savings_table(bplan))
     sweep.check_memory(specs, mem)
@@ -211,6 +217,7 @@ def _sweep(args) -> int:
 
     def backend_for(directory):
         return local.LocalBackend(directory, parallel=args.parallel, max_attempts=args.max_attempts, gpus=gpus,
+                                  pack_size=cfg.sweep.pack_size, warm=not args.process_per_run,
                                   on_event=_Printer(args.verbose), est_flops_per_s=cfg.sweep.est_flops_per_s)
     print(f"\nsweep dir: {sweep_dir}")
     t0 = time.time()

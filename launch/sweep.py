@@ -96,6 +96,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     (`scaling demo`); 0 = none.
     branches: execute runs that differ only in D as one WSD trunk + a cooldown branch per D
     (launch/branches.py); False = one run per point.
+    pack_size: local sweeps: runs equal but for seed / LR / optimizer scalars / init scale
+    (scaling.packed.pack_key) train up to this many at a time as one packed job; 0 or 1 = off.
     """
     s = ml_collections.ConfigDict()
     s.kind = "isoflop"
@@ -129,6 +131,7 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     s.device_memory_gb = 0.0
     s.forecast_flops = 0.0
     s.branches = False  # WSD trunks + cooldown branches instead of one run per point (launch/branches.py)
+    s.pack_size = 0
     s.hparams = hparams.section_defaults()  # LR x batch grids, fitted LR/batch laws (launch/hparams.py)
     return s
 
@@ -156,6 +159,9 @@ def sweep_problems(sw) -> list[str]:
     problems = []
     if sw.kind not in SWEEP_KINDS:
         problems.append(f"sweep.kind={sw.kind!r}: must be one of {SWEEP_KINDS}")
+    if not (isinstance(sw.pack_size, int) and sw.pack_size >= 0):
+        problems.append(f"sweep.pack_size={sw.pack_size!r}: must be an integer >= 0 (runs per packed job; "
+                        "0 or 1: no packing)")
     if not sw.seeds:
         problems.append("sweep.seeds is empty; give at least one seed, e.g. (0,)")
     if sw.kind == "grid" and not sw.tokens:

@@ -14,6 +14,8 @@ COMMANDS = {
     "train": ("scaling.train_cli", "main", "train one model from a config file"),
     "train-pack": ("scaling.packed_cli", "main", "train same-shape runs as one packed job (one step for all members)"),
     "data": ("scaling.data.cli", "main", "prepare a corpus (text -> token file + sidecar)"),
+    "worker": ("scaling.worker", "main", "run train jobs read from stdin, one after another (the sweep runner's "
+               "warm worker)"),
 }
 
 

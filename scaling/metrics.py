@@ -111,6 +111,8 @@ class Progress:
 
     def line(self, step: int, loss: float, tokens_per_s: float, mfu: float | None, steps_per_s: float) -> str:
         eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        if not math.isfinite(tokens_per_s):  # the segment's first step: compiling, no rate to report
+            return f"{self.prefix}step {step}/{self.total} | loss {loss:.4f} | tok/s from the next line on"
         mfu_txt = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
         return (f"{self.prefix}step {step}/{self.total} | loss {loss:.4f} | {_si(tokens_per_s)} tok/s | "
                 f"MFU {mfu_txt} | ETA {_duration(eta)}")

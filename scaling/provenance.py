@@ -36,8 +36,10 @@ def git_state(env=os.environ) -> tuple[str | None, bool | None]:
     here = pathlib.Path(__file__).parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
-                                timeout=5)
+        # --no-optional-locks: a run killed mid-probe (kill -9 of a sweep) must not leave the
+        # checkout's index.lock behind, which would block the user's next git command
+        status = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain"], cwd=here,
+                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None, None
     if sha.returncode:

@@ -20,8 +20,11 @@ Added by the local sweep runner (`launch.local`), one writer per run at a time:
 
     launch_config.json  the config the runner hands to `scaling train` (atomic, before each attempt).
     launch.json         attempts, state ("running" | "ok" | "failed"), exit code, error, history
-                        (atomic; "running" while an attempt executes).
-    train.log           the trainer's stdout+stderr, appended per attempt.
+                        (atomic; "running" while an attempt executes); worker ("warm": a warm
+                        worker ran it, "process": a process of its own); pack (the run ids of its
+                        packed job, when it ran in one).
+    train.log           the trainer's stdout+stderr, appended per attempt (a packed job's output
+                        goes to every member's log).
     .lock               flock()ed while an attempt runs; holds {pid, host, since}.
 
 A sweep directory holds `sweep.json` (the planned runs, atomic, written by the runner before it

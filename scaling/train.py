@@ -401,8 +401,15 @@ def _loop(run: _Run, stop_after_steps: int | None) -> tuple[float, float | None]
     for step in range(run.start + 1, run.steps + 1):
         # one optimizer step on the next global batch; the old state's buffers are donated
         b = next(run.data_iter)
+        if step == run.start + 1:  # this segment's first call compiles the step: say so, not a silent pause
+            run.progress.message("compiling the train step ...")
         run.state, out = run.trainer.step_fn(run.state, run.to_global(b["inputs"]), run.to_global(b["targets"]))
         pending.append((step, out))
+        if step == run.start + 1:  # time it apart, so no tokens/s figure includes compilation
+            jax.block_until_ready(out)
+            now = time.perf_counter()
+            run.progress.message(f"train step compiled and run once in {now - t_log:.1f}s")
+            t_log, step_log = now, step
         is_log = step % t.log_every == 0 or step == run.steps
         is_eval = step % t.eval_every == 0 or step == run.steps
         is_stop = step == stop_after_steps
@@ -414,13 +421,13 @@ def _loop(run: _Run, stop_after_steps: int | None) -> tuple[float, float | None]
         last_out = _fetch_losses(pending, host)
         pending = []
         if is_log:
-            # throughput over timed intervals only (the first after a (re)start includes compilation)
+            # throughput over timed intervals only: they start after the segment's first (compiling) step
             now = time.perf_counter()
             n_steps = step - step_log
-            if step_log > run.start:
+            if n_steps:
                 host.timed_s += now - t_log
                 host.timed_tokens += n_steps * tokens_per_step
-            interval_tps = n_steps * tokens_per_step / max(now - t_log, 1e-9)
+            interval_tps = n_steps * tokens_per_step / max(now - t_log, 1e-9) if n_steps else float("nan")
             tokens_per_s = host.timed_tokens / host.timed_s if host.timed_s > 0 else interval_tps
             mfu = accounting.mfu(tokens_per_s, run.fpt["train"], run.peak) if run.peak else None
             _write_train_row(run, step, last_out, tokens_per_s, mfu)
@@ -459,7 +466,9 @@ def _write_train_row(run: _Run, step: int, last_out: dict, tokens_per_s: float, 
     tokens = step * run.tokens_per_step
     run.writer.write({"split": "train", "step": step, "tokens": tokens, "loss": host.last_train_loss,
                       "lr": float(last_out["lr"]), "grad_norm": float(last_out["grad_norm"]),
-                      "tokens_per_s": tokens_per_s, "mfu": mfu, "flops": run.fpt["train"] * tokens,
+                      # no rate yet at the segment's first (compiling) step: none, rather than one with compile in it
+                      "tokens_per_s": tokens_per_s if math.isfinite(tokens_per_s) else None,
+                      "mfu": mfu if mfu is not None and math.isfinite(mfu) else None, "flops": run.fpt["train"] * tokens,
                       "time_s": run.elapsed_s()})
     run.progress.log(step, host.last_train_loss, tokens_per_s, mfu, steps_per_s=tokens_per_s / run.tokens_per_step)
 

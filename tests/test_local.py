@@ -310,13 +310,14 @@ def test_corrupt_result_is_a_failure_with_its_reason_and_status_shows_it(tmp_pat
 
 
 def test_disk_full_in_the_sweep_log_stops_with_a_reason_and_truthful_records(tmp_path, standin, monkeypatch):
-    real = local._write_log
+    from launch import workers
+    real = workers._write_log
 
     def write_log(log, data):
         if not data.startswith(b"\n=== try"):  # the trainer's output fills the disk
             raise OSError(errno.ENOSPC, "No space left on device")
         real(log, data)
-    monkeypatch.setattr(local, "_write_log", write_log)
+    monkeypatch.setattr(workers, "_write_log", write_log)
     events = []
     out = _backend(tmp_path / "sw", standin, on_event=events.append).run(make_specs(3))
     rd = local.run_dir_of(tmp_path / "sw", "r0")
@@ -363,3 +364,57 @@ def test_manifest_of_another_sweep_is_refused_an_edited_one_replaces_it(tmp_path
     local.write_manifest(tmp_path / "s", specs[:1], "/elsewhere/demo_cpu.py")
     assert [r["run_id"] for r in json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]] == \
         [specs[0].run_id]
+
+
+PACK_STANDIN = textwrap.dedent('''
+    import os, subprocess, sys
+    args = sys.argv[2:]  # --config C --workdir R, per member
+    members = [(args[i + 1], args[i + 3]) for i in range(0, len(args), 4)]
+    fd = os.open(os.environ["STANDIN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, ("pack " + " ".join(os.path.basename(r) for _, r in members) + "\\n").encode()); os.close(fd)
+    rcs = [subprocess.call([sys.executable, sys.argv[1], c, r]) for c, r in members]
+    sys.exit(max(rcs))
+''')
+
+
+def _pack_specs() -> list[RunSpec]:
+    """r0..r4 one shape with different LRs and seeds (packable together), r5 another shape."""
+    specs = make_specs(6)
+    for i, s in enumerate(specs):
+        s.config.model.d_model = 8 if i < 5 else 16
+        s.config.train.tokens = 1000
+        s.config.optim.lr = 1e-3 * (i + 1)
+        s.config.seed = i
+    return specs
+
+
+def test_packs_are_one_job_each_member_settled_from_its_own_result(tmp_path, standin, monkeypatch):
+    pack_standin = tmp_path / "pack_standin.py"
+    pack_standin.write_text(PACK_STANDIN)
+    sweep_dir, specs, events = tmp_path / "sw", _pack_specs(), []
+    backend = _backend(sweep_dir, standin, pack_size=2, on_event=events.append,
+                       pack_command=(sys.executable, str(pack_standin), str(standin), "{members}"))
+    assert backend.run([specs[2]]) == {"r2": "ok"}  # finished before: left out of its pack
+    events.clear()
+    monkeypatch.setenv("STANDIN_FAIL", "r1")  # one member of the first pack fails (every time)
+    out = backend.run(specs)
+    assert out == {"r0": "ok", "r1": "failed", "r2": "ok", "r3": "ok", "r4": "ok", "r5": "ok"}
+    # packs [r0 r1], [r2 r3] (r2 done: r3 alone), [r4], [r5] (another shape); r1's retry runs alone
+    assert [e for e in _events(tmp_path) if e[0] == "pack"] == [["pack", "r0", "r1"]]
+    assert [e.run_id for e in events if e.kind == "start" and e.pack] == ["r0", "r1"]
+    assert {e.pack for e in events if e.kind == "start" and e.pack} == {("r0", "r1")}
+    assert [e.run_id for e in events if e.kind == "skip"] == ["r2"]
+    assert [(e.run_id, e.status) for e in events if e.kind == "finish"][:2] == [("r0", "ok"), ("r1", "retry")]
+    launch = {r: json.loads((local.run_dir_of(sweep_dir, r) / "launch.json").read_text()) for r in ("r0", "r1", "r3")}
+    assert launch["r0"]["pack"] == ["r0", "r1"] and "pack" not in launch["r3"]
+    assert launch["r0"]["history"][-1]["pid"] == launch["r1"]["history"][0]["pid"]  # one process for the pack
+    assert launch["r1"]["history"][0]["error"].startswith("exit code 3")
+    assert launch["r1"]["attempts"] == 2 and launch["r1"]["command"][1] == str(standin)  # the retry: alone
+    assert "boom: injected failure" in (local.run_dir_of(sweep_dir, "r0") / "train.log").read_text()  # shared log
+
+
+def test_packing_with_a_missing_pack_trainer_is_refused_up_front(tmp_path):
+    missing = (sys.executable, "-m", "scaling", "no-such-command", "{members}")
+    with pytest.raises(ValueError, match="sweep.pack_size=4 needs the packed trainer"):
+        local.LocalBackend(tmp_path, pack_size=4, pack_command=missing)
+    local.LocalBackend(tmp_path, pack_size=1, pack_command=missing)  # packing off: not needed

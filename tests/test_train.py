@@ -259,3 +259,33 @@ def test_a_run_that_would_not_fit_its_device_is_refused_before_compiling(tiny_co
     with pytest.raises(cfg_lib.ConfigError, match=r"run big does not fit: estimated peak .* what would fit"):
         train(tiny_config, tmp_path / "big", verbose=False)
     assert json.loads((tmp_path / "big" / "result.json").read_text())["status"] == "failed"
+
+
+def test_first_progress_line_rate_excludes_compilation(tiny_config, tmp_path, monkeypatch, capsys):
+    """A first step made 3 s slower (as a long compile is) leaves the first row's tokens/s untouched,
+    and the pause is announced and timed on the progress stream instead of passing silently."""
+    import time as time_mod
+
+    from scaling import train as train_mod
+
+    real = train_mod.make_trainer
+
+    def slow_first_call(*a, **kw):
+        t = real(*a, **kw)
+        calls = []
+
+        def step_fn(*args):
+            if not calls:
+                time_mod.sleep(3.0)
+            calls.append(1)
+            return t.step_fn(*args)
+        return t._replace(step_fn=step_fn)
+
+    monkeypatch.setattr(train_mod, "make_trainer", slow_first_call)
+    tiny_config.train.tokens = 8 * 32 * 10
+    train(tiny_config, tmp_path / "run", verbose=True)
+    out = capsys.readouterr().out
+    assert out.index("compiling the train step") < out.index("compiled and run once in") < out.index("step 5/10")
+    first = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"][0]
+    # rows at steps 5 and 10: the first covers steps 2..5 (4 steps); with the 3 s inside it would be < 342 tok/s
+    assert first["step"] == 5 and first["tokens_per_s"] > 4 * 8 * 32 / 1.5
