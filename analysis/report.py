@@ -141,6 +141,14 @@ def forecast_section(forecast_path, inputs) -> tuple[list, list[str], dict]:
     return blocks, summary, entry
 
 
+def warning_blocks(name: str, res: dict, log=print) -> list:
+    """The report blocks for a fit's warnings (none when it has none); each is also logged."""
+    if not res.get("warnings"):
+        return []
+    log(f"   {name}: " + "; ".join(res["warnings"]))
+    return [("p", "**Warnings:**"), ("ul", [f"{w}." for w in res["warnings"]])]
+
+
 def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: int = 0, log=print,
           forecast=None) -> list[str]:
     """Fit, draw and write report.md / report.html / fit.json (led by `forecast`, a forecast file
@@ -186,9 +194,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
             return None
 
     def warned(name, res: dict):
-        if res.get("warnings"):
-            log(f"   {name}: " + "; ".join(res["warnings"]))
-            blocks += [("p", "**Warnings:**"), ("ul", [f"{w}." for w in res["warnings"]])]
+        blocks.extend(warning_blocks(name, res, log))
 
     opts = workflows.FitOptions(n_bootstrap=n_bootstrap, n_starts=n_starts)
     # Approach 3

@@ -1,6 +1,6 @@
 """Wall time of a small sweep, one fresh process per run vs warm workers, side by side in one invocation.
 
-    python benchmarks/sweep_wall.py                  # the 4 cheapest runs of experiments/demo_cpu.py
+    python benchmarks/sweep_wall.py                  # the 4 cheapest runs of experiments/demo_cpu.py:classic
     python benchmarks/sweep_wall.py --runs 6 --json  # more runs; one JSON object at the end
 
 The same runs (the demo sweep's cheapest, by exact training FLOPs) go through launch.local twice,
@@ -71,7 +71,8 @@ def run_mode(specs, warm: bool, work: pathlib.Path, name: str) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "experiments" / "demo_cpu.py"), help="the sweep file")
+    p.add_argument("--config", default=f"{REPO / 'experiments' / 'demo_cpu.py'}:classic",
+                   help="the sweep file (default: the demo's one-run-per-point grid; a branched sweep's points need their trunks)")
     p.add_argument("--runs", type=int, default=4, help="how many of its cheapest runs")
     p.add_argument("--json", action="store_true", help="print one JSON object with everything at the end")
     args = p.parse_args(argv)

@@ -23,15 +23,17 @@ it per trunk). Runs go to warm worker processes (imports and compilation cache o
 The 49 points feed the parametric fit (Approach 3), the isoFLOP parabolas (Approach 2), the largest
 budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per parameter) give
 Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts sweep.forecast_flops =
-3.2e12 (8x the largest budget) from all 49 points, writes the forecast, and only then runs the ladder
-shape nearest the predicted N* on D* tokens (one standalone WSD run) and scores the forecast.
+1.6e12 (4x the largest budget) from all 49 points, writes the forecast, and only then runs the ladder
+shape nearest the predicted N* on D* tokens (one standalone WSD run) and scores the forecast. (8x, as
+'classic' does, puts D* near 6M tokens for a ~100k-parameter model: a 5.5-minute run that would take
+the demo past its 15 minutes.)
 Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8 and
 L3 d24. Eval: 65,536 held-out tokens (1024 windows spread over the held-out documents) every 2000 steps
 and at the end. MFU is against the matmul peak the trainer measures on the host at start-up
 (train.peak_flops left at 0).
 Variant 'classic' (sweep dir sweeps/demo_cpu-classic): the demo before branches — 4 budgets (5e10, 1e11,
 2e11, 4e11) x 6 shapes, 19 runs from step 0 with a cosine schedule, warmup 5% and eval at the midpoint,
-batch growing as sqrt(D).
+batch growing as sqrt(D); forecast at 3.2e12 (8x).
 Variant 'tuned' (sweep dir sweeps/demo_cpu-tuned): 'classic' with every run's Adam LR eta*(C) at its
 budget from the fitted law in experiments/hparams_cpu_fit.json (written by `scaling hparams-fit` on
 experiments/hparams_cpu.py's sweep; its hash is in every run id); the batch keeps the rule, as that
@@ -97,6 +99,7 @@ def _branched(c):
     c.train.eval_every = 2000  # steps; a branch's final step is always evaluated
     s = c.sweep
     s.branches = True
+    s.forecast_flops = 1.6e12  # 4x the largest budget
     s.budgets = tuple(float(f"{5e10 * 2 ** (k / 3):.3g}") for k in range(10))  # 5e10 .. 4e11, 3 per doubling
     s.shapes.explicit = ((1, 8), (3, 24))  # a 3.9k-parameter model (>= 20 tokens/param for L(N)) and L3 d24
     r = s.rules

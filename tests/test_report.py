@@ -163,3 +163,14 @@ def test_html_renders_code_spans_bold_tables_lists_and_embeds_figures(tmp_path):
     assert src.startswith("data:image/png;base64,") and base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()
     md = render.markdown(blocks)  # the Markdown keeps its syntax for Markdown viewers
     assert "| `a` | 3.1 |" in md and "- first `item`" in md and "![A figure with `code` in its caption](figures/f.png)" in md
+
+
+def test_a_fits_warnings_become_a_list_in_the_report():
+    """A fit's warnings (e.g. Approach 2 leaving out a flat budget) are logged and listed; none, nothing.
+    (The real demo's 49 points once crashed report.build here: the closure rebound `blocks`.)"""
+    logged = []
+    res = {"warnings": ["budget C=5e+10 left out: flat", "93 of 200 resamples left out"]}
+    assert report.warning_blocks("approach2", res, logged.append) == [
+        ("p", "**Warnings:**"), ("ul", ["budget C=5e+10 left out: flat.", "93 of 200 resamples left out."])]
+    assert logged == ["   approach2: budget C=5e+10 left out: flat; 93 of 200 resamples left out"]
+    assert report.warning_blocks("approach3", {"warnings": []}, logged.append) == [] and len(logged) == 1

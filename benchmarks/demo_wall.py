@@ -1,0 +1,88 @@
+"""The demo's points executed the old way and the new way, side by side in one invocation.
+
+    python benchmarks/demo_wall.py                 # the demo's 3 smallest budgets (13 points), ~5 min on 2 cores
+    python benchmarks/demo_wall.py --budgets 10    # all 49 points (the old way alone takes ~15 min)
+
+The same (N, D) points of experiments/demo_cpu.py (its K smallest budgets) run twice, each time in a
+fresh sweep directory with a fresh JAX compilation cache and `--parallel` runs at once:
+  old : one standalone WSD run per point, from step 0, one `python -m scaling train` process per run
+        (the runner before warm workers; what `sweep.branches = False` and --process-per-run do);
+  new : one WSD trunk per shape, then a cooldown branch per point (sweep.branches), on warm workers.
+Reported: the wall seconds of each, seconds per (N, D) point and their ratio, the exact training FLOPs
+each executed, and the largest |difference| between a point's final eval loss both ways (0 expected:
+a branch is bit-identical to the standalone run of its D on CPU). Packing is not used: the demo has
+no runs that differ only in seed or optimizer scalars (see benchmarks/packing.py for what it gives).
+Timings on a shared machine are noisy: compare the two rows of one invocation.
+"""
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from launch import branches, local, sweep  # noqa: E402
+from scaling import rundir  # noqa: E402
+
+
+def points(config: str, n_budgets: int) -> tuple:
+    """(the sweep config cut to its n_budgets smallest budgets, its runs: standalone WSD configs)."""
+    cfg = sweep.load_sweep(config)
+    keep = sorted(cfg.sweep.budgets)[:n_budgets]
+    cfg.sweep.budgets = tuple(keep)
+    return cfg, sweep.expand(cfg)
+
+
+def timed(work: pathlib.Path, name: str, fn) -> float:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(work / f"jax-cache-{name}")  # the children inherit it
+    t0 = time.perf_counter()
+    results = fn()
+    wall = time.perf_counter() - t0
+    if set(results.values()) != {"ok"}:
+        raise SystemExit(f"demo_wall: {name}: not every run finished ok: {dict(results)} (logs under {work / name})")
+    return wall
+
+
+def final_losses(sweep_dir: pathlib.Path, specs) -> list[float]:
+    return [rundir.read_result(rundir.run_dir_of(sweep_dir, s.run_id))["final_eval_loss"] for s in specs]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "experiments" / "demo_cpu.py"), help="a branched sweep file")
+    p.add_argument("--budgets", type=int, default=3, help="how many of its smallest budgets (default 3)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once, both ways (default 2)")
+    args = p.parse_args(argv)
+    cfg, specs = points(args.config, args.budgets)
+    bplan = branches.plan_for(cfg, specs, "local")
+    if bplan is None:
+        raise SystemExit(f"demo_wall: {args.config} is not a branched sweep (sweep.branches = False)")
+    executed = sum(t.executed_flops for t in bplan.trunks)
+    alone = sum(t.standalone_flops for t in bplan.trunks)
+    print(f"{len(specs)} points of {args.config} (budgets {', '.join(f'{c:.3g}' for c in cfg.sweep.budgets)}), "
+          f"{len(bplan.trunks)} shapes, --parallel {args.parallel}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="demo_wall-") as tmp:
+        work = pathlib.Path(tmp)
+        old = timed(work, "old", lambda: local.LocalBackend(work / "old", parallel=args.parallel, warm=False)
+                    .run(specs))
+        print(f"old: {old:.1f}s", flush=True)
+        new = timed(work, "new", lambda: branches.run_planned(
+            bplan, bplan.branches, work / "new", lambda d: local.LocalBackend(d, parallel=args.parallel, warm=True),
+            args.config, say=lambda line: None))
+        print(f"new: {new:.1f}s", flush=True)
+        diff = max(abs(a - b) for a, b in zip(final_losses(work / "old", specs),
+                                              final_losses(work / "new", bplan.branches)))
+    n = len(specs)
+    print(f"\n{'way':<44} {'wall s':>8} {'s / point':>10} {'exact train FLOPs':>18}")
+    print(f"{'old: a run per point, a process per run':<44} {old:>8.1f} {old / n:>10.2f} {alone:>18.3g}")
+    print(f"{'new: trunks + cooldown branches, warm workers':<44} {new:>8.1f} {new / n:>10.2f} {executed:>18.3g}")
+    print(f"\n{n} points: {old / new:.2f}x fewer wall-seconds per point ({alone / executed:.2f}x fewer FLOPs); "
+          f"largest |final eval loss difference| between a point's two runs: {diff:.3g} nats/token")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
