@@ -1,5 +1,4 @@
-"""`scaling demo` end to end on a tiny isoFLOP sweep (branched like the demo's: trunks, then a cooldown
-branch per point): runs -> fits -> report, then rerun = no-op;
+"""`scaling demo` end to end on a tiny isoFLOP sweep: runs -> fits -> report, then rerun = no-op;
 and its forecast step: forecast written before its run, the run, the score, the report led by it."""
 import json
 import time
@@ -27,6 +26,7 @@ def get_config():
     c.train.batch_size = 8
     c.optim.warmup_steps = 2  # the demo's 30 would not fit these 10-40-step runs
     c.sweep.forecast_flops = {forecast}
+    c.sweep.branches = {branches}
     return c
 """
 
@@ -34,7 +34,9 @@ def get_config():
 @pytest.mark.slow
 def test_demo_end_to_end_then_nothing_to_do(tmp_path, corpus_cache, capsys):
     cfg = tmp_path / "tiny_sweep.py"
-    cfg.write_text(TINY_SWEEP.format(cache=corpus_cache, forecast=0))
+    # one standalone run per point: the branched path (trunks, then branches) is the second test's and
+    # test_branch's; here it would add 3 trunks and 9 branch restores (~30 s) to the same checks
+    cfg.write_text(TINY_SWEEP.format(cache=corpus_cache, forecast=0, branches=False))
     sweep_dir = tmp_path / "sweep"
     argv = ["--sweep", str(cfg), "--sweep-dir", str(sweep_dir), "--parallel", "2", "--bootstrap", "10",
             "--n-starts", "300"]  # 300 of the 4,500 grid starts: what test_report uses; the full grid is the CLI's default
@@ -59,7 +61,7 @@ def test_demo_forecasts_runs_and_scores_beyond_the_sweep(tmp_path, corpus_cache,
     above sit on the unigram plateau, where Approach 3 is not identified): the demo then skips
     them, forecasts C = 8e9 (2x the largest budget), trains that one run for real and scores it."""
     cfg = tmp_path / "tiny_sweep.py"
-    cfg.write_text(TINY_SWEEP.format(cache=corpus_cache, forecast=8e9))
+    cfg.write_text(TINY_SWEEP.format(cache=corpus_cache, forecast=8e9, branches=True))
     sweep_dir = tmp_path / "sweep"
     noise = np.random.default_rng(0).normal(0, 0.005, 9)
     planned = branches.plan(sweep.expand(sweep.load_sweep(cfg))).branches  # the demo's points are branches
