@@ -32,7 +32,8 @@ from scaling.model import build_model
 from scaling.optim import make_optimizer
 from scaling.provenance import peak_source
 from scaling.train import (HostState, NonFiniteLossError, _check_same_run, _finish, _load_finished, _memory_estimate,
-                           _missing_rows, _peak_flops, _record_failure, _Run, _write_eval_row, _write_train_row)
+                           _missing_rows, _peak_flops, _record_failure, _Run, _write_eval_row, _write_train_row,
+                           load_corpus)
 
 
 @dataclasses.dataclass
@@ -149,10 +150,7 @@ def _setup(configs, run_dirs, progress: Progress, members: list, loop: str | Non
     t_segment = time.time()
     c0 = configs[0]
     m_cfg, t = c0.model, c0.train
-    corpus = data.load(c0.data)
-    if corpus.vocab_size != m_cfg.vocab_size:
-        raise cfg_lib.ConfigError(f"model.vocab_size={m_cfg.vocab_size} but the corpus' tokenizer has "
-                                  f"{corpus.vocab_size} tokens; set --config.model.vocab_size={corpus.vocab_size}")
+    corpus = load_corpus(c0)
     mesh = sharding.make_mesh(c0.mesh)
     if mesh.devices.size != 1:
         raise cfg_lib.ConfigError(f"a pack trains on one device, but mesh.num_devices={c0.mesh.num_devices} selects "

@@ -285,14 +285,20 @@ class _Run:
         self.writer.close()
 
 
+def load_corpus(config):
+    """The run's corpus (prepared on first use); ConfigError when its vocabulary is not the model's."""
+    corpus = data.load(config.data)
+    if corpus.vocab_size != config.model.vocab_size:
+        raise cfg_lib.ConfigError(f"model.vocab_size={config.model.vocab_size} but the corpus' tokenizer has "
+                                  f"{corpus.vocab_size} tokens; set --config.model.vocab_size={corpus.vocab_size}")
+    return corpus
+
+
 def _setup(config, run_dir: pathlib.Path, progress: Progress, is_main: bool, trunk_dir=None) -> _Run:
     """Corpus, mesh, model, optimizer, compiled steps, data iterator; restored from the newest checkpoint."""
     t_segment = time.time()  # this segment's wall time counts from setup
     m, t = config.model, config.train
-    corpus = data.load(config.data)
-    if corpus.vocab_size != m.vocab_size:
-        raise cfg_lib.ConfigError(f"model.vocab_size={m.vocab_size} but the corpus' tokenizer has "
-                                  f"{corpus.vocab_size} tokens; set --config.model.vocab_size={corpus.vocab_size}")
+    corpus = load_corpus(config)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(mesh, m)  # kv heads that don't divide 'model' are replicated
     sharding.validate_batch(t.batch_size, mesh)
