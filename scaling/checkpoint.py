@@ -7,11 +7,21 @@ One checkpoint step directory holds three items:
 
 Saves are asynchronous (the device->host copy happens in `save`, the file writes in a
 background thread), so training continues while the previous checkpoint is written; the
-arrays passed to `save` may be donated or deleted as soon as it returns. A step directory is
-only complete once Orbax has renamed it from `<step>.orbax-checkpoint-tmp*` and written
-`commit_success.txt`; a process killed mid-save leaves a tmp directory that `latest_step()`
-ignores and the next Checkpointer deletes (cleanup_tmp_directories, in the background;
-its first save waits for it).
+arrays passed to `save` may be donated or deleted as soon as it returns.
+
+What makes a step whole. Orbax writes a step under `<step>.orbax-checkpoint-tmp*`, puts
+`commit_success.txt` in each item and in the step, records the saved items in the step's
+`_CHECKPOINT_METADATA`, then renames the directory to `<step>` (on local disks; an object store
+has no rename, and there the step's commit_success.txt alone marks it). A process killed mid-save
+leaves a tmp directory that Orbax never lists and the next Checkpointer deletes
+(cleanup_tmp_directories, in the background; its first save waits for it). Orbax's own deletion
+of an old step (keep-N) is NOT atomic: it unlinks the files in place, so a kill mid-delete leaves
+a `<step>` directory missing some of them, which Orbax still lists as a checkpoint. Hence:
+  - keep-N here only renames the old step into `<dir>/deleting/` (Orbax's todelete_subdir: one
+    atomic rename), and the next save (after the previous one is finished) or `close` removes it;
+  - a Checkpointer opening a directory skips every `<step>` that lacks a commit marker, the step
+    metadata or an item's directory, saying so in one line, and (unless read-only) moves it into
+    `deleting/` and removes it there, so it is never restored from, listed or counted by keep-N.
 
 Restore goes straight into the target shardings: pass an abstract state whose leaves are
 `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (see `abstract_of`), built for whatever
@@ -41,6 +51,9 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 STATE, DATA, META = "state", "data", "meta"
 META_FILE = "metadata"  # the file Orbax's JSON handler writes inside the meta item
 CORRUPT_SUFFIX = ".corrupt"
+DELETING = "deleting"  # subdirectory that steps are renamed into before they are removed
+COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE  # Orbax's last file in a step and in each item
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # Orbax's step metadata (not exported by Orbax): the items saved
 
 
 class CheckpointError(ValueError):
@@ -79,6 +92,25 @@ def _check_not_a_file(directory: epath.Path) -> None:
             return
 
 
+def incomplete_reason(step_dir: epath.Path) -> str | None:
+    """What `step_dir` lacks of a whole checkpoint step (its commit marker, its step metadata, or an
+    item with its own commit marker: state, meta, and every item the metadata names); None if nothing.
+    Unreadable step metadata is not reported here: that step is damaged, and restore says so."""
+    missing = [name for name in (COMMIT_FILE, STEP_METADATA_FILE) if not (step_dir / name).is_file()]
+    items = {STATE, META}
+    if STEP_METADATA_FILE not in missing:
+        try:
+            items |= set(ocp.metadata.get_step_metadata(step_dir).item_handlers or {})
+        except (ValueError, OSError):
+            pass  # damaged, not interrupted: left to restore, which moves it aside as corrupt
+    for item in sorted(items):
+        if not (step_dir / item).is_dir():
+            missing.append(f"the {item} item")
+        elif not (step_dir / item / COMMIT_FILE).is_file():
+            missing.append(f"{item}/{COMMIT_FILE}")
+    return f"missing {', '.join(missing)}" if missing else None
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -101,9 +133,11 @@ class Checkpointer:
     """Keep-N, asynchronous Orbax checkpoints of (state, data iterator, meta) every k steps."""
 
     def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
-                 async_save: bool = True, keep_steps: tuple[int, ...] = (), read_only: bool = False):
+                 async_save: bool = True, keep_steps: tuple[int, ...] = (), read_only: bool = False,
+                 log: Callable[[str], None] = _stderr):
         """keep_steps: steps always saved and never deleted by keep-N (a WSD trunk's branch points).
-        read_only: only restore (another run's checkpoints: nothing is created, cleaned up or deleted)."""
+        read_only: only restore (another run's checkpoints: nothing is created, cleaned up or deleted).
+        log: where the one-line notice of each incomplete step directory skipped goes."""
         if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
             raise ValueError(f"checkpoint.every_steps={every_steps!r}: must be a positive int")
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -113,6 +147,10 @@ class Checkpointer:
         self.directory = path if "://" in os.fspath(directory) else path.resolve()
         _check_not_a_file(self.directory)
         self.every_steps, self.keep, self.keep_steps = every_steps, keep, frozenset(keep_steps)
+        self.read_only = read_only
+        # before the manager lists the steps: an incomplete one must not count as a checkpoint
+        self._incomplete = self._drop_incomplete(log)  # {step: what it lacks}
+        self._purge_deleting()  # what a process killed mid-removal left
         preserve = {"max_to_keep": keep} if not keep_steps else {"preservation_policy": pp.AnyPreservationPolicy(
             [pp.LatestN(keep), pp.CustomSteps(sorted(self.keep_steps))])}
         if read_only:
@@ -122,6 +160,8 @@ class Checkpointer:
             enable_async_checkpointing=bool(async_save),
             cleanup_tmp_directories=not read_only,  # partial saves of a killed process
             create=not read_only,
+            # keep-N renames a step away in one step (Orbax deletes in place, file by file)
+            todelete_subdir=None if read_only else DELETING,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._started: set[int] = set()  # steps saved by this object (maybe still in flight)
@@ -142,23 +182,26 @@ class Checkpointer:
         this call. Every process must call it (multi-host saves are collective)."""
         if not self.should_save(step, force):
             return False
+        self._manager.wait_until_finished()  # as Orbax's save does first; then nothing renames
+        self._purge_deleting()  # the step(s) the previous save's keep-N renamed away
         items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta or {}))}
         if data_iter is not None:
             items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
         saved = bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
         if saved:
             self._started.add(step)
+            self._incomplete.pop(step, None)  # a step once skipped (read-only elsewhere) now saved anew
         return saved
 
     # ------------------------------------------------------------------ restore
 
     def all_steps(self) -> list[int]:
-        """Steps of complete checkpoints, ascending."""
-        return sorted(self._manager.all_steps())
+        """Steps of complete checkpoints, ascending (tmp and incomplete step directories are not)."""
+        return sorted(s for s in self._manager.all_steps() if s not in self._incomplete)
 
     def latest_step(self) -> int | None:
-        """The newest COMPLETE checkpoint's step (partial tmp directories are ignored)."""
-        return self._manager.latest_step()
+        """The newest COMPLETE checkpoint's step (tmp and incomplete step directories are ignored)."""
+        return max(self.all_steps(), default=None)
 
     def restore(self, step: int | None, abstract_state: Any, data_iter: Any = None
                 ) -> tuple[Any, dict]:
@@ -172,6 +215,9 @@ class Checkpointer:
             step = self.latest_step()
             if step is None:
                 raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        if step in self._incomplete:
+            raise FileNotFoundError(f"checkpoint step {step} in {self.directory} is incomplete "
+                                    f"({self._incomplete[step]}); complete steps: {steps}")
         if step not in steps:
             raise FileNotFoundError(
                 f"checkpoint step {step} not found in {self.directory}; complete steps: {steps}")
@@ -251,6 +297,39 @@ class Checkpointer:
                 f"({len(saved)} arrays saved, {len(want)} in the run{where}): resume a run only "
                 "with the config that made it, or use a new run directory")
 
+    def _drop_incomplete(self, log: Callable[[str], None]) -> dict[int, str]:
+        """{step: what it lacks} of the incomplete `<step>` directories (a save or a keep-N deletion
+        killed midway, or a partial copy), each reported to `log` in one line; unless read-only,
+        process 0 renames each into DELETING, whence it is removed."""
+        if not self.directory.is_dir():
+            return {}
+        out = {}
+        for path in sorted(self.directory.iterdir(), key=lambda p: (len(p.name), p.name)):
+            if not (path.name.isdigit() and path.is_dir()):
+                continue  # tmp saves are Orbax's to skip and clean; `.corrupt` ones are kept aside
+            reason = incomplete_reason(path)
+            if reason is None:
+                continue
+            out[int(path.name)] = reason
+            fate = "left in place (read-only)" if self.read_only else "removed"
+            log(f"checkpoint {path.name} in {self.directory} is incomplete ({reason}: a save or "
+                f"deletion was interrupted); skipped, {fate}")
+            if not self.read_only and jax.process_index() == 0:
+                dst = self.directory / DELETING / f"{path.name}.incomplete"
+                dst.parent.mkdir(exist_ok=True)
+                if dst.exists():
+                    dst.rmtree()
+                path.rename(dst)  # atomic: a kill from here on leaves no step-named remains
+        return out
+
+    def _purge_deleting(self) -> None:
+        """Remove the DELETING subdirectory and what was renamed into it (process 0, not read-only).
+        Called only while no save is in flight, so Orbax's keep-N is not renaming into it."""
+        trash = self.directory / DELETING
+        if self.read_only or jax.process_index() != 0 or not trash.exists():
+            return
+        trash.rmtree(missing_ok=True)
+
     def _move_aside(self, step: int) -> epath.Path:
         """Rename damaged step directory `step` to `<step>.corrupt[-k]` (process 0 does it)."""
         src = self.directory / str(step)
@@ -270,8 +349,9 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Wait for pending saves, then release the manager's threads."""
+        """Wait for pending saves, remove the steps keep-N renamed away, release the manager's threads."""
         self._manager.wait_until_finished()
+        self._purge_deleting()
         self._manager.close()
 
     def __enter__(self) -> "Checkpointer":

@@ -7,8 +7,10 @@ seeded random delay, KILLS times, and finally rerun to completion. Then, per run
   - every metrics.jsonl row equals the reference's row for row (steps, losses, grad norms, lr,
     FLOPs, tokens: everything but the wall-clock fields), bit for bit;
   - result.json equals the reference in every science field (losses, N, D, FLOPs, ...), bit for bit;
-  - every remaining checkpoint restores, none was moved aside as damaged, and the newest one holds
-    exactly the reference's final parameters and optimizer state;
+  - every checkpoint the trainer's Checkpointer lists restores, none was moved aside as damaged, a
+    step directory it does not list is one it names as incomplete (a kill mid-save or mid-deletion:
+    skipped, never restored from), and the newest one holds exactly the reference's final parameters
+    and optimizer state;
   - the run is finished ok (none lost).
 Where each kill landed (the checkpoints and metrics rows each run had) is printed (pytest -s).
 
@@ -77,17 +79,25 @@ def _where(sweep_dir) -> dict:
     return out
 
 
+def _checkpointer(ckpt_dir: pathlib.Path, notices: list | None = None):
+    """The trainer's Checkpointer, read-only (it moves nothing); its notices of skipped steps go to `notices`."""
+    from scaling.checkpoint import Checkpointer
+
+    log = notices.append if notices is not None else print
+    return Checkpointer(ckpt_dir, every_steps=EVERY, keep=2, read_only=True, log=log)
+
+
 def _restore(ckpt_dir: pathlib.Path, step: int):
     """(state, meta) of one checkpoint through the trainer's Checkpointer, shapes from its own metadata."""
     import jax
     import orbax.checkpoint as ocp
 
-    from scaling.checkpoint import STATE, Checkpointer
+    from scaling.checkpoint import STATE
 
     tree = ocp.StandardCheckpointHandler().metadata(ckpt_dir / str(step) / STATE).tree
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree)
-    with Checkpointer(ckpt_dir, every_steps=EVERY, keep=2, async_save=False) as ck:
+    with _checkpointer(ckpt_dir) as ck:
         return ck.restore(step, abstract)
 
 
@@ -160,11 +170,15 @@ def test_sigkilled_sweep_reruns_to_the_uninterrupted_result(tmp_path, corpus_cac
         assert [r["step"] for r in ref_rows if r["split"] == "train"] == list(range(1, STEPS + 1))
         assert [_science(r) for r in rows] == [_science(r) for r in ref_rows], rid  # no row lost or repeated
 
-        steps = _ckpt_steps(rd)
-        assert not [s for s in steps if not s.isdigit()], f"{rid}: damaged or partial checkpoints {steps}"
-        assert int(steps[-1]) == STEPS
-        for s in steps:  # each remaining checkpoint restores
-            _restore(rd / "checkpoints", int(s))
+        steps, notices = _ckpt_steps(rd), []
+        assert not [s for s in steps if ".corrupt" in s], f"{rid}: checkpoints moved aside as damaged {steps}"
+        with _checkpointer(rd / "checkpoints", notices) as ck:
+            listed = ck.all_steps()
+        unlisted = [s for s in steps if s.isdigit() and int(s) not in listed]
+        assert [n.split(" in ")[0] for n in notices] == [f"checkpoint {s}" for s in unlisted], (steps, notices)
+        assert listed[-1] == STEPS
+        for s in listed:  # each checkpoint it lists restores
+            _restore(rd / "checkpoints", s)
         state, meta = _restore(rd / "checkpoints", STEPS)
         ref_state, ref_meta = _restore(ref / "checkpoints", STEPS)
         assert _science(meta) == _science(ref_meta)
@@ -173,7 +187,8 @@ def test_sigkilled_sweep_reruns_to_the_uninterrupted_result(tmp_path, corpus_cac
         assert all(jax.tree.leaves(same)), rid
         history = json.loads((rd / rundir.LAUNCH).read_text())["history"]
         print(f"  {rid}: {len(history)} attempts recorded "
-              f"({', '.join(h['state'] for h in history)}); checkpoints left {steps}")
+              f"({', '.join(h['state'] for h in history)}); checkpoints left {steps}"
+              + "".join(f"\n    {n}" for n in notices))
     print(f"chaos test wall time {time.time() - t_start:.1f}s")
 
 

@@ -321,3 +321,76 @@ def test_damaged_data_iterator_state_falls_back(tmp_path):
     assert np.array_equal(next(ref), first)
     np.testing.assert_array_equal(next(it2), next(ref))  # the position saved with step 1
     assert lines[0].startswith(f"checkpoint 2 in {ckdir} does not restore (JSONDecodeError")
+
+
+# ---------------------------------------------------------------- interrupted saves and deletions
+
+
+def _damage_like_an_interrupted_save_or_delete(ckdir: pathlib.Path) -> None:
+    """Turn whole steps 8, 12, 16 into what a SIGKILL can leave, and add a killed save's tmp dir and a
+    killed removal's leftover: 8 keeps its state item but not meta nor Orbax's step metadata and
+    marker (the state seen after a killed keep-N deletion); 12 keeps meta but not state; 16 is
+    half-deleted the way Orbax's in-place deletion goes (the step's own files first, then items')."""
+    import shutil
+    shutil.rmtree(ckdir / "8" / "meta")
+    for name in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+        (ckdir / "8" / name).unlink()
+    shutil.rmtree(ckdir / "12" / "state")
+    for path in [ckdir / "16" / "commit_success.txt", ckdir / "16" / "_CHECKPOINT_METADATA",
+                 *(p for p in (ckdir / "16" / "state").rglob("*") if p.is_file())]:
+        path.unlink()
+    shutil.copytree(ckdir / "4" / "state", ckdir / "20.orbax-checkpoint-tmp-1700000000" / "state")
+    shutil.copytree(ckdir / "4" / "state", ckdir / "deleting" / "2")
+
+
+def test_incomplete_step_directories_are_skipped_named_and_removed(tmp_path):
+    """Incomplete step directories are not checkpoints: each is named in one line, never listed,
+    restored or counted by keep-N, left alone by a read-only Checkpointer and removed by a writable
+    one. With keep=2, saving 24 keeps the only whole older checkpoint (4), not an incomplete one."""
+    ckdir = tmp_path / "ck"
+    x = {"w": jnp.arange(4.0)}
+    with Checkpointer(ckdir, every_steps=4, keep=4, async_save=False) as ck:
+        for step in (4, 8, 12, 16):
+            ck.save(step, jax.tree.map(lambda a: a * step, x), meta={"step": step})
+    _damage_like_an_interrupted_save_or_delete(ckdir)
+    before = sorted(p.name for p in ckdir.iterdir())
+
+    lines = []
+    with Checkpointer(ckdir, every_steps=4, keep=2, read_only=True, log=lines.append) as ck:
+        assert ck.all_steps() == [4] and ck.latest_step() == 4
+    assert sorted(p.name for p in ckdir.iterdir()) == before  # read-only: nothing moved or removed
+    assert [ln.split(" in ")[0] for ln in lines] == ["checkpoint 8", "checkpoint 12", "checkpoint 16"]
+    assert all("\n" not in ln and ln.endswith("skipped, left in place (read-only)") for ln in lines)
+    assert "(missing commit_success.txt, _CHECKPOINT_METADATA, the meta item: " in lines[0]
+    assert "(missing the state item: " in lines[1]
+    assert "(missing commit_success.txt, _CHECKPOINT_METADATA, state/commit_success.txt: " in lines[2]
+
+    lines.clear()
+    with Checkpointer(ckdir, every_steps=4, keep=2, log=lines.append) as ck:
+        assert len(lines) == 3 and all(ln.endswith("skipped, removed") for ln in lines)
+        assert ck.all_steps() == [4]
+        with pytest.raises(FileNotFoundError, match=r"checkpoint step 8 in .* is incomplete \(missing "
+                                                     r"commit_success.txt, .*\); complete steps: \[4\]"):
+            ck.restore(8, abstract_of(x))
+        step, state, meta = ck.restore_latest(abstract_of(x), log=pytest.fail)  # nothing is "damaged"
+        assert (step, meta) == (4, {"step": 4})
+        np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(4.0) * 4)
+        assert ck.save(24, x, meta={"step": 24})
+    assert sorted(p.name for p in ckdir.iterdir()) == ["24", "4"]  # the tmp dir and leftovers gone
+    with Checkpointer(ckdir, every_steps=4, keep=2, log=pytest.fail) as ck:
+        assert ck.all_steps() == [4, 24]
+
+
+def test_keep_n_renames_a_step_away_before_removing_it(tmp_path):
+    """Orbax deletes a step file by file in place; here keep-N first renames it into deleting/ (one
+    atomic rename: a kill leaves no half-deleted `<step>`), removed by the next save or close."""
+    ckdir = tmp_path / "ck"
+    with Checkpointer(ckdir, every_steps=1, keep=1, async_save=False) as ck:
+        ck.save(1, {"w": jnp.zeros(2)})
+        ck.save(2, {"w": jnp.ones(2)})
+        assert sorted(p.name for p in ckdir.iterdir()) == ["2", "deleting"]
+        assert [p.name for p in (ckdir / "deleting").iterdir()] == ["1"]
+        ck.save(3, {"w": jnp.ones(2)})
+        assert [p.name for p in (ckdir / "deleting").iterdir()] == ["2"]  # 1 removed before saving 3
+        assert ck.all_steps() == [3]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["3"]
