@@ -121,6 +121,7 @@ def main(argv: list[str]) -> int:
         p.error(f"--n-starts={args.n_starts}: must be >= 0 (0: the whole grid)")
 
     from launch import branches, local, sweep
+    from launch.plan import plan_table
     from scaling import data
     from scaling.config import ConfigError
 
@@ -152,7 +153,7 @@ def main(argv: list[str]) -> int:
           f"({corpus.bytes_per_token_eval:.3f} bytes/token) in {corpus.path} [{time.time() - t:.1f}s]")
 
     print(f"\n== 2/{n_steps} sweep: {len(specs)} runs ({args.sweep}) ==", flush=True)
-    plan = sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
+    plan = plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel)
     if bplan is not None:
         plan += "\n\n" + branches.savings_table(bplan)
     print(plan, flush=True)

@@ -1,5 +1,5 @@
 """Base config: one small decoder-only LM on the embedded corpus (byte-level), every key at the
-trainer's default (scaling/config.py `defaults()` lists the keys, their units and their meaning).
+trainer's default (scaling/config_schema.py `defaults()` lists the keys, their units and their meaning).
 
     scaling train --config experiments/base.py --workdir runs/base
     scaling train --config experiments/base.py --config.model.d_model=256 --workdir runs/d256

@@ -20,8 +20,8 @@ import sys
 import time
 
 from scaling import rundir
-from scaling import config as cfg_lib
-from scaling.config import ConfigError
+from scaling.config_files import apply_override, split_spec
+from scaling.config_schema import ConfigError
 
 
 def _fmt_s(s: float | None) -> str:
@@ -103,24 +103,24 @@ def _parse_sweep_args(argv: list[str]):
 
 def _default_sweep_dir(spec: str) -> pathlib.Path:
     """sweeps/<stem>, or sweeps/<stem>-<ARG> for a FILE.py:ARG variant (ARG's path separators -> '_')."""
-    path, arg = cfg_lib.split_spec(spec)
+    path, arg = split_spec(spec)
     name = path.stem if arg is None else f"{path.stem}-{arg.replace('/', '_').replace(':', '_')}"
     return pathlib.Path("sweeps") / name
 
 
 def _sweep_skypilot(args, cfg, specs, dropped, path: pathlib.Path, sweep_dir: pathlib.Path) -> int:
     """--backend skypilot: the plan and the validated tasks (--dry-run), or launch them as managed jobs."""
-    from launch import local, skypilot, sweep, sync
+    from launch import local, plan, skypilot, sweep, sync
 
     if "cloud" not in cfg:
         raise ValueError(f"{path} has no `cloud` section; --backend skypilot needs one (see "
                          "experiments/chinchilla_isoflop.py)")
     for item in args.cloud_overrides:
-        cfg_lib.apply_override(cfg, item)
-    mem = sweep.memory_plan(cfg)  # after the --cloud.* overrides: the accelerator decides the limit
-    print(sweep.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s, memory_on=mem))
+        apply_override(cfg, item)
+    mem = plan.memory_plan(cfg)  # after the --cloud.* overrides: the accelerator decides the limit
+    print(plan.plan_table(specs, skypilot.est_flops_per_s(cfg.cloud), cfg.cloud.overhead_s, memory_on=mem))
     _print_dropped(dropped, args.verbose)
-    sweep.check_memory(specs, mem)
+    plan.check_memory(specs, mem)
     source = skypilot.source_state(allow_dirty=args.allow_dirty or args.dry_run)
     name = _default_sweep_dir(args.config).name  # the file's stem (-ARG for a variant): jobs and bucket folder
     tasks = [skypilot.build_task(s, cfg.cloud, name, source, for_launch=not args.dry_run) for s in specs]
@@ -168,18 +168,18 @@ def sweep_main(argv: list[str]) -> int:
 
 
 def _sweep(args) -> int:
-    from launch import local, packs, sweep
+    from launch import local, packs, plan, sweep
 
     if args.parallel < 1:
         raise ValueError(f"--parallel={args.parallel}: must be >= 1 (runs at once)")
     if args.max_attempts < 1:
         raise ValueError(f"--max-attempts={args.max_attempts}: must be >= 1")
-    path, _ = cfg_lib.split_spec(args.config)
+    path, _ = split_spec(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} not found (e.g. experiments/demo_cpu.py)")
     cfg = sweep.load_sweep(args.config)
     for item in args.overrides:  # before expanding: they change every run (or the sweep's rules)
-        cfg_lib.apply_override(cfg, item)
+        apply_override(cfg, item)
     dropped: list[str] = []
     specs = sweep.expand(cfg, dropped)
     if not specs:
@@ -203,14 +203,14 @@ def _sweep(args) -> int:
     if args.cloud_overrides:
         raise ValueError(f"{args.cloud_overrides[0]}: --cloud.* overrides apply to --backend skypilot only")
 
-    mem = sweep.memory_plan(cfg)  # the mem/dev column; check_memory refuses what won't fit
-    print(sweep.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel, mem))
+    mem = plan.memory_plan(cfg)  # the mem/dev column; check_memory refuses what won't fit
+    print(plan.plan_table(specs, cfg.sweep.est_flops_per_s, cfg.sweep.overhead_s, args.parallel, mem))
     _print_dropped(dropped, args.verbose)
     for line in packs.describe(packs.group(specs, cfg.sweep.pack_size), cfg.sweep.pack_size):
         print(line)
     if bplan is not None:
         print("\n" + branches.savings_table(bplan))
-    sweep.check_memory(specs, mem)
+    plan.check_memory(specs, mem)
     if args.dry_run:
         return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None

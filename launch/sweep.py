@@ -1,4 +1,4 @@
-"""Expand a sweep config into runs (RunSpecs) with stable ids, and print the plan before paying for it.
+"""Expand a sweep config into runs (RunSpecs) with stable ids.
 
 A sweep config is an experiments/*.py file whose get_config() returns what its runs change in the
 trainer's defaults (scaling.config.defaults()) plus two data-only sections, each laid over its own
@@ -17,10 +17,8 @@ Identity: a run's id is a readable prefix plus the first 8 hex digits of the has
 config's canonical JSON (scaling.config.config_hash), e.g. `C1e13-L2-d64-D1.2M-3fa1c2d9`. Same config
 -> same id -> same run directory SWEEP_DIR/runs/<id>, which is what makes a rerun resume.
 
-Memory: the plan shows each run's estimated peak bytes per device (scaling.memory) against the
-memory of the device it will run on (`memory_plan`: the cloud section's accelerator, or
-sweep.device_memory_gb for local sweeps); `check_memory` refuses the sweep, before anything
-launches, when a run would not fit.
+The plan printed before paying for it (time, memory per device, refusal of what would not fit) is
+launch/plan.py.
 
 All parameter and FLOP counts come from scaling.accounting (never recounted here):
   N = n_params (total), N_ne = n_params_nonembed (Kaplan's N), D = tokens, C = exact training FLOPs
@@ -32,8 +30,9 @@ import math
 import ml_collections
 
 from launch import hparams
-from scaling import accounting, memory
+from scaling import accounting
 from scaling import config as cfg_lib
+from scaling.config_files import load_py, overlay
 
 SWEEP_KINDS = ("grid", "isoflop")
 FLOP_CONVENTIONS = ("6nd", "exact")  # 6nd: C = 6 * N_total * D;  exact: C = accounting train FLOPs
@@ -141,16 +140,16 @@ def load_sweep(path) -> ml_collections.ConfigDict:
     section over sweep_defaults() and its `cloud` section (if any) over launch.skypilot's."""
     from launch.skypilot import cloud_config
 
-    written = cfg_lib.load_py(path)
+    written = load_py(path)
     if "sweep" not in written:
         raise ValueError(f"{path}: get_config() has no 'sweep' section, so it is a single-run config; "
                          f"train it with `scaling train --config {path}`, or add config.sweep (see "
                          "experiments/demo_cpu.py)")
     run_keys = {k: v for k, v in written.items() if k not in NON_RUN_SECTIONS}
-    cfg = cfg_lib.overlay(cfg_lib.defaults(), run_keys, str(path))
-    cfg.sweep = cfg_lib.overlay(sweep_defaults(), written.sweep, str(path), prefix="sweep.")
+    cfg = overlay(cfg_lib.defaults(), run_keys, str(path))
+    cfg.sweep = overlay(sweep_defaults(), written.sweep, str(path), prefix="sweep.")
     if "cloud" in written:
-        cfg.cloud = cfg_lib.overlay(cloud_config(), written.cloud, str(path), prefix="cloud.")
+        cfg.cloud = overlay(cloud_config(), written.cloud, str(path), prefix="cloud.")
     return cfg
 
 
@@ -184,7 +183,7 @@ def sweep_problems(sw) -> list[str]:
     return problems + hparams.problems(sw)
 
 
-def _fmt_si(x: float) -> str:
+def fmt_si(x: float) -> str:
     """2_000_000 -> '2M', 1_250_000 -> '1.25M', 65536 -> '65.5k' (3 significant digits)."""
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
@@ -308,7 +307,7 @@ def _finish(run, tokens_raw: float, budget, seed: int, rules, min_steps: int, dr
     counts = accounting.param_counts(run.model)
     fl = accounting.run_flops(run.model, run.data.seq_len, run.train.tokens)
     prefix = (f"C{_fmt_flops(budget)}-" if budget else "") + \
-        f"L{m.n_layers}-d{m.d_model}-D{_fmt_si(run.train.tokens)}" + (f"-{tag}" if tag else "")
+        f"L{m.n_layers}-d{m.d_model}-D{fmt_si(run.train.tokens)}" + (f"-{tag}" if tag else "")
     return RunSpec(run_id=f"{prefix}-{cfg_lib.config_hash(run)[:8]}", config=run,
                    n_params=int(counts["total"]), n_params_nonembed=int(counts["nonembedding"]),
                    n_params_embed=int(counts["embedding"]), tokens=int(run.train.tokens),
@@ -377,109 +376,3 @@ def _wrap_full(base, model_cfg) -> ml_collections.ConfigDict:
     run = ml_collections.ConfigDict(base.to_dict())
     run.model = ml_collections.ConfigDict(model_cfg.to_dict())
     return run
-
-
-def _fmt_time(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 5400:
-        return f"{s / 60:.1f}m"
-    if s < 86400 * 2:
-        return f"{s / 3600:.1f}h"
-    return f"{s / 86400:.1f}d"
-
-
-def est_time_s(spec: RunSpec, flops_per_s: float, overhead_s: float = 0.0) -> float:
-    """Estimated wall time of one run: exact FLOPs / sustained FLOP/s + fixed per-run overhead."""
-    return overhead_s + spec.flops / flops_per_s
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryPlan:
-    """The device every run of a sweep is planned on, for the memory column and check_memory."""
-    n_devices: int  # devices of one run, unless its mesh.num_devices says otherwise
-    device_bytes: float | None  # memory of one device; None: unknown or no limit (local, unset)
-    source: str  # where device_bytes and n_devices come from, for the plan's footer
-
-    def mesh_shape(self, spec: RunSpec) -> tuple[int, int, int]:
-        """The run's (data, fsdp, model) mesh on its devices."""
-        return memory.mesh_shape(spec.config.mesh, spec.config.mesh.num_devices or self.n_devices)
-
-
-def memory_plan(cfg) -> MemoryPlan:
-    """The device of a sweep's runs: with a `cloud` section (whichever backend runs it), cloud.chips
-    devices of cloud.accelerator's memory; local-only: 1 device (mesh.num_devices if set) with no
-    limit. sweep.device_memory_gb > 0 sets the limit in either case."""
-    override = cfg.sweep.device_memory_gb
-    if not (isinstance(override, (int, float)) and override >= 0):
-        raise ValueError(f"sweep.device_memory_gb={override!r}: must be GB (1e9 bytes) >= 0 (0 = no limit)")
-    if "cloud" in cfg:
-        acc = cfg.cloud.accelerator
-        limit = override * 1e9 or memory.accelerator_memory(acc)
-        where = f"sweep.device_memory_gb={override:g}" if override else (
-            f"{acc}" if limit else f"{acc}: memory unknown, no limit (set sweep.device_memory_gb)")
-        return MemoryPlan(int(cfg.cloud.chips), limit, f"{where}, {cfg.cloud.chips} devices (cloud.chips)")
-    where = f"sweep.device_memory_gb={override:g}" if override else "local: no limit (sweep.device_memory_gb=0)"
-    return MemoryPlan(1, override * 1e9 or None, f"{where}, 1 device unless mesh.num_devices is set")
-
-
-def check_memory(specs: list[RunSpec], plan: MemoryPlan) -> None:
-    """Raise ValueError naming every run whose estimated peak does not fit plan.device_bytes (with
-    the estimate, the limit and what would fit); nothing to check without a limit."""
-    if plan.device_bytes is None:
-        return
-    problems = [memory.refusal(s.config, plan.mesh_shape(s), plan.device_bytes, s.run_id) for s in specs]
-    problems = [p for p in problems if p]
-    if problems:
-        raise ValueError(f"{len(problems)} of {len(specs)} runs would not fit in device memory "
-                         f"({plan.source}); nothing was launched:\n  " + "\n  ".join(problems))
-
-
-def _fmt_memory(spec: RunSpec, plan: MemoryPlan) -> str:
-    """The run's estimated peak per device in GiB, '!' when it exceeds the usable device memory."""
-    est = memory.estimate(spec.config, plan.mesh_shape(spec))
-    over = plan.device_bytes is not None and not memory.fits(est, plan.device_bytes)
-    return f"{est.peak / 2 ** 30:.2f}" + ("!" if over else "")
-
-
-def plan_table(specs: list[RunSpec], backend_flops_per_s: float, overhead_s: float = 0.0,
-               parallel: int = 1, memory_on: MemoryPlan | None = None) -> str:
-    """Text table, one row per run, plus totals. Time = overhead_s + C / backend_flops_per_s.
-
-    backend_flops_per_s is the sustained training throughput of ONE run on the backend (FLOP/s,
-    exact-FLOP convention); parallel runs share the total only for the wall-time total.
-    memory_on: the device plan of the 'mem/dev' column (estimated peak GiB per device); default:
-    one device, no limit.
-    """
-    if not backend_flops_per_s > 0:
-        raise ValueError(f"backend_flops_per_s={backend_flops_per_s!r}: must be > 0")
-    plan = memory_on or MemoryPlan(1, None, "1 device unless mesh.num_devices is set, no limit")
-    head = ("run_id", "shape", "N", "N_nonemb", "D", "D/N", "steps", "C(exact)", "C(6ND)", "est.time",
-            "mem/dev", "lr", "batch", "hp source")
-    rows = [head]
-    for s in specs:
-        rows.append((s.run_id, s.shape, _fmt_si(s.n_params), _fmt_si(s.n_params_nonembed), _fmt_si(s.tokens),
-                     f"{s.tokens / s.n_params:.3g}", str(s.steps), f"{s.flops:.3g}", f"{s.flops_6nd:.3g}",
-                     _fmt_time(est_time_s(s, backend_flops_per_s, overhead_s)), _fmt_memory(s, plan),
-                     f"{s.config.optim.lr:.3g}", str(s.config.train.batch_size), s.hp_source))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 2 or i == len(head) - 1 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    total_c = sum(s.flops for s in specs)
-    total_t = sum(est_time_s(s, backend_flops_per_s, overhead_s) for s in specs)
-    lines.append("")
-    lines.append(f"{len(specs)} runs, {len({(s.config.model.n_layers, s.config.model.d_model) for s in specs})} "
-                 f"shapes; total C = {total_c:.3g} FLOPs (exact), {sum(s.flops_6nd for s in specs):.3g} (6ND); "
-                 f"total D = {_fmt_si(sum(s.tokens for s in specs))} tokens")
-    lines.append(f"est. time at {backend_flops_per_s:.3g} FLOP/s per run + {overhead_s:g}s/run: "
-                 f"{_fmt_time(total_t)} sequential"
-                 + (f", ~{_fmt_time(total_t / parallel)} with --parallel {parallel}" if parallel > 1 else ""))
-    limit = "no limit" if plan.device_bytes is None else (
-        f"limit {memory.gib(memory.USABLE_FRACTION * plan.device_bytes)} usable of {memory.gib(plan.device_bytes)}")
-    lines.append(f"mem/dev: estimated peak GiB per device of a training step (scaling.memory; '!' = does "
-                 f"not fit); {limit} ({plan.source})")
-    lines.append("units: N = total params, N_nonemb = non-embedding (Kaplan), D = training tokens, "
-                 "C = training FLOPs")
-    return "\n".join(lines)

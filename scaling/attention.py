@@ -12,7 +12,7 @@ and FLOPs are counted alike by scaling/accounting.py: the full T x T, whatever i
 import jax
 import jax.numpy as jnp
 
-from scaling.config import ATTENTION_BLOCK, ATTENTION_IMPLS
+from scaling.config_schema import ATTENTION_BLOCK, ATTENTION_IMPLS
 
 
 def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, offset: int = 0):

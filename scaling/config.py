@@ -1,245 +1,23 @@
-"""Run configs: the trainer's defaults, config files laid over them, overrides, resolution, validation.
+"""Run configs: loading (a config file laid over the defaults, then overrides), resolution of the
+derived values, validation, and a run's identity (its config hash).
 
-A config is an ml_collections ConfigDict with the keys of `defaults()`. A config file is either a
-Python file whose `get_config()` returns a ConfigDict holding only what differs from the defaults
-(a complete config works too), or a JSON file holding a resolved config (a run directory's
-config.json). Both are laid over `defaults()`, so a key the defaults do not know is an error naming
-the file. `FILE.py:ARG` passes ARG to `get_config(ARG)` (a named variant of one file). Overrides are
-`--config.a.b=value`; the value is parsed to the type of the existing leaf (scaling/flags.py reads
-the other command-line forms and hands them over in this one).
-
-The valid values of every enumerated key are defined here once; the model and the optimizer read
-them from here. This module imports neither JAX nor the model, so a planner can validate every run
-of a sweep without loading JAX.
+The schema (the defaults, the valid values, the sections outside a run's identity) is
+scaling/config_schema.py; reading config files and overrides is scaling/config_files.py. `load` lays
+a .py or .json config over `defaults()`, so a key the defaults do not know is an error naming the file.
+This module imports neither JAX nor the model, so a planner can validate every run of a sweep without
+loading JAX.
 """
-import ast
 import hashlib
-import importlib.util
 import json
 import math
-import pathlib
 
 import ml_collections
 
 from scaling.accounting import MLP_KINDS, d_ff_of
-
-
-DTYPES = ("float32", "bfloat16")
-PARAMETRIZATIONS = ("standard", "mup")
-SCHEDULES = ("cosine", "wsd", "constant")
-# optim.decay_shape, the WSD decay from lr to the floor over its n steps (t = 0 .. 1 across them):
-# linear: lr(t) = floor + (lr - floor)·(1 - t); 1-sqrt (Hägele et al. 2024): floor + (lr - floor)·(1 - sqrt(t)).
-DECAY_SHAPES = ("linear", "1-sqrt")
-REMAT_POLICIES = ("none", "full")  # model.remat: save every activation for the backward, or recompute blocks
-# model.attention: auto = by platform (scaling.model.attention_impl); dense = full T x T (reference);
-# blocked = causal query blocks that skip fully masked keys (CPU); xla / cudnn = jax.nn.dot_product_attention.
-ATTENTION_IMPLS = ("auto", "dense", "blocked", "xla", "cudnn")
-# Query rows per block of 'blocked': at T = 256 two blocks skip 1/4 of the T x T scores (measured
-# faster than blocks of 32 or 64 on XLA:CPU, whose smaller matmuls lose more than they skip).
-ATTENTION_BLOCK = 128
-
-# Sections and keys that change how a run executes, not what it computes (up to float tolerance): a
-# run may resume on another mesh or with its corpus cached elsewhere. The Grain worker count is NOT
-# among them (its iterator state differs).
-EXECUTION_SECTIONS = ("mesh", "checkpoint")
-# remat recomputes, attention / loss_chunk reorder the same sums: they compute the same up to float rounding
-EXECUTION_KEYS = (("data", "cache_dir"), ("model", "remat"), ("model", "attention"), ("model", "loss_chunk"))
-# Sections of labels that describe a run without changing it (e.g. the nominal budget it was planned for).
-LABEL_SECTIONS = ("meta",)
-# Sections that choose where a run is also shown (TensorBoard, W&B): views of the run directory.
-VIEW_SECTIONS = ("track",)
-# Keys added after runs existed, left out of the identity while they hold these values, so the ids of
-# runs made before them stay valid (a run directory made then still resumes under the same id).
-IDENTITY_DEFAULTS = ((("optim", "decay_shape"), "linear"), (("train", "branch"), {"trunk": "", "step": 0}))
-
-
-def defaults() -> ml_collections.ConfigDict:
-    """The trainer's base config: one small decoder-only LM on the embedded corpus (byte-level).
-
-    Every key outside EXECUTION_SECTIONS, EXECUTION_KEYS, LABEL_SECTIONS and VIEW_SECTIONS is part of the run's
-    identity (its config hash). Units: `train.tokens` is D, training tokens seen; batch sizes are
-    in sequences of `data.seq_len` tokens.
-    """
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # model init (and dropout-free training noise, none here)
-
-    c.model = m = ml_collections.ConfigDict()
-    m.vocab_size = 256  # must equal the tokenizer's vocab (checked against the corpus)
-    m.d_model = 128
-    m.n_layers = 2
-    m.n_heads = 4
-    m.n_kv_heads = 4  # < n_heads: grouped-query attention; 1: multi-query
-    m.d_ff = 0  # 0: derived (SwiGLU: 8/3·d rounded up to a multiple of 64; GELU: 4·d)
-    m.mlp = "swiglu"  # swiglu | gelu
-    m.tie_embeddings = True
-    m.qk_norm = False
-    m.rope_theta = 10000.0
-    m.max_seq_len = 0  # 0: data.seq_len; RoPE tables are built for this many positions
-    m.norm_eps = 1e-6
-    m.init_std = 0.02
-    m.compute_dtype = "float32"  # float32 | bfloat16 (params and logits stay float32)
-    m.param_dtype = "float32"
-    m.remat = "none"  # none | full (each block recomputed in the backward pass: less memory, ~1/3 more FLOPs)
-    m.attention = "auto"  # auto | dense | blocked | xla | cudnn (ATTENTION_IMPLS; FLOPs are counted alike)
-    m.loss_chunk = 512  # >0: LM head + cross-entropy fused over chunks of this many tokens (no full logits); 0: full logits
-
-    c.data = d = ml_collections.ConfigDict()
-    d.corpus = "sotu"  # 'sotu' (embedded) or a prepared corpus directory
-    d.tokenizer = "bytes"  # bytes | bpe:<vocab> | tiktoken:<name>
-    d.text_field = "text"  # JSONL / Parquet / HF sources: the field holding the text
-    d.cache_dir = "data_cache"  # prepared corpora live here (relative to cwd)
-    d.seq_len = 128
-    d.seed = 0  # data order; shared by every run of a sweep so shorter runs see a prefix
-    d.split_seed = 0  # which whole documents are held out for eval: the same for every run of a study
-    d.eval_fraction = 0.02  # fraction of documents held out
-    d.allow_repeat = False  # D > corpus tokens: error unless True (epochs are recorded)
-    d.num_workers = 0  # grain worker processes; the batch stream depends on it
-
-    c.train = t = ml_collections.ConfigDict()
-    t.tokens = 2_000_000  # D: training tokens; steps = tokens // (batch_size * seq_len)
-    t.batch_size = 16  # global batch, in sequences
-    t.z_loss = 1e-4
-    t.eval_every = 200  # steps; the final step is always evaluated
-    t.eval_tokens = 65_536  # tokens of the held-out split per evaluation
-    t.log_every = 10
-    t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = measure (CPU) or look up
-    # A WSD cooldown branch (scaling/branch.py): start from trunk run `trunk` (its run id) at step `step`
-    # instead of step 0. "" = an ordinary run.
-    t.branch = ml_collections.ConfigDict({"trunk": "", "step": 0})
-
-    c.optim = o = ml_collections.ConfigDict()
-    o.lr = 3e-3
-    o.schedule = "cosine"  # cosine | wsd | constant
-    o.warmup_steps = 50
-    o.min_lr_ratio = 0.1  # floor of the decay, as a fraction of lr
-    o.decay_fraction = 0.2  # wsd only: final fraction of steps spent decaying
-    o.decay_shape = "linear"  # wsd only: linear | 1-sqrt (DECAY_SHAPES)
-    o.b1 = 0.9
-    o.b2 = 0.95
-    o.eps = 1e-8
-    o.weight_decay = 0.1
-    o.decay_embeddings = False
-    o.clip_norm = 1.0
-    o.parametrization = "standard"  # standard | mup
-    o.base_d_model = 128  # mup only: width at which the lr/init were tuned
-
-    c.mesh = s = ml_collections.ConfigDict()
-    s.data = -1  # -1: all remaining devices
-    s.fsdp = 1
-    s.model = 1
-    s.num_devices = 0  # 0: all visible devices; else use the first k
-
-    c.checkpoint = k = ml_collections.ConfigDict()
-    k.every_steps = 500
-    k.keep = 2
-    k.async_save = True
-    k.dir = ""  # "": RUN_DIR/checkpoints; or a bucket path (gs://..., s3://...) Orbax writes directly
-    k.keep_steps = ()  # steps always checkpointed and never deleted by `keep` (a trunk's branch points)
-
-    c.meta = e = ml_collections.ConfigDict()
-    e.budget = 0.0  # the nominal FLOP budget C of an isoFLOP run (set by the planner); 0.0 = none
-
-    c.track = r = ml_collections.ConfigDict()  # trackers: views of the run directory (scaling/tracking.py)
-    r.tensorboard = True  # scalars and hparams (config + N, D, C) in RUN_DIR/tensorboard
-    r.group = ""  # "": the sweep's name for a run in SWEEP_DIR/runs/ID, else none
-    r.wandb = False  # also log to Weights & Biases (pip install -e '.[wandb]')
-    r.wandb_project = "scaling"
-    r.wandb_entity = ""  # "": W&B's default entity
-    r.wandb_mode = ""  # "": W&B's own default (WANDB_MODE); or online | offline | disabled
-    return c
-
-
-def science(config) -> dict:
-    """The config as a dict without its execution-only sections and keys, its labels and its views."""
-    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS + LABEL_SECTIONS + VIEW_SECTIONS}
-    for section, key in EXECUTION_KEYS:
-        d.get(section, {}).pop(key, None)
-    for (section, key), neutral in IDENTITY_DEFAULTS:
-        if d.get(section, {}).get(key, neutral) == neutral:
-            d.get(section, {}).pop(key, None)
-    return d
-
-
-class ConfigError(ValueError):
-    """A config key holds a value that cannot work; the message names key, value and what is valid."""
-
-
-def split_spec(spec) -> tuple[pathlib.Path, str | None]:
-    """'file.py:ARG' -> (file.py, 'ARG'); any other spec -> (path, None)."""
-    text = str(spec)
-    at = text.find(".py:")
-    if at < 0:
-        return pathlib.Path(text), None
-    path, arg = pathlib.Path(text[:at + 3]), text[at + 4:]
-    if not arg:
-        raise ConfigError(f"config {text!r}: nothing after ':'; give get_config's argument ({path}:ARG) or "
-                          f"drop the ':'")
-    return path, arg
-
-
-def load_py(spec) -> ml_collections.ConfigDict:
-    """What a Python config file's get_config() (or get_config(ARG) for 'file.py:ARG') returns, as
-    written (not laid over the defaults)."""
-    path, arg = split_spec(spec)
-    if path.suffix != ".py":
-        raise ConfigError(f"{path}: a config here must be a Python file (.py) with get_config()")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise ConfigError(f"{path}: line {e.lineno}: SyntaxError: {e.msg}; fix the file") from None
-    except Exception as e:  # the file is user code: whatever it raises is a broken config
-        raise ConfigError(f"{path}: raised {_error_at(e, path)} while loading; fix the file") from None
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"{path} defines no get_config() returning a ConfigDict")
-    args = _get_config_args(module.get_config, path, arg)
-    try:
-        written = module.get_config(*args)
-    except Exception as e:
-        raise ConfigError(f"{path}: get_config({', '.join(map(repr, args))}) raised {_error_at(e, path)}; "
-                          "fix the file") from None
-    return _mapping(written, f"{path}: get_config()", "returned")
-
-
-def _get_config_args(get_config, path: pathlib.Path, arg: str | None) -> tuple:
-    """(arg,) or (): what get_config is called with; a ConfigError when its signature disagrees."""
-    import inspect
-    args, signature = () if arg is None else (arg,), "(...)"
-    try:
-        signature = inspect.signature(get_config)
-        signature.bind(*args)
-    except TypeError:
-        if arg is None:
-            raise ConfigError(f"{path}: get_config{signature} needs an argument; pass it as "
-                              f"--config={path}:ARG") from None
-        raise ConfigError(f"{path}: get_config() takes no argument, but {arg!r} was given ({path}:{arg}); "
-                          f"drop ':{arg}' or give get_config a parameter") from None
-    except ValueError:  # no signature to read (a builtin): call it as asked
-        pass
-    return args
-
-
-def _error_at(e: BaseException, path: pathlib.Path) -> str:
-    """'KeyError: 'x' (line 3)': an exception raised by a config file, with its deepest line in that file."""
-    import traceback
-    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if pathlib.Path(f.filename).resolve() == path.resolve()]
-    return f"{type(e).__name__}: {e}" + (f" (line {lines[-1]})" if lines else "")
-
-
-def _mapping(value, what: str, verb: str = "holds"):
-    """`value` when it is a dict or ConfigDict; else a ConfigError saying what `what` holds instead."""
-    if not isinstance(value, (dict, ml_collections.ConfigDict)):
-        raise ConfigError(f"{what} {verb} {_short(value)} (type {type(value).__name__}); expected a mapping "
-                          "of keys to values (a dict or ConfigDict), e.g. {\"train\": {\"tokens\": 2000000}}")
-    return value
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+from scaling.config_files import apply_override, load_json, load_py, overlay, split_spec
+from scaling.config_schema import (ATTENTION_IMPLS, DECAY_SHAPES, DTYPES, EXECUTION_KEYS, EXECUTION_SECTIONS,
+                                   IDENTITY_DEFAULTS, LABEL_SECTIONS, PARAMETRIZATIONS, REMAT_POLICIES, SCHEDULES,
+                                   VIEW_SECTIONS, ConfigError, defaults)
 
 
 def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
@@ -248,14 +26,7 @@ def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
     spec = path
     path, _ = split_spec(spec)
     if path.suffix == ".json":
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            written = _mapping(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot be read ({e})") from None
+        written = load_json(path)
     elif path.suffix == ".py":
         written = load_py(spec)
         if "sweep" in written:
@@ -269,93 +40,15 @@ def load(path, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
     return config
 
 
-def overlay(base, written, source: str, prefix: str = "") -> ml_collections.ConfigDict:
-    """Lay `written` (a possibly partial, nested ConfigDict or dict) over `base` in place; returns base.
-
-    A key `base` lacks, or a value of another type than the default's (ints are fine for floats,
-    lists for tuples), is a ConfigError naming `source` and the key. An empty section of `base` is
-    a free-form mapping: it takes `written`'s keys as they are.
-    """
-    _mapping(written, f"{source}: {prefix.rstrip('.') or 'the config'}")
-    if isinstance(base, ml_collections.ConfigDict) and not base.keys():
-        base.update(written)
-        return base
-    for key, value in written.items():
-        name = f"{prefix}{key}"
-        if key not in base:
-            raise ConfigError(f"{source}: unknown config key {name!r}; valid keys here: {sorted(base.keys())}")
-        old = base[key]
-        if isinstance(old, ml_collections.ConfigDict):
-            if not isinstance(value, (dict, ml_collections.ConfigDict)):
-                raise ConfigError(f"{source}: {name}={value!r}: {name} is a section; set its keys instead")
-            overlay(old, value, source, prefix=f"{name}.")
-            continue
-        if isinstance(value, list) and isinstance(old, tuple):
-            value = _tuples(value)
-        try:
-            base[key] = value
-        except TypeError:
-            raise ConfigError(f"{source}: {name}={value!r} is a {type(value).__name__}; the default "
-                              f"{old!r} is a {type(old).__name__}") from None
-    return base
-
-
-def _tuples(value):
-    """JSON lists back to the tuples a config holds (nested pairs included)."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def apply_override(config, item: str) -> None:
-    """Apply one `--config.a.b=value` (or `a.b=value`) override in place."""
-    text = item[2:] if item.startswith("--") else item
-    if text.startswith("config."):
-        text = text[len("config."):]
-    if "=" not in text:
-        raise ConfigError(f"override {item!r} must look like --config.section.key=value")
-    dotted, raw = text.split("=", 1)
-    *parents, leaf = dotted.split(".")
-    node = config
-    for i, part in enumerate(parents):
-        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            where = ".".join(parents[:i]) or "config"
-            valid = sorted(k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict))
-            raise ConfigError(f"unknown config section {'.'.join(parents[:i + 1])!r} in {item!r}; "
-                              f"sections of {where}: {valid}")
-        node = node[part]
-    if leaf not in node:
-        raise ConfigError(f"unknown config key {dotted!r} in {item!r}; keys of "
-                          f"{'.'.join(parents) or 'config'}: {sorted(node.keys())}")
-    old = node[leaf]
-    with node.ignore_type():
-        node[leaf] = _parse_like(raw, old, dotted)
-
-
-def _parse_like(raw: str, old, key: str):
-    if isinstance(old, bool):
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"{key}={raw!r}: expected a boolean (true/false)")
-    if isinstance(old, int):
-        try:
-            value = float(raw)  # accept 2e6 for integers
-        except ValueError:
-            raise ConfigError(f"{key}={raw!r}: expected an integer") from None
-        if not math.isfinite(value) or value != int(value):
-            raise ConfigError(f"{key}={raw!r}: expected an integer")
-        return int(value)
-    if isinstance(old, float):
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{key}={raw!r}: expected a number") from None
-    if isinstance(old, str):
-        return raw
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
+def science(config) -> dict:
+    """The config as a dict without its execution-only sections and keys, its labels and its views."""
+    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SECTIONS + LABEL_SECTIONS + VIEW_SECTIONS}
+    for section, key in EXECUTION_KEYS:
+        d.get(section, {}).pop(key, None)
+    for (section, key), neutral in IDENTITY_DEFAULTS:
+        if d.get(section, {}).get(key, neutral) == neutral:
+            d.get(section, {}).pop(key, None)
+    return d
 
 
 def tokenizer_vocab(tokenizer: str) -> int | None:

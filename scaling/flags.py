@@ -9,7 +9,7 @@
 
 `split(argv, sections)` pulls these out of argv and leaves the command's own arguments to argparse;
 every override comes back in the one canonical form `--SECTION.a.b=VALUE` that
-scaling.config.apply_override reads. A malformed flag is a FlagError naming it.
+scaling.config_files.apply_override reads. A malformed flag is a FlagError naming it.
 """
 import dataclasses
 import pathlib

@@ -56,7 +56,7 @@ import math
 import numbers
 
 from scaling.accounting import DEVICE_MEMORY, d_ff_of
-from scaling.config import ATTENTION_BLOCK, REMAT_POLICIES
+from scaling.config_schema import ATTENTION_BLOCK, REMAT_POLICIES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count

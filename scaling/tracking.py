@@ -4,7 +4,7 @@ The run directory (metrics.jsonl, result.json) is the source of truth; a tracker
 tracker that fails (W&B not installed, no network, a full disk under its files) prints one warning
 and is dropped; the run goes on and loses nothing.
 
-What each view holds (the `track` section of the config chooses them; scaling/config.py):
+What each view holds (the `track` section of the config chooses them; scaling/config_schema.py):
 
 - TensorBoard (track.tensorboard, on by default), in RUN_DIR/tensorboard: every numeric field of
   every metrics row as a scalar `SPLIT/KEY` (train/loss, eval/loss, eval/bpb, train/mfu, ...); at

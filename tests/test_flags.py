@@ -12,6 +12,7 @@ from launch import cli as launch_cli
 from launch import sweep
 from scaling import config as cfg_lib
 from scaling import flags
+from scaling.config_files import apply_override
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = REPO / "experiments" / "base.py"
@@ -137,7 +138,7 @@ def test_sweep_takes_overrides_variants_and_flagfiles(tmp_path, capsys):
     # a tracker override reaches every run and leaves the run ids (the runs' identities) as they were
     assert plan_rows(str(DEMO), "--config.track.wandb", "true") == plain
     cfg = sweep.load_sweep(DEMO)
-    cfg_lib.apply_override(cfg, "--config.track.wandb=true")
+    apply_override(cfg, "--config.track.wandb=true")
     assert all(spec.config.track.wandb is True for spec in sweep.expand(cfg))
     assert launch_cli.sweep_main([str(DEMO), "--config.sweep.seedz", "3", "--dry-run"]) == 2
     assert "unknown config key 'sweep.seedz'" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from analysis import hparams as hp_fit
-from launch import sweep
+from launch import plan, sweep
 
 HP_SWEEP = "experiments/hparams_cpu.py"
 
@@ -18,7 +18,7 @@ def test_lr_batch_grid_is_planned_per_budget_with_sources_in_the_plan():
     c0 = [s for s in specs if s.budget == 2.5e10]
     assert sorted({s.config.optim.lr for s in c0}) == pytest.approx([3e-3 * m for m in (0.25, 0.5, 1, 2, 4)])
     assert sorted({s.config.train.batch_size for s in c0}) == [8, 16, 32]
-    table = sweep.plan_table(specs, 1e10)
+    table = plan.plan_table(specs, 1e10)
     assert "hp source" in table.splitlines()[0] and "lr config x0.25, B config x0.5" in table
     # Batch multipliers keep D (up to whole steps): the steps change instead.
     assert {round(s.tokens, -4) for s in c0} == {round(c0[0].tokens, -4)}
@@ -43,7 +43,7 @@ def test_fit_file_sets_lr_and_batch_and_its_hash_is_in_every_run_id(tmp_path):
         b = 2e-4 * s.budget ** 0.5  # B* in sequences, rounded to the rules' batch_multiple (8)
         assert s.config.train.batch_size == max(8, 8 * round(b / 8))
         assert f"fit{digest[:8]}" in s.run_id and s.hp_source == f"lr fit:{digest[:8]}, B fit:{digest[:8]}"
-    assert f"fit:{digest[:8]}" in sweep.plan_table(specs, 1e10)
+    assert f"fit:{digest[:8]}" in plan.plan_table(specs, 1e10)
     # A refit (another file) plans other runs; the same file plans the same ones (resume).
     path2, _ = _fit_file(tmp_path, 60.0, -0.25, "fit2.json")
     cfg.sweep.hparams.fit_file = str(path2)

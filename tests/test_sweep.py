@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from launch import cli, local, skypilot, sweep
+from launch import cli, local, plan, skypilot, sweep
 from scaling import accounting
 from scaling import config as cfg_lib
 from scaling.model import build_model
@@ -185,14 +185,14 @@ def test_shipped_demo_sweep_shape():
 
 def test_plan_table_and_cli_dry_run(capsys):
     specs = sweep.expand(tiny_sweep())
-    table = sweep.plan_table(specs, 1e9, overhead_s=5.0, parallel=2)
+    table = plan.plan_table(specs, 1e9, overhead_s=5.0, parallel=2)
     for s in specs:
         row = next(ln for ln in table.splitlines() if ln.startswith(s.run_id))
-        assert sweep._fmt_si(s.n_params) in row and sweep._fmt_si(s.tokens) in row and f"{s.flops:.3g}" in row
+        assert sweep.fmt_si(s.n_params) in row and sweep.fmt_si(s.tokens) in row and f"{s.flops:.3g}" in row
     total_t = sum(5.0 + s.flops / 1e9 for s in specs)
-    assert f"{sweep._fmt_time(total_t)} sequential" in table
+    assert f"{plan._fmt_time(total_t)} sequential" in table
     with pytest.raises(ValueError, match="backend_flops_per_s"):
-        sweep.plan_table(specs, 0)
+        plan.plan_table(specs, 0)
     assert cli.sweep_main([str(DEMO), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "run_id" in out and "total C" in out and "sequential" in out
@@ -368,12 +368,12 @@ def test_the_shipped_chinchilla_sweep_fits_its_tpu_slice():
     the same sweep without remat is refused (16 runs, the largest at ~103 GiB)."""
     cfg = sweep.load_sweep(REPO / "experiments" / "chinchilla_isoflop.py")
     specs = sweep.expand(cfg)
-    plan = sweep.memory_plan(cfg)
-    assert (plan.n_devices, plan.device_bytes) == (64, accounting.DEVICE_MEMORY["tpu v5 lite"])
-    sweep.check_memory(specs, plan)
-    table = sweep.plan_table(specs, 1e15, memory_on=plan)
+    mem = plan.memory_plan(cfg)
+    assert (mem.n_devices, mem.device_bytes) == (64, accounting.DEVICE_MEMORY["tpu v5 lite"])
+    plan.check_memory(specs, mem)
+    table = plan.plan_table(specs, 1e15, memory_on=mem)
     assert all(not ln.endswith("!") for ln in table.splitlines()) and "limit 14.40 GiB usable of 16.00 GiB" in table
     for s in specs:
         s.config.model.remat = "none"
     with pytest.raises(ValueError, match="16 of 26 runs would not fit"):
-        sweep.check_memory(specs, plan)
+        plan.check_memory(specs, mem)
