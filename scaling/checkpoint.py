@@ -92,7 +92,7 @@ def _check_not_a_file(directory: epath.Path) -> None:
             return
 
 
-def incomplete_reason(step_dir: epath.Path) -> str | None:
+def _incomplete_reason(step_dir: epath.Path) -> str | None:
     """What `step_dir` lacks of a whole checkpoint step (its commit marker, its step metadata, or an
     item with its own commit marker: state, meta, and every item the metadata names); None if nothing.
     Unreadable step metadata is not reported here: that step is damaged, and restore says so."""
@@ -190,7 +190,7 @@ class Checkpointer:
         saved = bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
         if saved:
             self._started.add(step)
-            self._incomplete.pop(step, None)  # a step once skipped (read-only elsewhere) now saved anew
+            self._incomplete.pop(step, None)  # skipped at open on a host whose process 0 removed it: now whole
         return saved
 
     # ------------------------------------------------------------------ restore
@@ -307,7 +307,7 @@ class Checkpointer:
         for path in sorted(self.directory.iterdir(), key=lambda p: (len(p.name), p.name)):
             if not (path.name.isdigit() and path.is_dir()):
                 continue  # tmp saves are Orbax's to skip and clean; `.corrupt` ones are kept aside
-            reason = incomplete_reason(path)
+            reason = _incomplete_reason(path)
             if reason is None:
                 continue
             out[int(path.name)] = reason
