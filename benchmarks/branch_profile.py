@@ -137,7 +137,8 @@ def main(argv=None) -> int:
         rows = [("trunk", trunk.steps, run_one(clock, trunk.config, rundir.trunk_dir(sweep_dir, trunk.run_id)))]
         for b in brs:
             steps = b.steps - b.config.train.branch.step
-            rows.append((b.run_id.split("-br-")[0], steps, run_one(clock, b.config, rundir.run_dir_of(sweep_dir, b.run_id))))
+            run_dir = rundir.run_dir_of(sweep_dir, b.run_id)
+            rows.append((b.run_id.split("-br-")[0], steps, run_one(clock, b.config, run_dir)))
     cols = ("total",) + PHASES
     print(f"{'run':<22} {'steps':>5} " + " ".join(f"{c[:8]:>8}" for c in cols))
     for name, steps, t in rows:
