@@ -8,7 +8,8 @@ the sweep's planned runs (SWEEP/runs/<id>, ordinary result.json); the trunks liv
 (scaling.rundir.trunk_dir), which analysis never reads.
 
 Execution is in two phases on the ordinary local backend: every trunk with an unfinished branch, then
-every branch whose trunk finished (a branch whose trunk failed is failed with that reason). When all
+every branch whose trunk finished (a branch whose trunk failed is failed with that reason), on the same
+warm workers (launch.local.shared_workers), whose compiled steps a branch reuses (scaling/trainer.py). When all
 branches of a trunk have finished ok, this module deletes the trunk's checkpoints (`release`): they are
 kept until then, whatever checkpoint.keep says (checkpoint.keep_steps).
 
@@ -157,7 +158,18 @@ def execute(bplan: BranchPlan, sweep_dir, make_backend: Callable, say: Callable[
     sweep_dir = pathlib.Path(sweep_dir)
     todo = [t for t in bplan.trunks
             if not all(local.is_done(rundir.run_dir_of(sweep_dir, b)) for b in t.branch_ids)]
-    trunk_results = make_backend(rundir.trunks_dir(sweep_dir)).run([t.spec for t in todo]) if todo else {}
+    trunk_backend, branch_backend = make_backend(rundir.trunks_dir(sweep_dir)), make_backend(sweep_dir)
+    with local.shared_workers(trunk_backend, branch_backend):  # the branches reuse the trunks' warm workers
+        results = _phases(bplan, todo, sweep_dir, trunk_backend, branch_backend, say)
+    release(bplan, sweep_dir, say)
+    return results
+
+
+def _phases(bplan: BranchPlan, todo: list, sweep_dir: pathlib.Path, trunk_backend, branch_backend, say):
+    """Run the trunks in `todo`, then every branch whose trunk finished ok; the branches' SweepResults."""
+    from launch import local
+
+    trunk_results = trunk_backend.run([t.spec for t in todo]) if todo else {}
     results = local.SweepResults([b.run_id for b in bplan.branches])
     ready = []
     for b in bplan.branches:
@@ -171,11 +183,10 @@ def execute(bplan: BranchPlan, sweep_dir, make_backend: Callable, say: Callable[
                 f"{rundir.trunk_dir(sweep_dir, t.spec.run_id) / rundir.TRAIN_LOG})")
     stopped = getattr(trunk_results, "stopped", None)
     if ready and stopped is None:
-        got = make_backend(sweep_dir).run(ready)
+        got = branch_backend.run(ready)
         results.update(got)
         stopped = got.stopped
     results.stopped = stopped
-    release(bplan, sweep_dir, say)
     return results
 
 

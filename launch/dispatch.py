@@ -14,7 +14,7 @@ import time
 from launch import packs
 from launch.runlock import RunLock
 from launch.workers import Job, Worker
-from scaling import rundir
+from scaling import branch, rundir
 from scaling.rundir import read_result, run_dir_of
 
 
@@ -24,6 +24,12 @@ def is_done(run_dir) -> bool:
         return rundir.is_finished(run_dir)
     except rundir.RunDirError:
         return False
+
+
+def work_flops(spec) -> float:
+    """The training FLOPs a run executes, for the ETA: its C, or a WSD branch's own steps' share of it
+    (scaling.branch.executed_fraction: the trunk trained the rest)."""
+    return spec.flops * branch.executed_fraction(spec.config)
 
 
 class SweepResults(dict):
@@ -79,11 +85,12 @@ class SweepLoop:
         self.results = SweepResults([s.run_id for s in specs])
         self.queue = collections.deque((p, 1) for p in packs.group(specs, backend.pack_size))
         self.free = list(range(len(backend.slots)))
-        self.idle: dict[int, Worker] = {}  # slot -> warm worker waiting for its next job
+        # slot -> warm worker waiting for its next job: the backend's pool (kept after this run) or this run's own
+        self.idle: dict[int, Worker] = backend.pool.idle if backend.pool is not None else {}
         self.busy: list[Worker] = []  # workers running a job
         self.sel = selectors.DefaultSelector()
         self.done_flops = self.done_wall = 0.0
-        self.remaining_flops = sum(s.flops for s in specs)
+        self.remaining_flops = sum(work_flops(s) for s in specs)
 
     def eta(self) -> float | None:
         rate = self.done_flops / self.done_wall if self.done_wall > 0 else self.b.est_flops_per_s
@@ -124,7 +131,7 @@ class SweepLoop:
         skip = "done" if finished else "running elsewhere"
         self.results[spec.run_id] = "ok" if finished else skip
         self.done += 1
-        self.remaining_flops -= spec.flops
+        self.remaining_flops -= work_flops(spec)
         self.emit(kind="skip", run_id=spec.run_id, status=skip, result=read_result(rd) if finished else None)
         return None
 
@@ -218,14 +225,14 @@ class SweepLoop:
         self.done_wall += wall
         for spec, state, reason, result in settled:
             if state == "ok":
-                self.done_flops += spec.flops
+                self.done_flops += work_flops(spec)
             if state == "failed" and job.attempt < self.b.max_attempts:
                 retry.append(spec)
                 self.emit(kind="finish", run_id=spec.run_id, attempt=job.attempt, status="retry", error=reason,
                           wall_s=wall, result=result)
                 continue
             self.done += 1
-            self.remaining_flops -= spec.flops
+            self.remaining_flops -= work_flops(spec)
             self.results[spec.run_id] = state
             self.emit(kind="finish", run_id=spec.run_id, attempt=job.attempt, status=state, error=reason,
                       wall_s=wall, result=result)
@@ -247,6 +254,7 @@ class SweepLoop:
                 self.results[spec.run_id] = "failed"
                 self.emit(kind="finish", run_id=spec.run_id, attempt=job.attempt, status="failed", error=reason,
                           wall_s=time.time() - job.started)
-        for w in self.idle.values():
-            w.shut_down()
+        if self.b.pool is None:  # a pool's idle workers stay for its next run
+            for w in self.idle.values():
+                w.shut_down()
         self.sel.close()

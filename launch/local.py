@@ -29,6 +29,7 @@ set of CPU cores (sched_setaffinity, plus *_NUM_THREADS) so k runs do not oversu
 The loop of one run() is launch/dispatch.py; `status_table(sweep_dir)` (launch/status.py) is
 `scaling status`.
 """
+import contextlib
 import pathlib
 import socket
 import sys
@@ -39,8 +40,8 @@ from launch import packs
 from launch.dispatch import RunEvent, SweepLoop, SweepResults, is_done  # noqa: F401  (re-exported)
 from launch.runlock import RunLock, lock_holder  # noqa: F401  (re-exported for the runner's callers)
 from launch.status import run_status, status_table, sweep_status  # noqa: F401  (re-exported likewise)
-from launch.workers import (WORKER_COMMAND, Job, Worker, append_log, device_slots, exit_reason,  # noqa: F401
-                            in_process_argv)
+from launch.workers import (WORKER_COMMAND, Job, Worker, WorkerPool, append_log, device_slots,  # noqa: F401
+                            exit_reason, in_process_argv)
 from scaling import rundir
 from scaling.rundir import read_result, run_dir_of  # noqa: F401  (re-exported for the runner's callers)
 
@@ -71,17 +72,39 @@ def _launch_record(run_dir: pathlib.Path, run_id: str) -> dict:
         return fresh
 
 
+@contextlib.contextmanager
+def shared_workers(*backends):
+    """One WorkerPool for these backends while the block runs (closed after it), when they are all
+    LocalBackends with warm workers on the same device slots and environment; else nothing is shared."""
+    same = all(isinstance(b, LocalBackend) and b.warm and b.pool is None and b.slots == backends[0].slots
+               and b.env == backends[0].env for b in backends)
+    if not (backends and same):
+        yield
+        return
+    pool = WorkerPool()
+    for b in backends:
+        b.pool = pool
+    try:
+        yield
+    finally:
+        pool.close()
+        for b in backends:
+            b.pool = None
+
+
 class LocalBackend:
     """Runs RunSpecs under SWEEP_DIR/runs/<run_id>; see the module docstring for the guarantees.
 
     command / pack_command: the trainer command for one run ({config}, {run_dir}, {run_id}) and for a
     pack ({members}); pack_size: runs per packed job (0 or 1: no packing); warm: run `python -m
-    scaling` commands in warm workers (False, or a command of another program: a process per job)."""
+    scaling` commands in warm workers (False, or a command of another program: a process per job);
+    pool: a WorkerPool whose idle warm workers this run takes and leaves for the next (default: its own,
+    shut down when the run ends; `shared_workers`)."""
 
     def __init__(self, sweep_dir, *, command=DEFAULT_COMMAND, pack_command=packs.PACK_COMMAND, pack_size: int = 1,
                  warm: bool = True, parallel: int = 1, max_attempts: int = 2, gpus: list[str] | None = None,
                  env: dict | None = None, on_event: Callable[[RunEvent], None] | None = None,
-                 est_flops_per_s: float | None = None):
+                 est_flops_per_s: float | None = None, pool: WorkerPool | None = None):
         if max_attempts < 1:
             raise ValueError(f"--max-attempts={max_attempts}: must be >= 1")
         if pack_size < 0:
@@ -97,6 +120,7 @@ class LocalBackend:
         self.env = dict(env or {})
         self.on_event = on_event or (lambda e: None)
         self.est_flops_per_s = est_flops_per_s
+        self.pool = pool
 
     # -- one attempt ------------------------------------------------------------------------
     def _command(self, specs, cfg_paths) -> list[str]:

@@ -212,6 +212,22 @@ class Worker:
         self.proc.stdout.close()
 
 
+class WorkerPool:
+    """Idle warm workers by device slot, outliving one LocalBackend.run: a branched sweep runs its trunks,
+    then its branches, as two runs, and the branches reuse the workers (and the compiled steps) the trunks
+    warmed. Whoever made the pool closes it."""
+
+    def __init__(self):
+        self.idle: dict[int, Worker] = {}
+        """slot index -> a warm worker waiting for its next job."""
+
+    def close(self) -> None:
+        """EOF to every idle worker (each ends; stopped if it does not within 5 s)."""
+        for w in self.idle.values():
+            w.shut_down()
+        self.idle.clear()
+
+
 def exit_reason(job: Job) -> str:
     """Why an attempt ended without a result: the exit (or the signal that killed its process) and its last line."""
     rc = job.returncode

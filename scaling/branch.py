@@ -119,6 +119,16 @@ def trunk_rows(config, trunk_dir: pathlib.Path) -> list[dict]:
             if r.get("step", 0) <= b and r.get("split") in due and r["step"] % due[r["split"]] == 0]
 
 
+def executed_fraction(config) -> float:
+    """The fraction of a run's steps it executes itself: 1 for an ordinary run (or a config without
+    train.branch), (S - b) / S for a branch."""
+    b = config.get("train", {}).get("branch") or {}
+    if not b.get("trunk"):
+        return 1.0
+    steps = cfg_lib.num_steps(config)
+    return (steps - b["step"]) / steps if steps > 0 else 1.0
+
+
 def record(config, tokens_per_step: int, flops_per_token: float) -> dict:
     """The result's `branch` record: trunk id, branch step and what the branch itself executed."""
     b = config.train.branch

@@ -29,7 +29,7 @@ Units: bytes per device. Terms (`MemoryEstimate`):
 
 Checked against XLA (tests/test_memory.py) on CPU, the compiled train step's
 `memory_analysis()`:
-- arguments equal params + opt_state + batch + counters EXACTLY, per device, on 1 device, FSDP
+- arguments equal params + opt_state + batch + counters + schedule scalars EXACTLY, per device, on 1 device, FSDP
   over 8, DP2 x FSDP2 x TP2 and with remat; the outputs (new state) alias the donated arguments;
 - temporaries on one device, float32 compute (MHA tied, 4 layers; GQA + QK-norm untied GELU):
   within 15% of `temporaries` (measured within ~6%). XLA:CPU keeps a few small [B, T] statistics
@@ -60,6 +60,7 @@ from scaling.config_schema import ATTENTION_BLOCK, REMAT_POLICIES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count
+SCHEDULE_SCALARS = 14  # 4-byte scalars the step takes as its LR schedule (scaling.optim.ScheduleArgs)
 MESH_AXES = ("data", "fsdp", "model")
 # SkyPilot GPU names whose memory is not the default part's, as the DEVICE_MEMORY key they match.
 _SKYPILOT_GPU_KINDS = {"a100-80gb": "a100-sxm4-80gb", "v100-32gb": "v100-sxm2-32gb"}
@@ -80,8 +81,8 @@ class MemoryEstimate:
 
     @property
     def arguments(self) -> int:
-        """What the step is called with: state (params, opt_state, counters) + batch."""
-        return self.params + self.opt_state + self.batch
+        """What the step is called with: state (params, opt_state, counters) + batch + LR schedule scalars."""
+        return self.params + self.opt_state + self.batch + 4 * SCHEDULE_SCALARS
 
     @property
     def temporaries(self) -> int:

@@ -14,21 +14,18 @@ import math
 import pathlib
 import subprocess
 import time
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from scaling import accounting, branch, data, distributed, memory, rundir, sharding, tracking
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
-from scaling.model import build_model, lm_loss
-from scaling.optim import make_optimizer
 from scaling.provenance import peak_source, provenance
+from scaling.trainer import Trainer, make_trainer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,13 +50,20 @@ def _versions() -> dict:
             "orbax": getattr(ocp, "__version__", "?"), "grain": getattr(grain, "__version__", "?")}
 
 
+# The host's measured matmul peak (FLOP/s) per compute dtype, kept for the process's later runs.
+_CPU_PEAK: dict = {}
+
+
 def _peak_flops(config, mesh) -> float | None:
     """Peak FLOP/s of the whole mesh, for MFU. CPU: one measured matmul peak for the host."""
     if config.train.peak_flops > 0:
         return config.train.peak_flops * mesh.devices.size
     device = mesh.devices.flat[0]
     if device.platform == "cpu":  # fake CPU devices share the host's cores: the host is the unit
-        return accounting.measure_cpu_peak(jnp.dtype(config.model.compute_dtype)) * jax.process_count()
+        dtype = jnp.dtype(config.model.compute_dtype)
+        if dtype not in _CPU_PEAK:  # measured once per process: a warm worker's runs share the host's peak
+            _CPU_PEAK[dtype] = accounting.measure_cpu_peak(dtype)
+        return _CPU_PEAK[dtype] * jax.process_count()
     peak = accounting.peak_flops_for(device)
     return peak * mesh.devices.size if peak else None
 
@@ -97,55 +101,6 @@ def _refuse_other_config(run_dir, config, old=None) -> None:
     raise cfg_lib.ConfigError(
         f"{run_dir} already holds a run of a different config (differing keys: {diff or 'see ' + rundir.CONFIG}); "
         "use a new --workdir, or delete the old run directory")
-
-
-class Trainer(NamedTuple):
-    state: dict  # {"params", "opt_state", "step"}, placed with its shardings
-    step_fn: Callable  # (state, inputs_BT, targets_BT) -> (state, {"loss", "grad_norm", "lr"}); donates state
-    eval_fn: Callable  # (params, inputs_BT, targets_BT, weights_BT) -> (sum of weighted NLL, sum of weights)
-    batch_sh: jax.sharding.NamedSharding
-
-
-def make_trainer(config, mesh, rules, steps: int) -> Trainer:
-    """Model, optimizer and jitted steps with explicit in/out shardings (the modern pjit)."""
-    m, t = config.model, config.train
-    model_kwargs = dict(parametrization=config.optim.parametrization, base_d_model=config.optim.base_d_model)
-    with nnx.use_eager_sharding(False):  # shapes + logical names only: nothing allocated or compiled
-        abstract = nnx.eval_shape(lambda: build_model(m, config.seed, **model_kwargs))
-    sharding.validate(abstract, mesh, rules)  # names every parameter that does not divide its axis
-    model = build_model(m, config.seed, mesh, rules, **model_kwargs)
-    graphdef, params = nnx.split(model)
-    param_sh = jax.tree.map(lambda x: x.sharding, params)
-    tx, schedule = make_optimizer(config, params, steps)
-    repl = sharding.replicated(mesh)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
-                                   transform_non_params=lambda _: repl)
-    state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
-    state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
-             "step": jax.device_put(jnp.zeros((), jnp.int32), repl)}
-    batch_sh = sharding.batch_sharding(mesh)
-
-    def loss_fn(params, inputs_BT, targets_BT):
-        model = nnx.merge(graphdef, params)
-        return lm_loss(model, model.features(inputs_BT), targets_BT, t.z_loss)
-
-    def train_step(state, inputs_BT, targets_BT):
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], inputs_BT, targets_BT)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-               "step": state["step"] + 1}
-        return new, {"loss": aux["nll"], "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
-
-    def eval_step(params, inputs_BT, targets_BT, weights_BT):
-        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
-        nll_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(
-            logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-        return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
-
-    step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh),
-                      out_shardings=(state_sh, repl), donate_argnums=0)
-    eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh, batch_sh, batch_sh), out_shardings=repl)
-    return Trainer(state, step_fn, eval_fn, batch_sh)
 
 
 @dataclasses.dataclass

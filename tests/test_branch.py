@@ -177,3 +177,34 @@ def test_identity_keeps_old_run_ids_and_checks_the_branch_step():
         cfg_lib.validate(c)
     c.train.branch.step += 1
     cfg_lib.validate(c)
+
+
+# A stand-in warm worker (the protocol of scaling/worker.py, no training): each job writes an ok result
+# naming the worker's pid, then its end frame.
+STAND_IN_WORKER = """
+import json, os, pathlib, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    run_dir = pathlib.Path(req["argv"][req["argv"].index("--workdir") + 1])
+    (run_dir / {result!r}).write_text(json.dumps({{"status": "ok", "pid": os.getpid()}}))
+    os.write(1, ("\\n" + {job_end!r} + " " + req["id"] + " " + json.dumps({{"rc": 0}}) + "\\n").encode())
+"""
+
+
+def test_branches_run_on_the_warm_workers_of_their_trunks(tmp_path, corpus_cache, monkeypatch):
+    """The trunk phase's warm worker takes the branches too (its compiled steps serve them), and the
+    pool is closed when the sweep is done."""
+    from launch import workers
+    from scaling import worker
+
+    plan = branches.plan(sweep.expand(sweep.load_sweep(_sweep_file(tmp_path / "grid.py", corpus_cache))))
+    stand_in = STAND_IN_WORKER.format(result=rundir.RESULT, job_end=worker.JOB_END)
+    monkeypatch.setattr(local, "WORKER_COMMAND", (sys.executable, "-c", stand_in))
+    started = []
+    real_start = workers.Worker.start.__func__
+    monkeypatch.setattr(workers.Worker, "start", classmethod(lambda cls, *a: started.append(a) or real_start(cls, *a)))
+    res = branches.execute(plan, tmp_path / "sw", lambda d: local.LocalBackend(d), say=lambda _: None)
+    assert dict(res) == {b.run_id: "ok" for b in plan.branches} and len(started) == 1
+    pids = {rundir.read_result(rundir.run_dir_of(tmp_path / "sw", b.run_id))["pid"] for b in plan.branches}
+    trunk = rundir.read_result(rundir.trunk_dir(tmp_path / "sw", plan.trunks[0].spec.run_id))
+    assert pids == {trunk["pid"]}
