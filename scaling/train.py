@@ -26,7 +26,7 @@ from scaling import accounting, branch, data, distributed, memory, rundir, shard
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer, abstract_of
 from scaling.metrics import MetricsWriter, Progress
-from scaling.model import build_model, lm_loss
+from scaling.model import build_model, lm_loss, nll_sums
 from scaling.optim import make_optimizer
 from scaling.provenance import peak_source, provenance
 
@@ -137,10 +137,8 @@ def make_trainer(config, mesh, rules, steps: int) -> Trainer:
         return new, {"loss": aux["nll"], "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
 
     def eval_step(params, inputs_BT, targets_BT, weights_BT):
-        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
-        nll_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(
-            logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-        return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
+        model = nnx.merge(graphdef, params)  # chunked like the loss (model.loss_chunk): no full logits
+        return nll_sums(model, model.features(inputs_BT), targets_BT, weights_BT)
 
     step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh),
                       out_shardings=(state_sh, repl), donate_argnums=0)
