@@ -151,3 +151,16 @@ def test_gpu_benchmark_mode_plumbing_on_cpu(capsys):
     r = train_step.bench(64, 1, args)
     assert r["attention"] == model_lib.attention_impl(c.model) and r["tokens_per_s"] > 0
     assert np.isfinite(r["loss"])
+
+
+def test_xla_cpu_options_are_added_unless_given():
+    """`import scaling` put the project's XLA:CPU options in XLA_FLAGS (this process compiled the
+    tests above with them); a value the environment already names is kept."""
+    import os
+    from scaling import xla_cpu
+    for name, value in xla_cpu.CPU_XLA_OPTIONS.items():
+        assert f"--{name}=" in os.environ["XLA_FLAGS"]
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 --{name}=OTHER"}
+        xla_cpu.apply(env)
+        assert env["XLA_FLAGS"].count(f"--{name}=") == 1 and f"--{name}=OTHER" in env["XLA_FLAGS"]
+        assert xla_cpu.with_cpu_options("") == " ".join(f"--{n}={v}" for n, v in xla_cpu.CPU_XLA_OPTIONS.items())
