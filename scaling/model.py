@@ -163,13 +163,16 @@ class MLP(nnx.Module):
         self.w_down = _matrix(rngs, (F, D), out_std, ("mlp", "embed"), pdt)
 
     def __call__(self, x_BTD):
-        cdt = self.compute_dtype
-        h_BTF = x_BTD @ self.w_up[...].astype(cdt)
+        # tokens flattened to rows first: every matmul, and each weight gradient x^T g, is a plain
+        # 2-D GEMM (measured on XLA:CPU: forward + backward 0.85x the CPU time of the 3-D form)
+        cdt, (B, T, D) = self.compute_dtype, x_BTD.shape
+        x_ND = x_BTD.reshape(B * T, D)
+        h_NF = x_ND @ self.w_up[...].astype(cdt)
         if self.kind == "swiglu":
-            h_BTF = jax.nn.silu(x_BTD @ self.w_gate[...].astype(cdt)) * h_BTF
+            h_NF = jax.nn.silu(x_ND @ self.w_gate[...].astype(cdt)) * h_NF
         else:
-            h_BTF = jax.nn.gelu(h_BTF)
-        return h_BTF @ self.w_down[...].astype(cdt)
+            h_NF = jax.nn.gelu(h_NF)
+        return (h_NF @ self.w_down[...].astype(cdt)).reshape(B, T, D)
 
 
 class Block(nnx.Module):
