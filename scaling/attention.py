@@ -8,8 +8,9 @@ and FLOPs are counted alike by scaling/accounting.py: the full T x T, whatever i
   all its keys at once). Head-major GEMMs, softmax normalised after p·v. XLA:CPU's choice ('auto'
   on CPU). Process CPU time against torch's fused CPU kernel (F.scaled_dot_product_attention),
   both in one process, alternated, on the loaded shared 2-core machine (medians of 9-11 calls):
-  0.96x forward, 0.76x forward + backward at B16 T256 H4 K64; 1.7x, 0.93x at H8. (Wall time
-  could not be measured quietly there: the machine ran at load 6-9.)
+  0.96x forward, 0.76x forward + backward at B16 T256 H4 K64; 1.7x, 0.93x at H8 (load 6-9). In a
+  quiet window (load 0.6) at H8, wall time: 2.25x forward, 1.43x forward + backward (CPU time
+  1.8x, 1.28x): torch's kernel also keeps both cores busier (CPU/wall 1.75 vs our 1.4).
 - xla / cudnn: jax.nn.dot_product_attention with that implementation ('cudnn' is the fused
   flash-attention kernel on NVIDIA GPUs; 'auto' picks it for bf16 on GPU).
 """
