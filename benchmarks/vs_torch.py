@@ -10,7 +10,8 @@ benchmarks/torch_gpt.py in a separate virtual environment, created on first use 
 Rounds interleave the two implementations (the order alternates per round) so a shared machine's
 load hits both alike; each round prints ours/torch = the ratio of tokens/s (= ratio of FLOP/s:
 same model, same FLOPs per token), and `uptime`'s load average before the round. float32, AdamW,
-batch 16 x seq 256, vocab 8192, heads of 64.
+batch 16 x seq 256, vocab 8192, heads of 64. Ours runs with the project's XLA:CPU options
+(scaling/xla_cpu.py, set when `scaling` is imported), as every run of the trainer does.
 """
 import argparse
 import json

@@ -8,6 +8,7 @@ chunk's features and w_DV (softmax - one-hot, the z-loss term, x^T g). Autodiff 
 the saved gradients by the incoming cotangent. Memory: O(chunk x V) for the logits instead of
 2 x B x T x V float32 (logits and their gradient), plus dx_BTD and dw_DV kept for the backward.
 FLOPs are the head's own (forward 2·B·T·D·V, backward twice that): the same as autodiff's.
+`chunked_nll_sum` is the eval's: the weighted NLL sum and the weight sum over the same chunks.
 """
 import functools
 
@@ -29,18 +30,18 @@ def cross_entropy(logits_BTV, targets_BT, z_loss: float):
     return nll + z, {"nll": nll, "z_loss": z}
 
 
-def _chunks(x_BTD, targets_BT, chunk: int):
-    """x as [n, chunk, D] and targets as [n, chunk] (zero-padded to a whole number of chunks) and a
-    [n, chunk] float mask of the real tokens."""
+def _chunks(x_BTD, targets_BT, chunk: int, weights_BT=None):
+    """x as [n, chunk, D] and targets as [n, chunk] (zero-padded to a whole number of chunks) and
+    [n, chunk] float32 token weights: weights_BT (default 1) on the real tokens, 0 on the padding."""
     D = x_BTD.shape[-1]
     x_ND, t_N = x_BTD.reshape(-1, D), targets_BT.reshape(-1)
     N = x_ND.shape[0]
     n = -(-N // chunk)
     pad = n * chunk - N
-    valid_N = jnp.arange(n * chunk) < N
+    w_N = jnp.ones((N,), jnp.float32) if weights_BT is None else weights_BT.reshape(-1).astype(jnp.float32)
     x_ND = jnp.pad(x_ND, ((0, pad), (0, 0)))
     t_N = jnp.pad(t_N, (0, pad))
-    return x_ND.reshape(n, chunk, D), t_N.reshape(n, chunk), valid_N.reshape(n, chunk).astype(jnp.float32)
+    return x_ND.reshape(n, chunk, D), t_N.reshape(n, chunk), jnp.pad(w_N, (0, pad)).reshape(n, chunk)
 
 
 def _chunk_terms(x_CD, w_DV, t_C, m_C, logit_mult: float):
@@ -107,3 +108,18 @@ def chunked_lm_loss(x_BTD, w_DV, targets_BT, z_loss: float, logit_mult: float, c
     same (loss, aux), differentiable in x_BTD and w_DV through `loss` only (aux carries no gradient)."""
     loss, nll, z = _fused(x_BTD, w_DV, targets_BT, float(z_loss), float(logit_mult), int(chunk))
     return loss, {"nll": nll, "z_loss": z}
+
+
+def chunked_nll_sum(x_BTD, w_DV, targets_BT, weights_BT, logit_mult: float, chunk: int):
+    """(sum of weights_BT * NLL_BT, sum of weights_BT), float32, where NLL_BT is the next-token
+    NLL (nats) of the logits x_BTD @ w_DV * logit_mult: the eval's sums, computed over chunks of
+    `chunk` tokens so the B x T x V logits never exist (the forward of chunked_lm_loss, weighted)."""
+    xs, ts, ws = _chunks(x_BTD, targets_BT, chunk, weights_BT)
+
+    def step(nll_sum, inp):
+        x_CD, t_C, w_C = inp
+        lse_C, tgt_C, _ = _chunk_terms(x_CD, w_DV, t_C, w_C, logit_mult)
+        return nll_sum + jnp.sum(lse_C - tgt_C), None
+
+    nll_sum, _ = jax.lax.scan(step, jnp.zeros((), jnp.float32), (xs, ts, ws))
+    return nll_sum, jnp.sum(weights_BT.astype(jnp.float32))

@@ -12,7 +12,8 @@ SwiGLU (silu(x W_gate) * (x W_up)) W_down or GELU (gelu(x W_up)) W_down.
 
 The loss: `lm_loss(model, model.features(tokens), targets, z_loss)` (scaling/loss.py), fused with
 the head over chunks of `model.loss_chunk` tokens, or `cross_entropy(model(tokens), ...)` on full
-logits; `model(tokens)` itself always returns the full logits.
+logits; the eval's weighted NLL sums likewise by `nll_sums`; `model(tokens)` itself always returns
+the full logits.
 
 Dtypes: parameters are stored in `param_dtype` (float32); matmuls run in `compute_dtype`
 (float32 or bfloat16); the attention softmax, the norms' statistics, the logits and the loss are
@@ -69,7 +70,7 @@ from flax import nnx
 from scaling.accounting import d_ff_of
 from scaling.config import PARAMETRIZATIONS, validate_model_config
 from scaling.attention import attention_impl, causal_attention, dense_attention  # noqa: F401
-from scaling.loss import chunked_lm_loss, cross_entropy  # noqa: F401  (cross_entropy: re-exported)
+from scaling.loss import chunked_lm_loss, chunked_nll_sum, cross_entropy  # noqa: F401  (cross_entropy: re-exported)
 
 LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "head_dim")
 ACTIVATION_AXES = ("batch", "seq", "act_embed")  # x_BTD's logical axes
@@ -162,13 +163,16 @@ class MLP(nnx.Module):
         self.w_down = _matrix(rngs, (F, D), out_std, ("mlp", "embed"), pdt)
 
     def __call__(self, x_BTD):
-        cdt = self.compute_dtype
-        h_BTF = x_BTD @ self.w_up[...].astype(cdt)
+        # tokens flattened to rows first: every matmul, and each weight gradient x^T g, is a plain
+        # 2-D GEMM (measured on XLA:CPU: forward + backward 0.85x the CPU time of the 3-D form)
+        cdt, (B, T, D) = self.compute_dtype, x_BTD.shape
+        x_ND = x_BTD.reshape(B * T, D)
+        h_NF = x_ND @ self.w_up[...].astype(cdt)
         if self.kind == "swiglu":
-            h_BTF = jax.nn.silu(x_BTD @ self.w_gate[...].astype(cdt)) * h_BTF
+            h_NF = jax.nn.silu(x_ND @ self.w_gate[...].astype(cdt)) * h_NF
         else:
-            h_BTF = jax.nn.gelu(h_BTF)
-        return h_BTF @ self.w_down[...].astype(cdt)
+            h_NF = jax.nn.gelu(h_NF)
+        return (h_NF @ self.w_down[...].astype(cdt)).reshape(B, T, D)
 
 
 class Block(nnx.Module):
@@ -265,6 +269,17 @@ def lm_loss(model, x_BTD, targets_BT, z_loss: float):
     if model.loss_chunk:
         return chunked_lm_loss(x_BTD, model.head_weight(), targets_BT, z_loss, model.logit_mult, model.loss_chunk)
     return cross_entropy(model.logits(x_BTD), targets_BT, z_loss)
+
+
+def nll_sums(model, x_BTD, targets_BT, weights_BT):
+    """The eval's (sum of weights_BT * next-token NLL_BT in nats, sum of weights_BT), float32, of
+    the final-normed x_BTD; with model.loss_chunk > 0 through chunked_nll_sum (no full logits)."""
+    if model.loss_chunk:
+        return chunked_nll_sum(x_BTD, model.head_weight(), targets_BT, weights_BT, model.logit_mult, model.loss_chunk)
+    logits_BTV = model.logits(x_BTD)
+    nll_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(
+        logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
 
 
 def full_axis_rules(rules) -> tuple:

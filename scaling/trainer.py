@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from scaling import sharding
-from scaling.model import build_model, lm_loss
+from scaling.model import build_model, lm_loss, nll_sums
 from scaling.optim import ScheduleArgs, lr_at, optimizer_chain, schedule_args
 
 # optim keys that the step takes as traced ScheduleArgs, so they are not part of the program
@@ -129,10 +129,8 @@ def _build_program(config, mesh, graphdef, params) -> _Program:
 
     def eval_step(params, inputs_BT, targets_BT, weights_BT):
         trace_counts["eval_step"] += 1
-        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
-        nll_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(
-            logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-        return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
+        model = nnx.merge(graphdef, params)  # chunked like the loss (model.loss_chunk): no full logits
+        return nll_sums(model, model.features(inputs_BT), targets_BT, weights_BT)
 
     return _Program(
         train_step=jax.jit(train_step, in_shardings=(state_sh, schedule_sh, batch_sh, batch_sh),

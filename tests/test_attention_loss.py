@@ -6,7 +6,7 @@
   ones are exp(-inf) = 0 in both), measured max |diff| ~1e-7 on O(1) values: atol 1e-5.
 - loss: chunked_lm_loss vs cross_entropy of the full logits: loss, nll, z and the gradients
   w.r.t. x and w, with z-loss, muP's logit multiplier, and a chunk that does not divide B x T
-  (padding). Measured ~1e-7 relative: rtol 1e-5.
+  (padding). Measured ~1e-7 relative: rtol 1e-5. The eval's chunked weighted NLL sum likewise.
 - the whole model: the trainer's loss and gradients with attention='blocked' + loss_chunk vs
   attention='dense' + full logits.
 - attention_impl picks by platform ('cudnn' only for bf16 on GPU) and cudnn falls back on CPU.
@@ -84,6 +84,12 @@ def test_chunked_loss_matches_full_logits(z_loss, mult, chunk):
     for gn, gr in zip(g_new, g_ref):
         np.testing.assert_allclose(gn, gr, rtol=RTOL, atol=1e-7)
     np.testing.assert_allclose(jax.jit(new)(x, w)[0], l_ref, rtol=RTOL)  # the undifferentiated path
+    # the eval's sums (weighted NLL, weights) over the same chunks vs the full logits' (z-loss not in eval)
+    wt = jax.random.uniform(ks[2], (B, T)) * (jnp.arange(T) < T - 7)  # some tokens weigh 0
+    nll_ref = jnp.sum(wt * (jax.nn.logsumexp(jnp.einsum("btd,dv->btv", x, w) * mult, -1)
+                            - jnp.take_along_axis(jnp.einsum("btd,dv->btv", x, w) * mult, y[..., None], -1)[..., 0]))
+    sums = jax.jit(lambda x, w, t: loss_lib.chunked_nll_sum(x, w, y, t, mult, chunk))(x, w, wt)
+    np.testing.assert_allclose(sums, (nll_ref, jnp.sum(wt)), rtol=RTOL)
 
 
 def model_config(**model):
@@ -145,3 +151,16 @@ def test_gpu_benchmark_mode_plumbing_on_cpu(capsys):
     r = train_step.bench(64, 1, args)
     assert r["attention"] == model_lib.attention_impl(c.model) and r["tokens_per_s"] > 0
     assert np.isfinite(r["loss"])
+
+
+def test_xla_cpu_options_are_added_unless_given():
+    """`import scaling` put the project's XLA:CPU options in XLA_FLAGS (this process compiled the
+    tests above with them); a value the environment already names is kept."""
+    import os
+    from scaling import xla_cpu
+    for name, value in xla_cpu.CPU_XLA_OPTIONS.items():
+        assert f"--{name}=" in os.environ["XLA_FLAGS"]
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 --{name}=OTHER"}
+        xla_cpu.apply(env)
+        assert env["XLA_FLAGS"].count(f"--{name}=") == 1 and f"--{name}=OTHER" in env["XLA_FLAGS"]
+        assert xla_cpu.with_cpu_options("") == " ".join(f"--{n}={v}" for n, v in xla_cpu.CPU_XLA_OPTIONS.items())
