@@ -167,11 +167,20 @@ def law_doubts(law: PowerLaw) -> list[str]:
     return []
 
 
-def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict]) -> str:
-    """Write the laws ({'lr_vs_flops': law, ...}) and the per-group optima (scaling.hparam_file's
-    format); return the file's SHA-256."""
+def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict], source: dict) -> str:
+    """Write the laws ({'lr_vs_flops': law, ...}), the per-group optima and where they came from
+    (`fit_source`; scaling.hparam_file's format); return the file's SHA-256."""
     return hparam_file.write(path, {name: _finite(dataclasses.asdict(law)) for name, law in laws.items()},
-                             [_finite(o) for o in optima])
+                             [_finite(o) for o in optima], source)
+
+
+def fit_source(sweep_dir, df, command: str) -> dict:
+    """The fit file's provenance: the sweep directory as given, the sweep file its sweep.json names
+    ("" when it has none), the number of runs fitted (rows of `df`) and the command line."""
+    from scaling import rundir
+    manifest = rundir.read_manifest(sweep_dir) or {}
+    return {"sweep_dir": str(sweep_dir), "sweep_file": str(manifest.get("source", "")),
+            "n_runs": int(len(df)), "command": command}
 
 
 def _finite(d: dict) -> dict:

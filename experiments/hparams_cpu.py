@@ -32,7 +32,7 @@ def get_config():
 
     c.sweep = s = ml_collections.ConfigDict()
     s.kind = "isoflop"
-    s.budgets = (2.5e10, 5e10, 1e11)
+    s.budgets = (1.25e10, 2.5e10, 5e10, 1e11)
     s.flop_convention = "6nd"
     s.min_steps = 50
     s.shapes = h = ml_collections.ConfigDict()
@@ -42,10 +42,11 @@ def get_config():
     h.max_layers = 12
     s.rules = r = ml_collections.ConfigDict()
     r.warmup_fraction = 0.05
+    r.batch_multiple = 1  # batches of 2 and 4 sequences (the default rounds to multiples of 8)
     r.eval_every_fraction = 1.0  # evaluate at the end only
     s.hparams = p = ml_collections.ConfigDict()
     p.lr_multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)
-    p.batch_multipliers = (0.5, 1.0, 2.0)
+    p.batch_multipliers = (0.125, 0.25, 0.5, 1.0)  # 2, 4, 8, 16 sequences
     s.est_flops_per_s = 1e10
     s.overhead_s = 15.0
     return c
