@@ -14,9 +14,9 @@ HP_SWEEP = "experiments/hparams_cpu.py"
 def test_lr_batch_grid_is_planned_per_budget_with_sources_in_the_plan():
     cfg = sweep.load_sweep(HP_SWEEP)
     specs = sweep.expand(cfg)
-    assert len(specs) == 4 * 5 * 4 and len({s.run_id for s in specs}) == len(specs)
+    assert len(specs) == 4 * 6 * 4 and len({s.run_id for s in specs}) == len(specs)
     c0 = [s for s in specs if s.budget == 2.5e10]
-    assert sorted({s.config.optim.lr for s in c0}) == pytest.approx([3e-3 * m for m in (0.25, 0.5, 1, 2, 4)])
+    assert sorted({s.config.optim.lr for s in c0}) == pytest.approx([3e-3 * m for m in (0.25, 0.5, 1, 2, 4, 8)])
     assert sorted({s.config.train.batch_size for s in c0}) == [2, 4, 8, 16]  # batch_multiple 1: not rounded to 8
     table = sweep.plan_table(specs, 1e10)
     assert "hp source" in table.splitlines()[0] and "lr config x0.25, B config x0.125" in table
@@ -125,10 +125,10 @@ def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     assert hp_cli.fit_main([str(root), "--out", str(out)]) == 0 and out.read_bytes() == before
 
 
-def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_lr(monkeypatch):
+def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_laws(monkeypatch):
     # experiments/demo_cpu.py:tuned is the hand-set demo's isoFLOP grid with each run's LR from
-    # experiments/hparams_cpu_fit.json (eta*(C) at the run's budget); batch stays the demo's rule, as
-    # that file has no batch law (every budget's best batch was the grid's smallest).
+    # experiments/hparams_cpu_fit.json (eta*(C) at the run's budget), and its batch from B*(C) when the
+    # file has that law (rounded to the demo's batch rules), else the demo's batch rule.
     import hashlib
     import pathlib
 
@@ -138,13 +138,22 @@ def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_lr(monke
     monkeypatch.chdir(repo)  # the variant names its fit file relative to the repository root
     fit_file = repo / "experiments" / "hparams_cpu_fit.json"
     laws, sha = hparam_file.read(fit_file)
-    assert sha == hashlib.sha256(fit_file.read_bytes()).hexdigest() and "batch_size_vs_flops" not in laws
+    assert sha == hashlib.sha256(fit_file.read_bytes()).hexdigest()
     hand = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:classic"))
-    tuned = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:tuned"))
+    tuned_cfg = sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:tuned")
+    tuned = sweep.expand(tuned_cfg)
     assert [(s.budget, s.n_params, s.tokens) for s in tuned] == [(s.budget, s.n_params, s.tokens) for s in hand]
+    has_b = "batch_size_vs_flops" in laws
     for h, t in zip(hand, tuned):
         law = laws["lr_vs_flops"]
         assert h.config.optim.lr == 3e-3
         assert t.config.optim.lr == pytest.approx(law["coef"] * t.budget ** law["exponent"], rel=1e-12)
-        assert t.config.train.batch_size == h.config.train.batch_size
-        assert f"fit{sha[:8]}" in t.run_id and t.hp_source == f"lr fit:{sha[:8]}, B rule"
+        if has_b:
+            b = laws["batch_size_vs_flops"]
+            m, cap = tuned_cfg.sweep.rules.batch_multiple, tuned_cfg.sweep.rules.batch_max
+            want = max(m, m * round(b["coef"] * t.budget ** b["exponent"] / m))  # the rules' rounding
+            assert t.config.train.batch_size == (min(want, cap) if cap else want)
+        else:
+            assert t.config.train.batch_size == h.config.train.batch_size
+        assert f"fit{sha[:8]}" in t.run_id
+        assert t.hp_source == f"lr fit:{sha[:8]}, B " + (f"fit:{sha[:8]}" if has_b else "rule")
