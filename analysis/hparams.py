@@ -16,8 +16,9 @@ Power law (DeepSeek-LLM's form): y = a * x**b fitted as ln y = ln a + b ln x by 
 squares over the groups' optima; intervals on b and on a from the t distribution with n - 2
 degrees of freedom (none with 2 groups).
 
-The fit file (`write_fit_file`; format in scaling/hparam_file.py): the laws and every group's optimum,
-for sweep rules to read back (launch.hparams); its identity is the SHA-256 of its bytes.
+The fit file (`write_fit_file`; format in scaling/hparam_file.py): the laws, every group's optimum and
+the sweep and command they came from (`fit_source`), for sweep rules to read back (launch.hparams);
+its identity is the SHA-256 of its bytes.
 """
 from __future__ import annotations
 
