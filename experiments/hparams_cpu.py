@@ -2,6 +2,7 @@
 
     scaling sweep experiments/hparams_cpu.py --dry-run              # the plan, with each run's LR, batch, source
     scaling sweep experiments/hparams_cpu.py --parallel 2           # 4 budgets x 6 LRs x 4 batches = 96 runs
+    scaling sweep experiments/hparams_cpu.py:batch1 --parallel 2    # batch 1 at the two largest budgets: 6 runs
     scaling hparams-fit sweeps/hparams_cpu --out experiments/hparams_cpu_fit.json
     scaling sweep experiments/demo_cpu.py:tuned --parallel 2        # the demo's isoFLOP grid, LR from that file
 
@@ -17,7 +18,10 @@ batch-2 runs); measured 17.8 min wall with --parallel 2 for the first 80 runs (L
 plus 5.4 min for the 16 runs of the 8x multiplier, on 2 cores shared with other jobs (load average 6-8).
 Result (held-out loss, nats/token): the best batch is the grid's smallest, 2 sequences, at every budget
 (by 0.03-0.21 nats over batch 4), so B*(C) is on the grid's EDGE and not fitted: B* <= 2 sequences of
-64 tokens at these budgets (a batch-1 column would cost about twice the batch-2 one, ~15 min; not run).
+64 tokens at these budgets. Variant 'batch1' (`scaling sweep experiments/hparams_cpu.py:batch1 --parallel
+2`, 6 runs, ~5 min: batch 1 at LR 3e-3, 6e-3, 1.2e-2 at the two largest budgets) probes below: batch 1
+beats batch 2 at 5e10 (1.806 vs 1.830) and loses at 1e11 (1.684 vs 1.679), so B* is about 1-2
+sequences there, with no fitted trend (a full batch-1 column, ~15 min, was not run).
 The optimal LR at batch 2 is 5.9e-3, 7.2e-3, 6.5e-3 at 2.5e10, 5e10, 1e11 (90% delta-method intervals
 4.7e-3..7.3e-3, 4.6e-3..1.1e-2, 2.2e-3..1.9e-2); at 1.25e10 the best LR is the grid's largest (2.4e-2,
 EDGE; that budget's curve is noisy: 2.37, 2.47, 2.37, 2.32 from 3e-3 up), so it is left out. eta*(C) =
@@ -29,7 +33,10 @@ experiments/demo_cpu.py:tuned reads.
 import ml_collections
 
 
-def get_config():
+def get_config(variant: str = ""):
+    if variant not in ("", "batch1"):
+        raise ValueError(f"variant {variant!r}: hparams_cpu has '' (the 96-run grid) and 'batch1' (batch 1 at the "
+                         "two largest budgets)")
     c = ml_collections.ConfigDict()
     c.data = dict(seq_len=64)
     c.train = dict(batch_size=16, eval_tokens=32_768, log_every=25)
@@ -55,4 +62,8 @@ def get_config():
     p.batch_multipliers = (0.125, 0.25, 0.5, 1.0)  # 2, 4, 8, 16 sequences
     s.est_flops_per_s = 1e10
     s.overhead_s = 15.0
+    if variant == "batch1":  # one sequence per step, LR 3e-3..1.2e-2, where the grid's best batch was 2
+        s.budgets = (5e10, 1e11)
+        p.lr_multipliers = (1.0, 2.0, 4.0)
+        p.batch_multipliers = (0.0625,)
     return c

@@ -22,6 +22,11 @@ def test_lr_batch_grid_is_planned_per_budget_with_sources_in_the_plan():
     assert "hp source" in table.splitlines()[0] and "lr config x0.25, B config x0.125" in table
     # Batch multipliers keep D (up to whole steps): the steps change instead.
     assert {round(s.tokens, -4) for s in c0} == {round(c0[0].tokens, -4)}
+    # The 'batch1' side check: batch 1 at the two largest budgets, the same runs' configs otherwise.
+    b1 = sweep.expand(sweep.load_sweep(HP_SWEEP + ":batch1"))
+    assert sorted((s.budget, s.config.train.batch_size) for s in b1) == [(5e10, 1)] * 3 + [(1e11, 1)] * 3
+    with pytest.raises(ValueError, match="variant"):
+        sweep.load_sweep(HP_SWEEP + ":nope")
 
 
 def _fit_file(tmp_path, a, b, name="fit.json"):
