@@ -16,8 +16,9 @@ Power law (DeepSeek-LLM's form): y = a * x**b fitted as ln y = ln a + b ln x by 
 squares over the groups' optima; intervals on b and on a from the t distribution with n - 2
 degrees of freedom (none with 2 groups).
 
-The fit file (`write_fit_file`; format in scaling/hparam_file.py): the laws and every group's optimum,
-for sweep rules to read back (launch.hparams); its identity is the SHA-256 of its bytes.
+The fit file (`write_fit_file`; format in scaling/hparam_file.py): the laws, every group's optimum and
+the sweep and command they came from (`fit_source`), for sweep rules to read back (launch.hparams);
+its identity is the SHA-256 of its bytes.
 """
 from __future__ import annotations
 
@@ -167,11 +168,20 @@ def law_doubts(law: PowerLaw) -> list[str]:
     return []
 
 
-def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict]) -> str:
-    """Write the laws ({'lr_vs_flops': law, ...}) and the per-group optima (scaling.hparam_file's
-    format); return the file's SHA-256."""
+def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict], source: dict) -> str:
+    """Write the laws ({'lr_vs_flops': law, ...}), the per-group optima and where they came from
+    (`fit_source`; scaling.hparam_file's format); return the file's SHA-256."""
     return hparam_file.write(path, {name: _finite(dataclasses.asdict(law)) for name, law in laws.items()},
-                             [_finite(o) for o in optima])
+                             [_finite(o) for o in optima], source)
+
+
+def fit_source(sweep_dir, df, command: str) -> dict:
+    """The fit file's provenance: the sweep directory as given, the sweep file its sweep.json names
+    ("" when it has none), the number of runs fitted (rows of `df`) and the command line."""
+    from scaling import rundir
+    manifest = rundir.read_manifest(sweep_dir) or {}
+    return {"sweep_dir": str(sweep_dir), "sweep_file": str(manifest.get("source", "")),
+            "n_runs": int(len(df)), "command": command}
 
 
 def _finite(d: dict) -> dict:

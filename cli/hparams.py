@@ -54,7 +54,9 @@ def _fit(argv) -> int:
             print(f"warning: {doubt}")
     if not laws:
         raise ValueError("no law could be fitted (see above); widen the grids or add groups")
-    digest = hparams.write_fit_file(args.out, laws, rows)
+    command = (f"scaling hparams-fit {args.path}" + (f" --x {args.x}" if args.x != "flops" else "")
+               + (f" --level {args.level:g}" if args.level != 0.9 else "") + f" --out {args.out}")
+    digest = hparams.write_fit_file(args.out, laws, rows, hparams.fit_source(args.path, df, command))
     print(f"wrote {args.out} (sha256 {digest[:8]})")
     return 0
 

@@ -36,8 +36,17 @@ Variant 'classic' (sweep dir sweeps/demo_cpu-classic): the demo before branches 
 batch growing as sqrt(D); forecast at 3.2e12 (8x).
 Variant 'tuned' (sweep dir sweeps/demo_cpu-tuned): 'classic' with every run's Adam LR eta*(C) at its
 budget from the fitted law in experiments/hparams_cpu_fit.json (written by `scaling hparams-fit` on
-experiments/hparams_cpu.py's sweep; its hash is in every run id); the batch keeps the rule, as that
-file has no batch law.
+experiments/hparams_cpu.py's sweep; its hash is in every run id): 6.5e-3 at 5e10 to 7.4e-3 at 4e11.
+The batch would come from the file's B*(C) too (rounded to the rules' multiple of 8), but that file
+has no batch law (B* on the grid's low edge, 2 sequences, at every budget), so it keeps the rule.
+Measured (2 cores shared with other jobs, load average ~7): classic 7.2 min wall, tuned 14.5 min
+(same steps; the difference is the load). The higher LR lowers each budget's best loss by 0.08-0.13
+nats/token, helps the 1-2-layer models (-0.07..-0.16 per run) and hurts the 3-5-layer ones (up to
++0.46; under SP the optimal LR falls with width). Approach 3 (`scaling fit DIR --law chinchilla
+--bootstrap 1000`): N* ∝ C^a with a = 0.87 (95% bootstrap percentile CI 0.40-0.92) classic, 0.59
+(0.24-0.85) tuned. Backtest (`scaling backtest DIR --law chinchilla`: fitted on C <= 2e11, predicting
+the five 4e11 runs): mean |rel. error| 6.9% (max 8.3%) classic, 7.4% (max 15.4%) tuned, every run
+predicted too high and 5/5 inside the 90% prediction intervals both ways.
 """
 import ml_collections
 

@@ -62,7 +62,8 @@ def test_power_law_recovers_known_exponent_and_leaves_out_edges(tmp_path):
     # Independent check: numpy's polyfit in log-log over the same optima gives the same line.
     slope, icpt = np.polyfit(np.log(budgets), np.log([o.best for o in optima[:4]]), 1)
     assert law.exponent == pytest.approx(slope, rel=1e-9) and law.coef == pytest.approx(math.exp(icpt), rel=1e-9)
-    digest = hparams.write_fit_file(tmp_path / "fit.json", {"lr_vs_flops": law}, [])
+    source = {"sweep_dir": "synthetic", "sweep_file": "", "n_runs": 0, "command": "none"}
+    digest = hparams.write_fit_file(tmp_path / "fit.json", {"lr_vs_flops": law}, [], source)
     doc = json.loads((tmp_path / "fit.json").read_text())
     assert doc["laws"]["lr_vs_flops"]["exponent"] == pytest.approx(law.exponent) and len(digest) == 64
 
@@ -81,3 +82,17 @@ def test_a_law_whose_exponent_interval_includes_zero_or_is_missing_is_doubted():
     assert "no interval" in hparams.law_doubts(law([3e-3, 1e-3], n=2))[0]
     # A clean power law (exact optima, eta* = 0.3 C^-0.125) raises no doubt.
     assert hparams.law_doubts(law([0.3 * c ** -0.125 for c in budgets])) == []
+
+
+def test_format_1_files_without_source_are_still_read_and_a_source_is_required_to_write(tmp_path):
+    from scaling import hparam_file
+    law = {"coef": 2.0, "exponent": -0.5, "x_name": "flops", "y_name": "lr"}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": "hparam_laws", "format": 1, "laws": {"lr_vs_flops": law}, "optima": []}))
+    laws, _ = hparam_file.read(old)
+    assert hparam_file.evaluate(laws, "lr_vs_flops", 16.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="source lacks"):
+        hparam_file.write(tmp_path / "new.json", {"lr_vs_flops": law}, [], {"sweep_dir": "s"})
+    old.write_text(json.dumps({"kind": "hparam_laws", "format": 3, "laws": {}, "optima": []}))
+    with pytest.raises(ValueError, match="not a hyperparameter fit file"):
+        hparam_file.read(old)

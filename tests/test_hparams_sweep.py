@@ -14,21 +14,27 @@ HP_SWEEP = "experiments/hparams_cpu.py"
 def test_lr_batch_grid_is_planned_per_budget_with_sources_in_the_plan():
     cfg = sweep.load_sweep(HP_SWEEP)
     specs = sweep.expand(cfg)
-    assert len(specs) == 3 * 5 * 3 and len({s.run_id for s in specs}) == len(specs)
+    assert len(specs) == 4 * 6 * 4 and len({s.run_id for s in specs}) == len(specs)
     c0 = [s for s in specs if s.budget == 2.5e10]
-    assert sorted({s.config.optim.lr for s in c0}) == pytest.approx([3e-3 * m for m in (0.25, 0.5, 1, 2, 4)])
-    assert sorted({s.config.train.batch_size for s in c0}) == [8, 16, 32]
+    assert sorted({s.config.optim.lr for s in c0}) == pytest.approx([3e-3 * m for m in (0.25, 0.5, 1, 2, 4, 8)])
+    assert sorted({s.config.train.batch_size for s in c0}) == [2, 4, 8, 16]  # batch_multiple 1: not rounded to 8
     table = plan.plan_table(specs, 1e10)
-    assert "hp source" in table.splitlines()[0] and "lr config x0.25, B config x0.5" in table
+    assert "hp source" in table.splitlines()[0] and "lr config x0.25, B config x0.125" in table
     # Batch multipliers keep D (up to whole steps): the steps change instead.
     assert {round(s.tokens, -4) for s in c0} == {round(c0[0].tokens, -4)}
+    # The 'batch1' side check: batch 1 at the two largest budgets, the same runs' configs otherwise.
+    b1 = sweep.expand(sweep.load_sweep(HP_SWEEP + ":batch1"))
+    assert sorted((s.budget, s.config.train.batch_size) for s in b1) == [(5e10, 1)] * 3 + [(1e11, 1)] * 3
+    with pytest.raises(ValueError, match="variant"):
+        sweep.load_sweep(HP_SWEEP + ":nope")
 
 
 def _fit_file(tmp_path, a, b, name="fit.json"):
     law = hp_fit.PowerLaw("lr", "flops", a, b, (math.nan, math.nan), (math.nan, math.nan), 0.9, 3, ())
     blaw = hp_fit.PowerLaw("batch_size", "flops", 2e-4, 0.5, (math.nan, math.nan), (math.nan, math.nan), 0.9, 3, ())
     path = tmp_path / name
-    digest = hp_fit.write_fit_file(path, {"lr_vs_flops": law, "batch_size_vs_flops": blaw}, [])
+    source = {"sweep_dir": "synthetic", "sweep_file": "", "n_runs": 0, "command": "none"}
+    digest = hp_fit.write_fit_file(path, {"lr_vs_flops": law, "batch_size_vs_flops": blaw}, [], source)
     return path, digest
 
 
@@ -37,11 +43,12 @@ def test_fit_file_sets_lr_and_batch_and_its_hash_is_in_every_run_id(tmp_path):
     cfg = sweep.load_sweep(HP_SWEEP)
     cfg.sweep.hparams.update(lr_multipliers=(), batch_multipliers=(), fit_file=str(path))
     specs = sweep.expand(cfg)
-    assert len(specs) == 3
+    assert len(specs) == 4
+    m = cfg.sweep.rules.batch_multiple
     for s in specs:
         assert s.config.optim.lr == pytest.approx(50.0 * s.budget ** -0.25)
-        b = 2e-4 * s.budget ** 0.5  # B* in sequences, rounded to the rules' batch_multiple (8)
-        assert s.config.train.batch_size == max(8, 8 * round(b / 8))
+        b = 2e-4 * s.budget ** 0.5  # B* in sequences, rounded to the rules' batch_multiple
+        assert s.config.train.batch_size == max(m, m * round(b / m))
         assert f"fit{digest[:8]}" in s.run_id and s.hp_source == f"lr fit:{digest[:8]}, B fit:{digest[:8]}"
     assert f"fit:{digest[:8]}" in plan.plan_table(specs, 1e10)
     # A refit (another file) plans other runs; the same file plans the same ones (resume).
@@ -82,8 +89,9 @@ def test_fit_table_recovers_a_known_lr_law_from_a_synthetic_sweep():
 
 def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     # The loop on synthetic runs: the LR x batch sweep's run directories (losses from a known
-    # eta*(C) = 3e-3 (C/5e10)^-0.2 and B*(C) = 16 (C/5e10)^0.5) -> `scaling hparams-fit` -> a sweep
-    # whose rules read the fit file gets eta*(C) back at each budget.
+    # eta*(C) = 3e-3 (C/5e10)^-0.2 and B*(C) = 6 (C/5e10)^0.5, inside the 2..16 grid) -> `scaling
+    # hparams-fit` -> a sweep whose rules read the fit file gets eta*(C) and B*(C) back at each budget;
+    # the file records which sweep and command produced it.
     import json
 
     from cli import hparams as hp_cli
@@ -94,7 +102,7 @@ def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     root = tmp_path / "sweep"
     local.write_manifest(root, specs, HP_SWEEP)
     for s in specs:
-        eta, bstar = 3e-3 * (s.budget / 5e10) ** -0.2, 16 * (s.budget / 5e10) ** 0.5
+        eta, bstar = 3e-3 * (s.budget / 5e10) ** -0.2, 6 * (s.budget / 5e10) ** 0.5
         loss = 2.0 + 0.05 * math.log(s.config.optim.lr / eta) ** 2 + 0.03 * math.log(s.config.train.batch_size / bstar) ** 2
         run = root / "runs" / s.run_id
         run.mkdir(parents=True)
@@ -106,19 +114,26 @@ def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     assert hp_cli.fit_main([str(root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "lr_vs_flops" in printed and "batch_size_vs_flops" in printed
-    laws = json.loads(out.read_text())["laws"]
+    doc = json.loads(out.read_text())
+    laws = doc["laws"]
+    assert doc["source"] == {"sweep_dir": str(root), "sweep_file": HP_SWEEP, "n_runs": len(specs),
+                             "command": f"scaling hparams-fit {root} --out {out}"}
     assert laws["lr_vs_flops"]["exponent"] == pytest.approx(-0.2, abs=1e-6)
     assert laws["batch_size_vs_flops"]["exponent"] == pytest.approx(0.5, abs=1e-6)
     cfg = sweep.load_sweep(HP_SWEEP)
     cfg.sweep.hparams.update(lr_multipliers=(), batch_multipliers=(), fit_file=str(out))
     for s in sweep.expand(cfg):
         assert s.config.optim.lr == pytest.approx(3e-3 * (s.budget / 5e10) ** -0.2, rel=1e-6)
+        assert s.config.train.batch_size == round(6 * (s.budget / 5e10) ** 0.5)
+    # Refitting the same runs rewrites the same bytes: the hash (and so the tuned run ids) is stable.
+    before = out.read_bytes()
+    assert hp_cli.fit_main([str(root), "--out", str(out)]) == 0 and out.read_bytes() == before
 
 
-def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_lr(monkeypatch):
+def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_laws(monkeypatch):
     # experiments/demo_cpu.py:tuned is the hand-set demo's isoFLOP grid with each run's LR from
-    # experiments/hparams_cpu_fit.json (eta*(C) at the run's budget); batch stays the demo's rule, as
-    # that file has no batch law (every budget's best batch was the grid's smallest).
+    # experiments/hparams_cpu_fit.json (eta*(C) at the run's budget), and its batch from B*(C) when the
+    # file has that law (rounded to the demo's batch rules), else the demo's batch rule.
     import hashlib
     import pathlib
 
@@ -128,13 +143,22 @@ def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_lr(monke
     monkeypatch.chdir(repo)  # the variant names its fit file relative to the repository root
     fit_file = repo / "experiments" / "hparams_cpu_fit.json"
     laws, sha = hparam_file.read(fit_file)
-    assert sha == hashlib.sha256(fit_file.read_bytes()).hexdigest() and "batch_size_vs_flops" not in laws
+    assert sha == hashlib.sha256(fit_file.read_bytes()).hexdigest()
     hand = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:classic"))
-    tuned = sweep.expand(sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:tuned"))
+    tuned_cfg = sweep.load_sweep(f"{repo / 'experiments' / 'demo_cpu.py'}:tuned")
+    tuned = sweep.expand(tuned_cfg)
     assert [(s.budget, s.n_params, s.tokens) for s in tuned] == [(s.budget, s.n_params, s.tokens) for s in hand]
+    has_b = "batch_size_vs_flops" in laws
     for h, t in zip(hand, tuned):
         law = laws["lr_vs_flops"]
         assert h.config.optim.lr == 3e-3
         assert t.config.optim.lr == pytest.approx(law["coef"] * t.budget ** law["exponent"], rel=1e-12)
-        assert t.config.train.batch_size == h.config.train.batch_size
-        assert f"fit{sha[:8]}" in t.run_id and t.hp_source == f"lr fit:{sha[:8]}, B rule"
+        if has_b:
+            b = laws["batch_size_vs_flops"]
+            m, cap = tuned_cfg.sweep.rules.batch_multiple, tuned_cfg.sweep.rules.batch_max
+            want = max(m, m * round(b["coef"] * t.budget ** b["exponent"] / m))  # the rules' rounding
+            assert t.config.train.batch_size == (min(want, cap) if cap else want)
+        else:
+            assert t.config.train.batch_size == h.config.train.batch_size
+        assert f"fit{sha[:8]}" in t.run_id
+        assert t.hp_source == f"lr fit:{sha[:8]}, B " + (f"fit:{sha[:8]}" if has_b else "rule")
