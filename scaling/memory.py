@@ -11,7 +11,8 @@ Units: bytes per device. Terms (`MemoryEstimate`):
   data*fsdp; heads, d_ff and vocab by the model axis). Per block, remat "none": the block input,
   per RMSNorm its float32 normalised input and its output; q, k, v after projection (and RoPE),
   the attention output; the T x T scores twice in float32 (the softmax's exp and probabilities:
-  attention is dense, no fused kernel) plus its boolean causal mask (and the probabilities again
+  attention is dense, no fused kernel; once, the unnormalised exp, on the blocked path and 'auto',
+  which runs it on CPU: it normalises after p.v) plus its boolean causal mask (and the probabilities again
   in the compute dtype when that is not float32); the MLP hidden: SwiGLU gate, sigmoid(gate),
   silu(gate), up and their product (5 x B x T x d_ff), GELU up, tanh and output (3x); with QK-norm
   q and k raw and normalised. The head: the final norm (as above) and, with model.loss_chunk = 0,
@@ -209,7 +210,10 @@ def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
     norm = bt * D * (cdt + 4 + cdt)  # input, float32 normalised, output (x2 per block)
     qkv = bt * (h + 2 * g) * K * cdt  # q, k after RoPE and v
     qk_norm = bt * (h + g) * K * (cdt + 4) if m.qk_norm else 0  # raw q, k and their f32 normalised
-    scores = rows * h * _score_elements(m, T) * (2 * 4 + 1 + (cdt if cdt != 4 else 0))  # exp, probs, mask (+ probs in cdt)
+    # dense: exp, probs, mask (+ probs in cdt); blocked (auto's choice on CPU) normalises after p.v,
+    # so it keeps the unnormalised exp and the mask only
+    probs = 0 if m.get("attention", "auto") in ("auto", "blocked") else 4 + (cdt if cdt != 4 else 0)
+    scores = rows * h * _score_elements(m, T) * (4 + 1 + probs)
     attn_out = bt * h * K * cdt
     hidden = bt * f * cdt * (5 if m.mlp == "swiglu" else 3)
     return 2 * norm + qkv + qk_norm + scores + attn_out + hidden
