@@ -34,6 +34,7 @@ class MemoryPlan:
     n_devices: int  # devices of one run, unless its mesh.num_devices says otherwise
     device_bytes: float | None  # memory of one device; None: unknown or no limit (local, unset)
     source: str  # where device_bytes and n_devices come from, for the plan's footer
+    platform: str | None = None  # 'tpu' / 'gpu' (cloud), None: not known (memory.estimate's platform)
 
     def mesh_shape(self, spec: RunSpec) -> tuple[int, int, int]:
         """The run's (data, fsdp, model) mesh on its devices."""
@@ -52,7 +53,8 @@ def memory_plan(cfg) -> MemoryPlan:
         limit = override * 1e9 or memory.accelerator_memory(acc)
         where = f"sweep.device_memory_gb={override:g}" if override else (
             f"{acc}" if limit else f"{acc}: memory unknown, no limit (set sweep.device_memory_gb)")
-        return MemoryPlan(int(cfg.cloud.chips), limit, f"{where}, {cfg.cloud.chips} devices (cloud.chips)")
+        return MemoryPlan(int(cfg.cloud.chips), limit, f"{where}, {cfg.cloud.chips} devices (cloud.chips)",
+                          memory.accelerator_platform(acc))
     where = f"sweep.device_memory_gb={override:g}" if override else "local: no limit (sweep.device_memory_gb=0)"
     return MemoryPlan(1, override * 1e9 or None, f"{where}, 1 device unless mesh.num_devices is set")
 
@@ -62,7 +64,8 @@ def check_memory(specs: list[RunSpec], plan: MemoryPlan) -> None:
     the estimate, the limit and what would fit); nothing to check without a limit."""
     if plan.device_bytes is None:
         return
-    problems = [memory.refusal(s.config, plan.mesh_shape(s), plan.device_bytes, s.run_id) for s in specs]
+    problems = [memory.refusal(s.config, plan.mesh_shape(s), plan.device_bytes, s.run_id, plan.platform)
+                for s in specs]
     problems = [p for p in problems if p]
     if problems:
         raise ValueError(f"{len(problems)} of {len(specs)} runs would not fit in device memory "
@@ -71,7 +74,7 @@ def check_memory(specs: list[RunSpec], plan: MemoryPlan) -> None:
 
 def _fmt_memory(spec: RunSpec, plan: MemoryPlan) -> str:
     """The run's estimated peak per device in GiB, '!' when it exceeds the usable device memory."""
-    est = memory.estimate(spec.config, plan.mesh_shape(spec))
+    est = memory.estimate(spec.config, plan.mesh_shape(spec), platform=plan.platform)
     over = plan.device_bytes is not None and not memory.fits(est, plan.device_bytes)
     return f"{est.peak / 2 ** 30:.2f}" + ("!" if over else "")
 

@@ -35,6 +35,8 @@ import json
 import pathlib
 import subprocess
 
+from scaling import memory
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PLACEHOLDER = "YOUR-BUCKET"  # the experiments' stand-in bucket name: refused at launch
 HOST_ENV = "$HOME/scaling-env"  # the host environment setup_script creates
@@ -143,7 +145,7 @@ def placeholder_problems(cloud) -> list[str]:
 
 
 def _is_tpu(accelerator: str) -> bool:
-    return accelerator.lower().startswith("tpu-")
+    return memory.accelerator_platform(accelerator) == "tpu"
 
 
 def check_cloud(cloud, for_launch: bool = True) -> None:

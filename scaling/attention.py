@@ -17,7 +17,7 @@ and FLOPs are counted alike by scaling/accounting.py: the full T x T, whatever i
 import jax
 import jax.numpy as jnp
 
-from scaling.config_schema import ATTENTION_BLOCK, ATTENTION_IMPLS
+from scaling.config_schema import ATTENTION_BLOCK, ATTENTION_IMPLS, resolve_attention
 
 
 def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, offset: int = 0):
@@ -37,18 +37,9 @@ def dense_attention(q_BTHK, k_BTGK, v_BTGK, scale: float, offset: int = 0):
 
 
 def attention_impl(cfg, platform: str | None = None) -> str:
-    """The attention implementation the model runs: cfg.attention unless 'auto', which picks by
-    platform (default: JAX's default backend): 'cudnn' on GPU when it can run it (bf16 compute,
-    head_dim a multiple of 8 up to 128), 'xla' elsewhere on GPU/TPU, 'blocked' on CPU."""
-    impl = cfg.get("attention", "auto")
-    if impl != "auto":
-        return impl
-    platform = platform or jax.default_backend()
-    if platform == "cpu":
-        return "blocked"
-    head_dim = cfg.d_model // cfg.n_heads
-    fused_ok = cfg.compute_dtype == "bfloat16" and head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if platform in ("gpu", "cuda") and fused_ok else "xla"
+    """The attention implementation the model runs: config_schema.resolve_attention on `platform`
+    (default: JAX's default backend)."""
+    return resolve_attention(cfg, platform or jax.default_backend())
 
 
 def _block_attention(q_BGNK, k_BGSK, v_BGSK, scale: float, offset: int):

@@ -23,6 +23,21 @@ ATTENTION_IMPLS = ("auto", "dense", "blocked", "xla", "cudnn")
 # faster than blocks of 32 or 64 on XLA:CPU, whose smaller matmuls lose more than they skip).
 ATTENTION_BLOCK = 128
 
+
+def resolve_attention(m, platform: str | None) -> str:
+    """The attention implementation model config `m` runs on `platform` ('cpu', 'gpu'/'cuda', 'tpu'):
+    m.attention unless 'auto', which picks 'blocked' on CPU, 'cudnn' on GPU when it can run it (bf16
+    compute, head_dim a multiple of 8 up to 128) and 'xla' elsewhere. platform None (not known, e.g.
+    a plan before its devices exist) resolves 'auto' as an accelerator's 'xla'."""
+    impl = m.get("attention", "auto")
+    if impl != "auto":
+        return impl
+    if platform == "cpu":
+        return "blocked"
+    head_dim = m.d_model // m.n_heads
+    fused_ok = m.compute_dtype == "bfloat16" and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if platform in ("gpu", "cuda") and fused_ok else "xla"
+
 # Sections and keys that change how a run executes, not what it computes (up to float tolerance): a
 # run may resume on another mesh or with its corpus cached elsewhere. The Grain worker count is NOT
 # among them (its iterator state differs).

@@ -11,8 +11,8 @@ Units: bytes per device. Terms (`MemoryEstimate`):
   data*fsdp; heads, d_ff and vocab by the model axis). Per block, remat "none": the block input,
   per RMSNorm its float32 normalised input and its output; q, k, v after projection (and RoPE),
   the attention output; the T x T scores twice in float32 (the softmax's exp and probabilities:
-  attention is dense, no fused kernel; once, the unnormalised exp, on the blocked path and 'auto',
-  which runs it on CPU: it normalises after p.v) plus its boolean causal mask (and the probabilities again
+  attention is dense, no fused kernel; once, the unnormalised exp, on the blocked path, which
+  normalises after p.v: 'auto' runs it on CPU, see `platform`) plus its boolean causal mask (and the probabilities again
   in the compute dtype when that is not float32); the MLP hidden: SwiGLU gate, sigmoid(gate),
   silu(gate), up and their product (5 x B x T x d_ff), GELU up, tanh and output (3x); with QK-norm
   q and k raw and normalised. The head: the final norm (as above) and, with model.loss_chunk = 0,
@@ -57,7 +57,7 @@ import math
 import numbers
 
 from scaling.accounting import DEVICE_MEMORY, d_ff_of
-from scaling.config_schema import ATTENTION_BLOCK, REMAT_POLICIES
+from scaling.config_schema import ATTENTION_BLOCK, REMAT_POLICIES, resolve_attention
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 USABLE_FRACTION = 0.9  # of a device's memory: XLA's program, collective buffers and fragmentation
 ADAM_COUNTERS = 3  # int32 scalars in the state: step, Adam's count, the schedule's count
@@ -164,6 +164,11 @@ def accelerator_memory(accelerator: str) -> float | None:
     return next((v for k, v in DEVICE_MEMORY.items() if k in kind), None)
 
 
+def accelerator_platform(accelerator: str) -> str:
+    """The JAX platform of a SkyPilot accelerator name: 'tpu' for 'tpu-…', else 'gpu'."""
+    return "tpu" if accelerator.strip().lower().startswith("tpu-") else "gpu"
+
+
 def _split(n: int, ways: int) -> int:
     return -(-n // ways)  # a dimension that does not divide is padded by XLA (sharding.validate refuses it)
 
@@ -183,9 +188,9 @@ def param_elements_per_device(m, mesh_shape) -> dict:
     return {"layer": layer, "other": vocab * (1 if m.tie_embeddings else 2) + d}
 
 
-def _score_elements(m, T: int) -> int:
+def _score_elements(impl: str, T: int) -> int:
     """Score-matrix elements per (row, head): T x T, or the blocked path's query blocks x their keys."""
-    if m.get("attention", "auto") != "blocked":
+    if impl != "blocked":
         return T * T
     return sum(min(b, T - s) * min(s + b, T) for b in (ATTENTION_BLOCK,) for s in range(0, T, b))
 
@@ -200,8 +205,8 @@ def _head_activations(m, bt: int, tp: int, cdt: int) -> int:
     return norm + bt * m.d_model * cdt + m.d_model * v * 4 + 2 * min(chunk, bt) * v * 4
 
 
-def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
-    """Bytes one block saves for its backward pass (remat 'none'), per device."""
+def _layer_activations(m, rows: int, T: int, tp: int, cdt: int, impl: str) -> int:
+    """Bytes one block saves for its backward pass (remat 'none'), per device, attention run by `impl`."""
     D, H, G = m.d_model, m.n_heads, m.n_kv_heads
     K, F = D // H, d_ff_of(m)
     h, f = _split(H, tp), _split(F, tp)
@@ -210,18 +215,21 @@ def _layer_activations(m, rows: int, T: int, tp: int, cdt: int) -> int:
     norm = bt * D * (cdt + 4 + cdt)  # input, float32 normalised, output (x2 per block)
     qkv = bt * (h + 2 * g) * K * cdt  # q, k after RoPE and v
     qk_norm = bt * (h + g) * K * (cdt + 4) if m.qk_norm else 0  # raw q, k and their f32 normalised
-    # dense: exp, probs, mask (+ probs in cdt); blocked (auto's choice on CPU) normalises after p.v,
-    # so it keeps the unnormalised exp and the mask only
-    probs = 0 if m.get("attention", "auto") in ("auto", "blocked") else 4 + (cdt if cdt != 4 else 0)
-    scores = rows * h * _score_elements(m, T) * (4 + 1 + probs)
+    # dense: exp, probs, mask (+ probs in cdt); blocked normalises after p.v, so it keeps the
+    # unnormalised exp and the mask only
+    probs = 0 if impl == "blocked" else 4 + (cdt if cdt != 4 else 0)
+    scores = rows * h * _score_elements(impl, T) * (4 + 1 + probs)
     attn_out = bt * h * K * cdt
     hidden = bt * f * cdt * (5 if m.mlp == "swiglu" else 3)
     return 2 * norm + qkv + qk_norm + scores + attn_out + hidden
 
 
-def estimate(config, mesh_shape, *, remat: str | None = None, batch_per_device: int | None = None) -> MemoryEstimate:
+def estimate(config, mesh_shape, *, platform: str | None = None, remat: str | None = None,
+             batch_per_device: int | None = None) -> MemoryEstimate:
     """Per-device memory of a training step of `config` on a (data, fsdp, model) mesh.
 
+    platform: where it runs ('cpu', 'gpu', 'tpu'), which decides what model.attention='auto' runs
+    (config_schema.resolve_attention); None (not known): an accelerator's dense 'xla' path.
     remat: the policy to estimate (default: the config's model.remat).
     batch_per_device: sequences per device (default: train.batch_size / (data * fsdp)).
     """
@@ -237,7 +245,7 @@ def estimate(config, mesh_shape, *, remat: str | None = None, batch_per_device: 
     cdt = _bytes_of(m.compute_dtype, "model.compute_dtype")
     counts = param_elements_per_device(m, mesh_shape)
     params = (m.n_layers * counts["layer"] + counts["other"]) * pdt
-    layer_acts = _layer_activations(m, rows, T, tp, cdt)
+    layer_acts = _layer_activations(m, rows, T, tp, cdt, resolve_attention(m, platform))
     bt = rows * T
     head = _head_activations(m, bt, tp, cdt)
     if remat == "none":
@@ -258,12 +266,12 @@ def fits(est: MemoryEstimate, device_bytes: float, usable_fraction: float = USAB
     return est.peak <= usable_fraction * device_bytes
 
 
-def max_batch_per_device(config, mesh_shape, device_bytes: float, *, remat: str | None = None,
-                         usable_fraction: float = USABLE_FRACTION) -> int:
+def max_batch_per_device(config, mesh_shape, device_bytes: float, *, platform: str | None = None,
+                         remat: str | None = None, usable_fraction: float = USABLE_FRACTION) -> int:
     """The largest number of sequences per device whose step fits (0: not even one fits)."""
     def ok(rows):
-        return fits(estimate(config, mesh_shape, remat=remat, batch_per_device=rows), device_bytes,
-                    usable_fraction)
+        return fits(estimate(config, mesh_shape, platform=platform, remat=remat, batch_per_device=rows),
+                    device_bytes, usable_fraction)
 
     if not ok(1):
         return 0
@@ -283,29 +291,30 @@ def gib(n_bytes: float) -> str:
 
 
 
-def refusal(config, mesh_shape, device_bytes: float, run: str,
+def refusal(config, mesh_shape, device_bytes: float, run: str, platform: str | None = None,
             usable_fraction: float = USABLE_FRACTION) -> str | None:
-    """None if the run's step fits the device; else one line naming the run, the estimate, the limit
-    and what would fit: the largest batch, FSDP over more devices, remat 'full'."""
-    est = estimate(config, mesh_shape)
+    """None if the run's step fits the device (on `platform`, see estimate); else one line naming the
+    run, the estimate, the limit and what would fit: the largest batch, FSDP over more devices, remat 'full'."""
+    est = estimate(config, mesh_shape, platform=platform)
     if fits(est, device_bytes, usable_fraction):
         return None
     data, fsdp, tp = _mesh_axes(mesh_shape)
     rows = _split(config.train.batch_size, data * fsdp)
     options = []
-    b = max_batch_per_device(config, mesh_shape, device_bytes, usable_fraction=usable_fraction)
+    b = max_batch_per_device(config, mesh_shape, device_bytes, platform=platform, usable_fraction=usable_fraction)
     if b:
         options.append(f"train.batch_size <= {b * data * fsdp} ({b} per device)")
     wider = fsdp * 2
     while data * wider <= config.train.batch_size:  # every device needs at least one row
         shape = (data, wider, tp)
-        if config.train.batch_size % (data * wider) == 0 and fits(estimate(config, shape, batch_per_device=_split(config.train.batch_size, data * wider)),
-                device_bytes, usable_fraction):
+        rows_wider = _split(config.train.batch_size, data * wider)
+        if config.train.batch_size % (data * wider) == 0 and fits(
+                estimate(config, shape, platform=platform, batch_per_device=rows_wider), device_bytes, usable_fraction):
             options.append(f"FSDP over {data * wider * tp} devices (mesh.fsdp={wider})")
             break
         wider *= 2
     if est.remat != "full":
-        full = estimate(config, mesh_shape, remat="full")
+        full = estimate(config, mesh_shape, platform=platform, remat="full")
         if fits(full, device_bytes, usable_fraction):
             options.append(f"--config.model.remat=full ({gib(full.peak)})")
     return (f"run {run} does not fit: estimated peak {gib(est.peak)} per device (remat {est.remat!r}, "

@@ -291,11 +291,12 @@ def _memory_estimate(config, mesh, run_dir: pathlib.Path) -> dict:
     """The step's per-device memory estimate (bytes); a ConfigError naming what would fit when the
     device's memory is known (GPU/TPU: accounting.DEVICE_MEMORY; not CPU) and the run exceeds it."""
     shape = tuple(mesh.shape[a] for a in sharding.AXES)
-    limit = accounting.device_memory_for(mesh.devices.flat[0])
-    problem = memory.refusal(config, shape, limit, run_dir.name) if limit else None
+    device = mesh.devices.flat[0]
+    limit = accounting.device_memory_for(device)
+    problem = memory.refusal(config, shape, limit, run_dir.name, device.platform) if limit else None
     if problem:
         raise cfg_lib.ConfigError(problem)
-    return memory.estimate(config, shape).as_dict()
+    return memory.estimate(config, shape, platform=device.platform).as_dict()
 
 
 def _peak_bytes_measured(mesh) -> int | None:

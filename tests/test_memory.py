@@ -78,13 +78,13 @@ def check_arguments(got, est):
 @pytest.mark.parametrize("name", CASES)
 def test_arguments_exact(name):
     config, got, mesh_shape = compiled_case(name)
-    check_arguments(got, memory.estimate(config, mesh_shape))
+    check_arguments(got, memory.estimate(config, mesh_shape, platform="cpu"))
 
 
 @pytest.mark.parametrize("name", ONE_DEVICE)
 def test_temporaries_one_device_within_tolerance(name):
     config, got, mesh_shape = compiled_case(name)
-    est = memory.estimate(config, mesh_shape)
+    est = memory.estimate(config, mesh_shape, platform="cpu")
     assert est.temporaries == pytest.approx(got.temp_size_in_bytes, rel=TEMP_RTOL), (
         name, est.as_dict(), got.temp_size_in_bytes)
 
@@ -94,7 +94,7 @@ def test_temporaries_sharded_within_tolerance(name):
     """At least the estimate and within TEMP_RTOL_SHARDED above it (the model keeps activations
     batch-sharded)."""
     config, got, mesh_shape = compiled_case(name)
-    est = memory.estimate(config, mesh_shape)
+    est = memory.estimate(config, mesh_shape, platform="cpu")
     assert est.temporaries <= got.temp_size_in_bytes <= est.temporaries * (1 + TEMP_RTOL_SHARDED), (
         name, est.as_dict(), got.temp_size_in_bytes)
 
@@ -105,8 +105,8 @@ def test_full_remat_shrinks_temporaries_and_the_estimate_is_a_floor():
     'full' estimate (which frees them) is tested as a floor, not within a tolerance."""
     _, none_got, _ = compiled_case("MHA tied L4")
     config, got, mesh_shape = compiled_case("MHA tied L4 remat full")
-    full = memory.estimate(config, mesh_shape)
-    none = memory.estimate(config, mesh_shape, remat="none")
+    full = memory.estimate(config, mesh_shape, platform="cpu")
+    none = memory.estimate(config, mesh_shape, platform="cpu", remat="none")
     assert full.temporaries <= got.temp_size_in_bytes < none_got.temp_size_in_bytes
     assert full.activations < none.activations / 2  # 4 layers: 3 of them keep only their input
 
@@ -140,6 +140,20 @@ def test_terms_scale_as_stated():
     assert fsdp.params < base.params / 3.9 and fsdp.activations == base.activations
     c.model.param_dtype = "bfloat16"
     assert memory.estimate(c, (1, 1, 1)).params * 2 == base.params
+
+
+def test_auto_attention_is_estimated_as_the_platform_runs_it():
+    """'auto' runs the blocked path on CPU (only the unnormalised exp, over the unmasked blocks)
+    and jax.nn.dot_product_attention's dense 'xla' path on TPU (exp and probabilities over T x T);
+    an unknown platform is estimated as the accelerator's, the larger."""
+    c = make_config(B=8, T=256)
+    est = {p: memory.estimate(c, (1, 1, 1), platform=p).activations for p in ("cpu", "tpu", None)}
+    for impl, platform in (("blocked", "cpu"), ("xla", "tpu"), ("xla", None)):
+        c.model.attention = impl
+        assert memory.estimate(c, (1, 1, 1), platform="gpu").activations == est[platform], (impl, platform)
+    # per layer: T x T x (4 exp + 4 probs + 1 mask) vs the blocked path's 3/4 of it x (4 exp + 1 mask)
+    rows_heads = 8 * 4
+    assert est["tpu"] - est["cpu"] == 2 * rows_heads * (256 * 256 * 9 - 256 * 256 * 3 // 4 * 5)
 
 
 def test_max_batch_per_device_is_the_largest_that_fits():

@@ -50,7 +50,7 @@ def test_run_directory_contract(tiny_config, tmp_path):
     assert (run / "tensorboard").is_dir()
     # the step's memory estimate (bytes per device, on the run's mesh); CPU reports no measured peak
     shape = memory.mesh_shape(tiny_config.mesh, result["num_devices"])
-    assert result["memory"] == memory.estimate(cfg_lib.resolve(tiny_config), shape).as_dict()
+    assert result["memory"] == memory.estimate(cfg_lib.resolve(tiny_config), shape, platform="cpu").as_dict()
     assert result["peak_bytes_measured"] is None
     # a finished run is not redone
     assert train(tiny_config, run, verbose=False)["wall_time_s"] == result["wall_time_s"]
