@@ -32,4 +32,4 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/scaling demo
 
 test: $(TEST_STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --durations=15

@@ -23,6 +23,7 @@ What each view holds (the `track` section of the config chooses them; scaling/co
 import dataclasses
 import hashlib
 import math
+import os
 import pathlib
 import sys
 
@@ -126,7 +127,9 @@ class TensorBoardTracker:
 
         self.logdir = str(pathlib.Path(run_dir) / rundir.TENSORBOARD)
         self.view = view
-        self._tb = SummaryWriter(self.logdir)
+        # tensorboardX names an event file by the second and the host only: the suffix keeps this
+        # file and publish()'s apart when a run takes under a second (a warm worker's compiled step)
+        self._tb = SummaryWriter(self.logdir, filename_suffix=f".{os.getpid()}.run")
         self.last_step = 0
         if view is not None:
             experiment, start, _ = self._sessions({})
@@ -154,7 +157,7 @@ class TensorBoardTracker:
 
         step = int(result.get("step") or self.last_step)
         final = final_metrics(result)
-        with SummaryWriter(self.logdir) as tb:
+        with SummaryWriter(self.logdir, filename_suffix=f".{os.getpid()}.end") as tb:
             for tag, value in final.items():
                 tb.add_scalar(tag, value, step)
             if self.view is not None:

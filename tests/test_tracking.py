@@ -127,6 +127,19 @@ def test_tiny_sweep_in_tensorboard_hparams_and_wandb_offline(tiny_config, tmp_pa
         assert {"train/loss", "eval/loss", "train/mfu"} <= logged
 
 
+def test_a_run_under_a_second_keeps_its_session_start(tiny_config, tmp_path):
+    """The session-start events and publish()'s end events go to two files even within one second
+    (tensorboardX names files by the second and host; a warm worker's run can take under a second,
+    and the second file then replaced the first: its HParams session vanished)."""
+    _need("tensorboard")
+    c = cfg_lib.resolve(tiny_config)
+    tracker = tracking.TensorBoardTracker(tmp_path, tracking.run_view(c, tmp_path, 1e11, "test"))
+    tracker.close()
+    tracker.publish({"step": 1, "final_eval_loss": 2.0})
+    assert len(list((tmp_path / rundir.TENSORBOARD).glob("*tfevents*"))) == 2
+    assert list(_session_groups(str(tmp_path))) == ["tensorboard"]
+
+
 def test_flatten_and_group():
     flat = tracking.flatten({"model": {"d_model": 8, "mlp": "gelu"}, "sweep": {"seeds": (0, 1)}, "seed": 0})
     assert flat == {"model.d_model": 8, "model.mlp": "gelu", "sweep.seeds": "(0, 1)", "seed": 0}
