@@ -57,7 +57,7 @@ def test_eval_split_of_only_whitespace_documents_is_refused(tmp_path):
     assert (c.meta["train"]["empty_documents"], c.meta["eval"]["empty_documents"]) == (1, 0)
 
 
-GZ_CUT = gzip.compress(b"".join(json.dumps({"text": d}).encode() + b"\n" for d in DOCS))[:40]
+GZ_CUT = gzip.compress(b"".join(json.dumps({"text": d}).encode() + b"\n" for d in DOCS), mtime=0)[:40]  # mtime 0: the same bytes (and test id) in every pytest-xdist worker
 
 
 @pytest.mark.parametrize("name, content, message", [
