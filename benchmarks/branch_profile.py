@@ -59,13 +59,14 @@ def instrument(clock: Clock) -> None:
 
     from scaling import data, rundir, sharding
     from scaling import train as tr
+    from scaling.run_record import Run
 
     for owner, attr, name in ((tr, "load_corpus", "corpus"), (sharding, "make_mesh", "mesh"),
-                              (tr, "_memory_estimate", "memory"), (tr, "_peak_flops", "peak"),
+                              (tr, "memory_estimate", "memory"), (tr, "peak_flops", "peak"),
                               (data, "train_loader", "data"), (data, "eval_batches", "data"),
                               (tr, "Checkpointer", "checkpointer"), (tr, "_resume", "restore"),
-                              (tr._Run, "evaluate", "evals"), (tr._Run, "save", "saves"),
-                              (tr._Run, "close", "close"), (tr, "_finish", "finish"),
+                              (Run, "evaluate", "evals"), (Run, "save", "saves"),
+                              (Run, "close", "close"), (tr, "finish", "finish"),
                               (rundir, "write_result", "result"), (tr, "_loop", "loop")):
         clock.wrap(owner, attr, name)
     make = tr.make_trainer
@@ -100,14 +101,14 @@ def demo_runs(shape: str, n_budgets: int):
 
 
 def run_one(clock: Clock, config, run_dir: pathlib.Path) -> dict:
-    """One job as a warm worker runs it (scaling.worker._run_job): `train --config ... --workdir ...`."""
+    """One job as a warm worker runs it (scaling.worker.run_job): `train --config ... --workdir ...`."""
     from scaling import rundir, worker
 
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / rundir.LAUNCH_CONFIG, config.to_dict())
     clock.t.clear()
     t0 = time.perf_counter()
-    rc = worker._run_job(["train", "--quiet", "--config", str(run_dir / rundir.LAUNCH_CONFIG),
+    rc = worker.run_job(["train", "--quiet", "--config", str(run_dir / rundir.LAUNCH_CONFIG),
                           "--workdir", str(run_dir)])
     total = time.perf_counter() - t0
     if rc:

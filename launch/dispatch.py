@@ -150,7 +150,7 @@ class SweepLoop:
         for s in todo:
             self.emit(kind="start", run_id=s.run_id, attempt=attempt, pack=pack)
         try:
-            job = self.b._start(todo, slot, attempt, locks, self.on_line, self.idle)
+            job = self.b.start_job(todo, slot, attempt, locks, self.on_line, self.idle)
         except BaseException:
             for lock in locks:
                 lock.release()
@@ -210,7 +210,7 @@ class SweepLoop:
         self.finish(job)
 
     def settle(self, job: Job, reason=None, interrupted=False) -> list[tuple]:
-        out = self.b._settle(job, reason, interrupted)
+        out = self.b.settle_job(job, reason, interrupted)
         for lock in job.locks:
             lock.release()
         self.free.append(job.slot_index)

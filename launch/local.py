@@ -145,7 +145,7 @@ class LocalBackend:
                                       "started_at": status.get("started_at")})
         return cfg_path, status
 
-    def _start(self, specs, slot_index: int, attempt: int, locks, on_line, idle: dict) -> Job:
+    def start_job(self, specs, slot_index: int, attempt: int, locks, on_line, idle: dict) -> Job:
         """Start one attempt of `specs` (one run, or a pack) on the slot; idle: {slot: warm Worker}."""
         prepared = [self._prepare(s) for s in specs]
         cmd = self._command(specs, [p for p, _ in prepared])
@@ -185,7 +185,7 @@ class LocalBackend:
             raise
         return job
 
-    def _settle(self, job: Job, reason: str | None = None, interrupted: bool = False) -> list[tuple]:
+    def settle_job(self, job: Job, reason: str | None = None, interrupted: bool = False) -> list[tuple]:
         """-> [(spec, state 'ok'|'failed'|'interrupted', reason, result)] per member of a finished
         attempt; updates each member's launch record.
 

@@ -44,15 +44,15 @@ def main(argv: list[str]) -> int:
         print(f"scaling train-pack: {e}", file=sys.stderr)
         return 2
 
-    from scaling.train_cli import _enable_compilation_cache, _remove_if_nothing_to_resume
-    _enable_compilation_cache()
+    from scaling.train_cli import enable_compilation_cache, remove_if_nothing_to_resume
+    enable_compilation_cache()
     from scaling.packed_train import train_pack
     fresh = [not w.exists() for w in workdirs]
     try:
         results = train_pack(configs, workdirs, stop_after_steps=args.stop_after_steps, verbose=not args.quiet)
     except cfg_lib.ConfigError as e:
         for w, f in zip(workdirs, fresh):
-            _remove_if_nothing_to_resume(w, f)
+            remove_if_nothing_to_resume(w, f)
         print(f"scaling train-pack: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         return 130
     except (ValueError, OSError) as e:  # OSError: disk full, unreadable corpus, ...
         for w, f in zip(workdirs, fresh):
-            _remove_if_nothing_to_resume(w, f)
+            remove_if_nothing_to_resume(w, f)
         print(f"scaling train-pack: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     for w, r in zip(workdirs, results):

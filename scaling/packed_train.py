@@ -31,14 +31,14 @@ from scaling.metrics import MetricsWriter, Progress
 from scaling.model import build_model
 from scaling.optim import make_optimizer
 from scaling.provenance import peak_source
-from scaling.train import (HostState, NonFiniteLossError, _check_same_run, _finish, _load_finished, _memory_estimate,
-                           _missing_rows, _peak_flops, _record_failure, _Run, _write_eval_row, _write_train_row,
-                           load_corpus)
+from scaling.run_record import (HostState, NonFiniteLossError, Run, check_same_run, finish, load_corpus, load_finished,
+                                memory_estimate, missing_rows, peak_flops, record_failure, write_eval_row,
+                                write_train_row)
 
 
 @dataclasses.dataclass
-class _Member(_Run):
-    """One member: an unpacked run's record (train.py `_Run`) whose steps the pack takes."""
+class _Member(Run):
+    """One member: an unpacked run's record (scaling/run_record.py `Run`) whose steps the pack takes."""
 
     index: int = 0
     """Position on the pack's member axis."""
@@ -82,7 +82,7 @@ def _skip_result(run_dir: pathlib.Path, config, progress: Progress) -> dict | No
     if result is not None and result.get("status") == "failed" and \
             str(result.get("error", "")).startswith(NonFiniteLossError.__name__):
         return result
-    return _load_finished(run_dir, config, progress)
+    return load_finished(run_dir, config, progress)
 
 
 def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbose: bool = True,
@@ -99,7 +99,7 @@ def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbos
     results, todo = [None] * len(configs), []
     for i, (c, d) in enumerate(zip(configs, run_dirs)):
         d.mkdir(parents=True, exist_ok=True)
-        _check_same_run(d, c)
+        check_same_run(d, c)
         results[i] = _skip_result(d, c, progress)
         if results[i] is None:
             todo.append(i)
@@ -119,7 +119,7 @@ def train_pack(configs, run_dirs, *, stop_after_steps: int | None = None, verbos
         diverged = {todo[m.index] for m in members if m.failed}  # already recorded as failed
         for i in todo:
             if i not in diverged:
-                _record_failure(run_dirs[i], configs[i], e)
+                record_failure(run_dirs[i], configs[i], e)
         if isinstance(e, rundir.DiskFullError):
             raise e from None
         raise
@@ -156,7 +156,7 @@ def _setup(configs, run_dirs, progress: Progress, members: list, loop: str | Non
         raise cfg_lib.ConfigError(f"a pack trains on one device, but mesh.num_devices={c0.mesh.num_devices} selects "
                                   f"{mesh.devices.size}; set --config.mesh.num_devices=1")
     steps, seq_len, batch = cfg_lib.num_steps(c0), c0.data.seq_len, t.batch_size
-    mem, peak = _memory_estimate(c0, mesh, run_dirs[0]), _peak_flops(c0, mesh)
+    mem, peak = memory_estimate(c0, mesh, run_dirs[0]), peak_flops(c0, mesh)
     seeds = [c.data.seed for c in configs]
     loaders = {s: data.train_loader(corpus, seq_len=seq_len, global_batch=batch, num_steps=steps, seed=s,
                                     process_index=0, process_count=1, allow_repeat=c0.data.allow_repeat,
@@ -225,7 +225,7 @@ def _resume(members: list, fresh: list, progress: Progress) -> tuple[int, list]:
         states.append(f if r is None else r[1])
         m.host = HostState() if r is None else HostState.from_meta(r[2])
         m.start = start
-        lost = m.writer.truncate_after(start) or _missing_rows(m)
+        lost = m.writer.truncate_after(start) or missing_rows(m)
         for note in lost:
             progress.message(f"warning: {note}")
         m.host.metrics_lost += lost
@@ -293,9 +293,9 @@ def _fetch_losses(pack: _Pack, pending: list) -> dict:
         for (s, _), o in zip(pending, outs):
             loss = float(o["loss"][m.index])
             if not math.isfinite(loss):
-                m.failed = (f"non-finite training loss {loss} at step {s}; "
-                            "lower optim.lr, raise optim.warmup_steps, or check the data")
-                _record_failure(m.run_dir, m.config, NonFiniteLossError(m.failed))
+                e = NonFiniteLossError.at(loss, s)
+                m.failed = str(e)
+                record_failure(m.run_dir, m.config, e)
                 pack.progress.message(f"{m.run_dir.name} failed: {m.failed}; the other members train on")
                 m.close()
                 break
@@ -312,7 +312,7 @@ def _write_train_rows(pack: _Pack, step: int, n_steps: int, dt: float, timed: bo
             host.timed_tokens += n_steps * m.tokens_per_step
         tps = host.timed_tokens / host.timed_s if host.timed_s > 0 else n_steps * m.tokens_per_step / max(dt, 1e-9)
         m.last_rate = tps, accounting.mfu(tps, m.fpt["train"], m.peak) if m.peak else None
-        _write_train_row(m, step, {k: v[m.index] for k, v in last.items()}, *m.last_rate)
+        write_train_row(m, step, {k: v[m.index] for k, v in last.items()}, *m.last_rate)
     losses = [m.host.last_train_loss for m in pack.alive]
     tps = sum(m.last_rate[0] for m in pack.alive)
     pack.progress.log(step, float(np.mean(losses)), tps, None, steps_per_s=tps / pack.members[0].tokens_per_step
@@ -326,7 +326,7 @@ def _write_eval_rows(pack: _Pack, step: int) -> None:
     for m in pack.alive:
         i = m.index
         m.eval_value = float(sum(float(n[i]) for n, _ in sums) / sum(float(w[i]) for _, w in sums))
-        _write_eval_row(m, step)
+        write_eval_row(m, step)
     pack.progress.message(f"eval at step {step}: mean loss {np.mean([m.eval_value for m in pack.alive]):.4f} "
                           "nats/token")
 
@@ -337,8 +337,7 @@ def _save(pack: _Pack, step: int, force: bool) -> None:
         state = {"params": ps.unstack(pack.state["params"], m.index),
                  "opt_state": ps.retree(ps.unstack(pack.state["opt_state"], m.index), m.own_treedef),
                  "step": pack.state["step"]}
-        m.writer.sync()  # the rows this checkpoint counts on reach the disk before it does
-        m.ckpt.save(step, state, m.data_iter, meta=m.host.to_meta(m.elapsed_s()), force=force)
+        m.save(step, force, state)
 
 
 def _member_result(pack: _Pack, m: _Member) -> dict:
@@ -347,7 +346,7 @@ def _member_result(pack: _Pack, m: _Member) -> dict:
         return rundir.read_result(m.run_dir)
     if pack.stopped_at is not None:
         return {"status": "stopped", "step": pack.stopped_at}
-    result = {**_finish(m, *m.last_rate), "pack_size": len(pack.members)}
+    result = {**finish(m, *m.last_rate), "pack_size": len(pack.members)}
     rundir.write_result(m.run_dir, result)  # the member is finished from here on
     m.writer.publish(result)
     pack.progress.message(f"{m.run_dir.name} done: eval loss {result['final_eval_loss']:.4f} nats/token, "

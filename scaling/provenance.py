@@ -1,7 +1,7 @@
 """Where a run's numbers came from: hardware, process layout, mesh, code, data and the MFU peak.
 
 `provenance(run)` returns a FLAT dict (scalars only, so analysis.results makes each a column of the
-results table) that train.py merges into result.json (`versions`, `git_sha`, `process_count`,
+results table) that run_record.finish merges into result.json (`versions`, `git_sha`, `process_count`,
 `num_devices` already existed there):
 
     prov_device_kind, prov_device_count   the devices of the run's mesh
@@ -70,7 +70,7 @@ def peak_source(config, device) -> str | None:
 
 
 def provenance(run) -> dict:
-    """The prov_* fields of result.json for a train.py `_Run` (mesh, corpus, config, peak)."""
+    """The prov_* fields of result.json for a run_record.Run (mesh, corpus, config, peak)."""
     import jax
 
     device = run.mesh.devices.flat[0]

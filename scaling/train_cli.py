@@ -19,7 +19,7 @@ import pathlib
 import sys
 
 
-def _enable_compilation_cache() -> None:
+def enable_compilation_cache() -> None:
     """Reuse compiled steps across runs of a sweep (same shapes): halves a small run's start-up on CPU.
     JAX_COMPILATION_CACHE_DIR overrides the location; an empty value turns the cache off."""
     import os
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         print("scaling train: --trunk-dir is for a branch run; the config sets no train.branch.trunk", file=sys.stderr)
         return 2
 
-    _enable_compilation_cache()
+    enable_compilation_cache()
     from scaling import distributed
     try:
         distributed.initialize_from_env()
@@ -87,29 +87,30 @@ def main(argv: list[str]) -> int:
         from absl import flags
         flags.FLAGS.mark_as_parsed()
 
-    from scaling.train import NonFiniteLossError, train
+    from scaling.run_record import NonFiniteLossError
+    from scaling.train import train
     fresh = not workdir.exists()
     try:
         result = train(config, workdir, stop_after_steps=args.stop_after_steps, verbose=not args.quiet,
                        trunk_dir=args.trunk_dir)
     except cfg_lib.ConfigError as e:
-        _remove_if_nothing_to_resume(workdir, fresh)
+        remove_if_nothing_to_resume(workdir, fresh)
         print(f"scaling train: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _remove_if_nothing_to_resume(workdir, fresh)
+        remove_if_nothing_to_resume(workdir, fresh)
         print(f"\nscaling train: interrupted; rerun the same command to resume {workdir} from its last "
               "checkpoint", file=sys.stderr)
         return 130
     except (NonFiniteLossError, ValueError, OSError) as e:  # OSError: disk full, unreadable corpus, ...
         if not isinstance(e, NonFiniteLossError):  # a diverged run's metrics are the evidence: kept
-            _remove_if_nothing_to_resume(workdir, fresh)
+            remove_if_nothing_to_resume(workdir, fresh)
         print(f"scaling train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0 if result.get("status") in ("ok", "stopped") else 1
 
 
-def _remove_if_nothing_to_resume(workdir: pathlib.Path, fresh: bool) -> None:
+def remove_if_nothing_to_resume(workdir: pathlib.Path, fresh: bool) -> None:
     """Remove a run directory this command created when it failed before its first checkpoint (e.g.
     a corpus that does not load): its config.json would refuse the corrected config on the next try."""
     from scaling import rundir

@@ -39,7 +39,7 @@ def parse_end_frame(line: str, nonce: str) -> int | None:
         return None
 
 
-def _run_job(argv: list[str]) -> int:
+def run_job(argv: list[str]) -> int:
     """One job as `python -m scaling ARGV` would run it; its exit code (1 after an uncaught exception)."""
     from scaling import cli
     try:
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         except (ValueError, KeyError, TypeError) as e:
             print(f"scaling worker: bad request {line.strip()[:200]!r}: {e}", file=sys.stderr)
             return 2
-        rc = _run_job(job_argv)
+        rc = run_job(job_argv)
         gc.collect()  # the finished run's arrays and compiled steps go now, not during the next run
         sys.stdout.flush()
         sys.stderr.flush()

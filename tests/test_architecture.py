@@ -16,8 +16,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("scaling", "launch", "analysis", "experiments", "cli")
 # The trainer's modules, which launch may reach only through a `python -m scaling train` subprocess.
-TRAINER = ("scaling.train", "scaling.train_cli", "scaling.packed_train", "scaling.packed_step",
-           "scaling.packed_cli", "scaling.model", "scaling.optim", "scaling.sharding",
+TRAINER = ("scaling.train", "scaling.run_record", "scaling.train_cli", "scaling.packed_train",
+           "scaling.packed_step", "scaling.packed_cli", "scaling.model", "scaling.optim", "scaling.sharding",
            "scaling.checkpoint", "scaling.distributed")
 FORBIDDEN = {  # importing package -> (forbidden module or package, why)
     "scaling": [(p, "scaling trains one model and imports no other package of the project")

@@ -77,16 +77,16 @@ def test_prepare_disk_full_and_interrupt(tmp_path, capsys, monkeypatch):
     argv = ["prepare", "--source", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "out")]
 
     def fail(exc):
-        def _write_splits(*a, **k):
+        def write_splits(*a, **k):
             raise exc
-        return _write_splits
+        return write_splits
 
-    monkeypatch.setattr(preparation, "_write_splits", fail(OSError(errno.ENOSPC, "No space")))
+    monkeypatch.setattr(preparation, "write_splits", fail(OSError(errno.ENOSPC, "No space")))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "scaling data prepare: error: [Errno 28] disk full while writing shard 0 of" in err
     assert len(err.strip().splitlines()) == 1
-    monkeypatch.setattr(preparation, "_write_splits", fail(KeyboardInterrupt()))
+    monkeypatch.setattr(preparation, "write_splits", fail(KeyboardInterrupt()))
     assert cli.main(argv) == 130
     assert capsys.readouterr().err == "scaling data prepare: interrupted; nothing was written\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]

@@ -1,12 +1,12 @@
 """pack_key: runs differing only in per-member scalars share a key; anything else separates them."""
 from scaling import config as cfg_lib
 from scaling import packed
-from tests.test_packed_train import _member
+from tests.test_packed_train import member_config
 
 
 def _cfg(**over):
     """The resolved defaults with dotted overrides ("optim.lr": 1e-2), as the packed trainer's tests build members."""
-    return _member(cfg_lib.resolve(cfg_lib.defaults()), **over)
+    return member_config(cfg_lib.resolve(cfg_lib.defaults()), **over)
 
 
 def test_members_differing_in_packed_scalars_share_a_key():

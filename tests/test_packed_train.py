@@ -22,7 +22,7 @@ RTOL = 1e-5
 FIELDS = ("loss", "lr", "grad_norm", "bpb", "tokens", "flops")
 
 
-def _member(base, **over):
+def member_config(base, **over):
     c = ml_collections.ConfigDict(base.to_dict())
     for dotted, value in over.items():
         *path, key = dotted.split(".")
@@ -51,8 +51,8 @@ def small(corpus_cache):
 @pytest.fixture(scope="module")
 def members(small):
     """Two members differing in every kind of packed scalar, and their unpacked runs (the references)."""
-    a = _member(small, seed=0)
-    b = _member(small, **{"seed": 1, "optim.lr": 1e-2, "optim.b2": 0.99, "optim.weight_decay": 0.0,
+    a = member_config(small, seed=0)
+    b = member_config(small, **{"seed": 1, "optim.lr": 1e-2, "optim.b2": 0.99, "optim.weight_decay": 0.0,
                           "model.init_std": 0.03, "train.z_loss": 0.0})
     return a, b
 
@@ -86,7 +86,7 @@ def _assert_equal_runs(packed_dir, ref_dir, rtol=RTOL):
 def test_members_equal_their_unpacked_runs_and_a_diverging_member_fails_alone(members, references, small,
                                                                               tmp_path):
     a, b = members
-    bad = _member(small, **{"seed": 2, "optim.lr": 1e30, "optim.clip_norm": 0.0, "model.init_std": 1e3})
+    bad = member_config(small, **{"seed": 2, "optim.lr": 1e30, "optim.clip_norm": 0.0, "model.init_std": 1e3})
     dirs = [tmp_path / "a", tmp_path / "bad", tmp_path / "b"]
     results = train_pack([a, bad, b], dirs, verbose=False)
     assert [r["status"] for r in results] == ["ok", "failed", "ok"]
@@ -124,7 +124,7 @@ def test_pack_stopped_mid_run_resumes_to_the_same_losses(members, references, tm
 
 def test_bad_packs_are_one_line_errors(members, small, tmp_path, capsys):
     a, _ = members
-    other = _member(small, **{"model.d_model": 32})
+    other = member_config(small, **{"model.d_model": 32})
     for i, c in enumerate((a, other)):
         rundir.write_json(tmp_path / f"c{i}.json", c.to_dict())
     args = ["--config", str(tmp_path / "c0.json"), "--workdir", str(tmp_path / "m0"),

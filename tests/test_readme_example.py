@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.test_report import TRUE, _fake_sweep
+from tests.test_report import TRUE, fake_sweep
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,7 +28,7 @@ def _python_block(section: str) -> str:
 def test_notebook_example_runs_on_a_synthetic_sweep(tmp_path, monkeypatch):
     """Load a sweep, fit, forecast, plot: the block runs, recovers the generating law and writes
     what it says (a frozen forecast, the isoFLOP figure as PNG + PDF)."""
-    _fake_sweep(tmp_path / "sweeps" / "demo_cpu")  # 4 budgets x 7 sizes from a known L(N, D)
+    fake_sweep(tmp_path / "sweeps" / "demo_cpu")  # 4 budgets x 7 sizes from a known L(N, D)
     monkeypatch.chdir(tmp_path)
     ns, out = {}, io.StringIO()
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ def _law(n, d):
     return TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
 
 
-def _fake_sweep(root, noise=0.003, seed=0):
+def fake_sweep(root, noise=0.003, seed=0):
     rng = np.random.default_rng(seed)
     runs = []
     for c in BUDGETS:
@@ -64,7 +64,7 @@ def _md_tables(text):
 
 @pytest.mark.slow
 def test_report_tables_fits_and_extrapolation(tmp_path):
-    runs = _fake_sweep(tmp_path)
+    runs = fake_sweep(tmp_path)
     summary = report.build(tmp_path, plan_text="PLAN", n_bootstrap=20, n_starts=300, log=lambda *a: None)
     md = (tmp_path / "report.md").read_text()
     fits = json.loads((tmp_path / "fit.json").read_text())

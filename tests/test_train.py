@@ -15,7 +15,8 @@ from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer
 from scaling.metrics import MetricsWriter, Progress
 from scaling.rundir import read_metrics
-from scaling.train import HostState, NonFiniteLossError, train
+from scaling.run_record import HostState, NonFiniteLossError
+from scaling.train import train
 
 
 def _curve(run_dir, split="train"):

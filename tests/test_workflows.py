@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from analysis import chinchilla, extrapolation, fit, laws, results, workflows
-from test_report import _fake_sweep  # tests/ is on sys.path (pytest rootdir-relative imports)
+from test_report import fake_sweep  # tests/ is on sys.path (pytest rootdir-relative imports)
 
 P = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
 
@@ -58,7 +58,7 @@ def test_fit_options_refuse_bad_values(kw, msg):
 
 
 def test_extrapolation_needs_three_budgets(tmp_path):
-    _fake_sweep(tmp_path)
+    fake_sweep(tmp_path)
     df = results.load(tmp_path)
     with pytest.raises(ValueError, match=">= 3 isoFLOP budgets"):
         extrapolation.held_out_budget(df[df.budget <= 1e16])

@@ -131,10 +131,10 @@ def _verify(path) -> str:
     if "shards" in c.meta:
         n = shards.verify(Location(path), c.meta)
     else:  # a flat corpus: its content hash is sha256 over train.bin then eval.bin
-        from scaling.data.preparation import _sha256_files
+        from scaling.data.preparation import sha256_files
 
         files = [pathlib.Path(path) / c.meta[s]["file"] for s in ("train", "eval")]
-        if _sha256_files(files) != c.meta["content_sha256"]:
+        if sha256_files(files) != c.meta["content_sha256"]:
             raise ValueError(f"{path}: the token files' sha256 differs from the sidecar's "
                              "content_sha256 (corrupt corpus); prepare it again")
         n = len(files)

@@ -53,7 +53,8 @@ def choose_eval_documents(n_docs: int, eval_fraction: float, seed: int) -> np.nd
     return np.sort(rng.choice(n_docs, size=n_eval, replace=False)).astype(np.int64)
 
 
-def _sha256_files(paths) -> str:
+def sha256_files(paths) -> str:
+    """sha256 over the files' bytes, concatenated in the given order (a flat corpus' content hash)."""
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
@@ -83,8 +84,8 @@ def _check_out_dir(out_dir: pathlib.Path) -> None:
 
 
 @dataclasses.dataclass
-class _Written:
-    """What `_write_splits` wrote into the temporary corpus directory."""
+class Written:
+    """What `write_splits` wrote into the temporary corpus directory."""
 
     stats: dict
     """per split: documents, empty_documents (empty or whitespace only), bytes (UTF-8), tokens"""
@@ -98,11 +99,11 @@ class _Written:
     """per split: sha256 of the token file as written"""
 
 
-def _write_splits(docs, tok, is_eval: np.ndarray, paths: dict, dtype) -> _Written:
+def write_splits(docs, tok, is_eval: np.ndarray, paths: dict, dtype) -> Written:
     """Encode every (index, name, text) of `docs` and append it (plus eot) to its split's token
     file (paths: split -> file); `is_eval` is indexed by the documents' source indices."""
-    w = _Written({s: {"documents": 0, "empty_documents": 0, "bytes": 0, "tokens": 0}
-                  for s in SPLIT_FILES}, [], {s: [] for s in SPLIT_FILES}, "")
+    w = Written({s: {"documents": 0, "empty_documents": 0, "bytes": 0, "tokens": 0}
+                 for s in SPLIT_FILES}, [], {s: [] for s in SPLIT_FILES}, "")
     source_hash = hashlib.sha256()
     token_hash = {s: hashlib.sha256() for s in SPLIT_FILES}
     files = {s: open(paths[s], "wb") for s in SPLIT_FILES}
@@ -147,7 +148,7 @@ def _write_splits(docs, tok, is_eval: np.ndarray, paths: dict, dtype) -> _Writte
     return w
 
 
-def _check_has_text(source: str, w: _Written) -> None:
+def check_has_text(source: str, w: Written) -> None:
     """Refuse a split whose documents are all empty or whitespace: it holds no text."""
     for split, what, fix in (
             ("train", "training", "the source has no text to train on"),
@@ -196,8 +197,8 @@ def prepare(source: str, out_dir, *, tokenizer: str = "bytes", eval_fraction: fl
         tok = tokenizers.build(tokenizer, train_texts, tmp)
         dtype = token_dtype(tok.vocab_size)
         docs = ((i, name, text) for i, (name, text) in enumerate(src))
-        w = _write_splits(docs, tok, is_eval, {s: tmp / f for s, f in SPLIT_FILES.items()}, dtype)
-        _check_has_text(source, w)
+        w = write_splits(docs, tok, is_eval, {s: tmp / f for s, f in SPLIT_FILES.items()}, dtype)
+        check_has_text(source, w)
         for st in w.stats.values():
             st["bytes_per_token"] = st["bytes"] / st["tokens"] if st["tokens"] else None
         meta = {
@@ -216,7 +217,7 @@ def prepare(source: str, out_dir, *, tokenizer: str = "bytes", eval_fraction: fl
                          f"replacement with seed {seed} (eval_fraction {eval_fraction}); never in "
                          "train.bin"),
                      "document_indices": eval_idx.tolist(), "document_names": w.eval_names},
-            "content_sha256": _sha256_files([tmp / f for f in SPLIT_FILES.values()]),
+            "content_sha256": sha256_files([tmp / f for f in SPLIT_FILES.values()]),
             "prepare_seconds": round(time.time() - t0, 3),
         }
         with open(tmp / META_FILE, "w") as f:

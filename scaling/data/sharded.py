@@ -206,7 +206,7 @@ def encode_shard(root: str, i: int) -> dict:
         with loc.scratch() as tmp:
             paths = {s: tmp / f"{s}.bin" for s in shards.SPLITS}
             docs = ((j, name, text) for j, (name, text) in enumerate(src.iter_range(a, b), a))
-            w = preparation._write_splits(docs, tok, is_eval, paths, dtype)
+            w = preparation.write_splits(docs, tok, is_eval, paths, dtype)
             got = sum(st["documents"] for st in w.stats.values())
             if got != b - a:
                 raise ValueError(f"source {p['request']['source']!r}: shard {i} should hold "
@@ -305,8 +305,8 @@ def _write_manifest(loc: Location, p: dict, records: list) -> dict:
     totals = {s: {k: sum(r[s][k] for r in records)
                   for k in ("documents", "empty_documents", "bytes", "tokens")} for s in shards.SPLITS}
     empty = {s: [x for r in records for x in r["empty_document_names"][s]][:3] for s in shards.SPLITS}
-    preparation._check_has_text(p["request"]["source"],
-                                preparation._Written(totals, [], empty, ""))
+    preparation.check_has_text(p["request"]["source"],
+                               preparation.Written(totals, [], empty, ""))
     for st in totals.values():
         st["bytes_per_token"] = st["bytes"] / st["tokens"] if st["tokens"] else None
     n_eval, n_docs = len(p["eval_document_indices"]), p["source"]["documents"]
