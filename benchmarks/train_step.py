@@ -20,7 +20,7 @@ import numpy as np
 from scaling import accounting, sharding
 from scaling import config as cfg_lib
 from scaling import model as model_lib
-from scaling.train import make_trainer
+from scaling.trainer import make_trainer
 
 # GPT-3 paper's table of shapes (Brown et al. 2020, Table 2.1) at head_dim 64: 125M, 350M, 760M
 # (d_model x n_layers); the GPT-2 vocabulary padded to a multiple of 128.

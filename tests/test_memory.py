@@ -13,7 +13,7 @@ from flax import nnx
 
 from scaling import accounting, memory, model as model_lib, sharding
 from scaling.config import defaults as get_config
-from scaling.train import make_trainer
+from scaling.trainer import make_trainer
 
 # Temporaries: XLA:CPU's buffer assignment vs the estimate's max(activations, grads) + transients.
 # Measured on these shapes the float32 estimate is within ~6% of XLA's temporaries; 15% leaves

@@ -148,7 +148,7 @@ def test_finished_run_with_other_config_is_refused(tiny_config, tmp_path):
 def test_eval_loss_does_not_depend_on_batch_size(tiny_config, tmp_path):
     """The eval set is a fixed set of windows: the same params score the same whatever the batch."""
     from scaling import sharding
-    from scaling.train import make_trainer
+    from scaling.trainer import make_trainer
 
     c = cfg_lib.resolve(tiny_config)
     corpus = data.load(c.data)
