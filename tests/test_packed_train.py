@@ -9,6 +9,10 @@ would change (the seed, data order, lr of a member) moves them by > 1e-3, which 
 """
 import math
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import ml_collections
 import pytest
@@ -120,6 +124,40 @@ def test_pack_stopped_mid_run_resumes_to_the_same_losses(members, references, tm
     for i in range(2):
         _assert_equal_runs(tmp_path / f"m{i}", references[i])
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pack_sigkilled_mid_run_reruns_to_the_same_losses(members, tmp_path):
+    """`scaling train-pack` killed with SIGKILL while it trains (every member has a complete
+    checkpoint, none has finished): the rerun resumes every member from its last complete checkpoint
+    and ends with the metrics of an uninterrupted pack (no row lost or written twice)."""
+    steps = 48  # checkpoints every 6 steps: the kill lands between or during saves and steps
+    configs = [member_config(c, **{"train.tokens": 8 * 32 * steps, "train.eval_every": 24}) for c in members]
+    ref_dirs = [tmp_path / "ref0", tmp_path / "ref1"]
+    train_pack(configs, ref_dirs, verbose=False)
+    args = []
+    for i, c in enumerate(configs):
+        rundir.write_json(tmp_path / f"c{i}.json", c.to_dict())
+        args += ["--config", str(tmp_path / f"c{i}.json"), "--workdir", str(tmp_path / f"m{i}")]
+    cmd = [sys.executable, "-m", "scaling", "train-pack", *args, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = [tmp_path / f"m{i}" / rundir.CHECKPOINTS for i in range(2)]
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        done = [[d.name for d in c.iterdir() if d.name.isdigit() and (d / "commit_success.txt").exists()]
+                if c.is_dir() else [] for c in ckpt]
+        if all(done):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    # the kill came mid-run: a member that had finished would make this test vacuous
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert not any((tmp_path / f"m{i}" / rundir.RESULT).exists() for i in range(2))
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for i in range(2):
+        _assert_equal_runs(tmp_path / f"m{i}", ref_dirs[i])
 
 
 def test_bad_packs_are_one_line_errors(members, small, tmp_path, capsys):
