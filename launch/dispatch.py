@@ -13,7 +13,7 @@ import time
 
 from launch import packs
 from launch.runlock import RunLock
-from launch.workers import Job, Worker
+from launch.workers import Job, Worker, program_key
 from scaling import branch, rundir
 from scaling.rundir import read_result, run_dir_of
 
@@ -107,7 +107,7 @@ class SweepLoop:
         try:
             while self.queue or self.busy:
                 while self.queue and self.free:
-                    self.dispatch(*self.queue.popleft())
+                    self.dispatch(*self.next_job(self.free[0]))
                 self.read()
                 for w in list(self.busy):
                     self.check(w)
@@ -134,6 +134,18 @@ class SweepLoop:
         self.remaining_flops -= work_flops(spec)
         self.emit(kind="skip", run_id=spec.run_id, status=skip, result=read_result(rd) if finished else None)
         return None
+
+    def next_job(self, slot: int) -> tuple:
+        """The queue's first job whose step the slot's idle warm worker has compiled (same
+        workers.program_key), else its head: a warm worker takes the runs of the shapes it has run."""
+        worker = self.idle.get(slot)
+        if worker is not None and worker.programs:
+            for i, (members, _) in enumerate(self.queue):
+                if program_key(members[0]) in worker.programs:
+                    job = self.queue[i]
+                    del self.queue[i]
+                    return job
+        return self.queue.popleft()
 
     def dispatch(self, members: list, attempt: int) -> None:
         """Start the members still to do as one job on a free slot (a pack of one is an ordinary run)."""

@@ -154,12 +154,22 @@ class Job:
             log.close()
 
 
+def program_key(spec) -> str:
+    """What decides a run's compiled train step, as far as a plan can tell without JAX: its model
+    config, batch size and sequence length (scaling/trainer.py's cache key also has the optimizer's
+    constants and the mesh, which a sweep's runs of one shape share). Runs with one key that go to a
+    worker that compiled it skip compilation."""
+    c = spec.config
+    return json.dumps([c.model.to_dict(), c.train.batch_size, c.data.seq_len], sort_keys=True, default=str)
+
+
 class Worker:
     """A child process on one device slot: cold (one job, then it exits) or warm (job after job)."""
 
     def __init__(self, proc: subprocess.Popen, slot_index: int, warm: bool):
         self.proc, self.slot_index, self.warm = proc, slot_index, warm
         self.job: Job | None = None
+        self.programs: set[str] = set()  # program_key of every run it took (warm: steps it has compiled)
         self.eof = False  # its stdout is closed
         self.exited_at: float | None = None
         os.set_blocking(proc.stdout.fileno(), False)
@@ -174,6 +184,7 @@ class Worker:
     def take(self, job: Job, argv: list[str] | None = None) -> None:
         """Run `job` here: a warm worker gets the request for `argv`; a cold one is already running it."""
         self.job, job.worker = job, self
+        self.programs.update(program_key(s) for s in job.specs)
         if self.warm:
             try:
                 self.proc.stdin.write((json.dumps({"id": job.nonce, "argv": argv}) + "\n").encode())

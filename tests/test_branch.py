@@ -31,14 +31,14 @@ def get_config():
     c.sweep = s = ml_collections.ConfigDict()
     s.kind = "grid"
     s.tokens = (8 * 32 * 20, 8 * 32 * 28)
-    s.shapes = dict(explicit=((2, 16),), head_dim=8)
+    s.shapes = dict(explicit={shapes!r}, head_dim=8)
     s.branches = True
     return c
 """
 
 
-def _sweep_file(path, cache, schedule="wsd"):
-    path.write_text(SWEEP.format(cache=cache, schedule=schedule))
+def _sweep_file(path, cache, schedule="wsd", shapes=((2, 16),)):
+    path.write_text(SWEEP.format(cache=cache, schedule=schedule, shapes=shapes))
     return path
 
 
@@ -208,3 +208,25 @@ def test_branches_run_on_the_warm_workers_of_their_trunks(tmp_path, corpus_cache
     pids = {rundir.read_result(rundir.run_dir_of(tmp_path / "sw", b.run_id))["pid"] for b in plan.branches}
     trunk = rundir.read_result(rundir.trunk_dir(tmp_path / "sw", plan.trunks[0].spec.run_id))
     assert pids == {trunk["pid"]}
+
+
+def test_each_branch_goes_to_the_warm_worker_that_ran_its_trunk(tmp_path, corpus_cache, monkeypatch):
+    """Two shapes on two slots: a freed warm worker takes a queued branch of a shape it has run
+    (launch.dispatch.SweepLoop.next_job), so every branch runs in its own trunk's worker process."""
+    from scaling import worker
+
+    grid = _sweep_file(tmp_path / "grid.py", corpus_cache, shapes=((2, 16), (1, 8)))
+    plan = branches.plan(sweep.expand(sweep.load_sweep(grid)))
+    assert len(plan.trunks) == 2 and len(plan.branches) == 4
+    stand_in = STAND_IN_WORKER.format(result=rundir.RESULT, job_end=worker.JOB_END)
+    monkeypatch.setattr(local, "WORKER_COMMAND", (sys.executable, "-c", stand_in))
+    # the queue holds the branches trunk by trunk; list them shape-interleaved so that taking the
+    # head (the old rule) sends half of them to the other shape's worker
+    plan = dataclasses.replace(plan, branches=[plan.branches[i] for i in (0, 2, 1, 3)])
+    res = branches.execute(plan, tmp_path / "sw", lambda d: local.LocalBackend(d, parallel=2), say=lambda _: None)
+    assert set(res.values()) == {"ok"}
+    trunk_pid = {t.spec.shape: rundir.read_result(rundir.trunk_dir(tmp_path / "sw", t.spec.run_id))["pid"]
+                 for t in plan.trunks}
+    assert len(set(trunk_pid.values())) == 2
+    for b in plan.branches:
+        assert rundir.read_result(rundir.run_dir_of(tmp_path / "sw", b.run_id))["pid"] == trunk_pid[b.shape], b.run_id
