@@ -44,7 +44,7 @@ LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "isoflop", "approach1"
         "data-constrained", "bnsl")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so errors print one clean line and return 2."""
 
     def error(self, message):
@@ -59,7 +59,7 @@ def _law_name(s: str) -> str:
 
 
 def _fit_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="scaling fit", description=__doc__.split("\n\n", 2)[2],
+    p = Parser(prog="scaling fit", description=__doc__.split("\n\n", 2)[2],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="sweep directory (SWEEP/runs/*/result.json) or CSV "
                                 "(n_params, tokens, loss [, flops, budget])")
@@ -93,7 +93,7 @@ def _default_out(path: pathlib.Path, law: str) -> pathlib.Path:
     return path / f"fit-{law}" if path.is_dir() else pathlib.Path(f"fit-{path.stem}-{law}")
 
 
-def _ci_str(ci, level) -> str:
+def ci_str(ci, level) -> str:
     """'  95% bootstrap percentile CI (lo, hi)', or '' without an interval."""
     from analysis.fit import CI_KIND
     return f"  {100 * level:.0f}% {CI_KIND} CI ({ci[0]:.4g}, {ci[1]:.4g})" if ci is not None else ""
@@ -102,8 +102,8 @@ def _ci_str(ci, level) -> str:
 def _print_allocation(scaling, rows) -> None:
     ci = scaling.ci or {}
     print(f"compute-optimal allocation ({scaling.method}): N_opt ∝ C^a, D_opt ∝ C^b")
-    print(f"  a = {scaling.a:.4f}{_ci_str(ci.get('a'), scaling.ci_level)}")
-    print(f"  b = {scaling.b:.4f}{_ci_str(ci.get('b'), scaling.ci_level)}")
+    print(f"  a = {scaling.a:.4f}{ci_str(ci.get('a'), scaling.ci_level)}")
+    print(f"  b = {scaling.b:.4f}{ci_str(ci.get('b'), scaling.ci_level)}")
     if scaling.n_bootstrap:
         print(f"  bootstrap: {scaling.n_bootstrap} resamples, {scaling.n_boot_failed} failed")
     print(f"  {'C (FLOPs)':>10}  {'N_opt (params)':>24}  {'D_opt (tokens)':>24}  tokens/param")
@@ -113,12 +113,12 @@ def _print_allocation(scaling, rows) -> None:
         print(f"  {r.C:>10.0e}  {n:>24}  {d:>24}  {r.D_opt / r.N_opt:.3g}")
 
 
-def _print_fit(result) -> None:
+def print_fit(result) -> None:
     print(f"law: {result.law.formula}")
     print(f"  points {result.n_points}, starts {result.n_starts} ({result.n_at_best} reached the best), "
           f"objective (sum Huber, delta={result.delta:g}) {result.objective:.6g}")
     for k, v in result.params.items():
-        print(f"  {k:>8} = {v:.6g}{_ci_str((result.ci or {}).get(k), result.ci_level)}")
+        print(f"  {k:>8} = {v:.6g}{ci_str((result.ci or {}).get(k), result.ci_level)}")
     if result.ci is not None:
         print(f"  bootstrap: {len(result.boot_theta) + result.n_boot_failed} resamples, "
               f"{result.n_boot_failed} failed")
@@ -129,7 +129,7 @@ def print_result(res) -> None:
     for line in res.notes:
         print(line)
     if res.fit is not None:
-        _print_fit(res.fit)
+        print_fit(res.fit)
     if res.allocation is not None:
         _print_allocation(res.allocation, res.rows)
     for w in res.warnings:
@@ -174,7 +174,7 @@ def _base(spec: str | None) -> tuple | None:
 
 
 @contextlib.contextmanager
-def _output_dir(out: pathlib.Path, flag: str = "--out"):
+def output_dir(out: pathlib.Path, flag: str = "--out"):
     """Check `out` can be a directory; if it is new and the work in the block fails, remove it again
     (no half-written output is left behind)."""
     if out.exists() and not out.is_dir():
@@ -189,7 +189,7 @@ def _output_dir(out: pathlib.Path, flag: str = "--out"):
 
 
 @contextlib.contextmanager
-def _plain_warnings():
+def plain_warnings():
     """Warnings (skipped runs, dropped budgets) print as 'warning: ...' lines, not source lines."""
     with warnings.catch_warnings():
         warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
@@ -205,7 +205,7 @@ _FORMATWARNING = warnings.formatwarning
 def run_command(name: str, body, argv) -> int:
     """`scaling NAME`: run body(argv) with plain warning lines; bad input (ValueError,
     FileNotFoundError) is one 'scaling NAME: error: ...' line on stderr and exit code 2."""
-    with _plain_warnings():
+    with plain_warnings():
         try:
             return body(argv)
         except (ValueError, FileNotFoundError) as e:
@@ -218,7 +218,7 @@ def fit_main(argv: list[str]) -> int:
     if "--conventions" in argv:  # FLOP-convention sensitivity: its own parser and table
         from analysis import conventions
         return conventions.main(argv)
-    with _plain_warnings():
+    with plain_warnings():
         return _fit_main(argv)
 
 
@@ -235,7 +235,7 @@ def _fit_main(argv: list[str]) -> int:
         out = args.out or _default_out(pathlib.Path(args.path), args.law)
         print(f"{args.path}: {len(df)} {'eval points' if args.law == 'approach1' else 'runs'} loaded"
               + (f" ({len(df.attrs['skipped'])} skipped, see warning)" if df.attrs["skipped"] else ""))
-        with _output_dir(out):
+        with output_dir(out):
             out.mkdir(parents=True, exist_ok=True)
             res = _run_workflow(args, df, options, out)
     except (ValueError, OSError) as e:

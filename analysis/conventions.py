@@ -225,8 +225,8 @@ def main(argv: list[str]) -> int:
     """`scaling fit PATH --conventions`: print the table, write conventions.json + figure."""
     import sys
     from analysis import results, workflows
-    from analysis.cli import _Parser, _output_dir, _plain_warnings
-    p = _Parser(prog="scaling fit --conventions", description=__doc__.split("\n\n")[2])
+    from analysis.cli import Parser, output_dir, plain_warnings
+    p = Parser(prog="scaling fit --conventions", description=__doc__.split("\n\n")[2])
     p.add_argument("path", help="sweep directory or CSV (n_params, tokens, loss [, flops, "
                                 "n_params_nonembed])")
     p.add_argument("--conventions", action="store_true", required=True)
@@ -237,7 +237,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--level", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=pathlib.Path)
-    with _plain_warnings():
+    with plain_warnings():
         try:
             args = p.parse_args(argv)
             opts = workflows.FitOptions(n_bootstrap=args.bootstrap, n_starts=args.n_starts,
@@ -248,7 +248,7 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"--target-flops {target}: must be > 0")
             out = args.out or _default_out(pathlib.Path(args.path))
             from analysis import laws
-            with _output_dir(out):
+            with output_dir(out):
                 rows = analyse(df, target, n_bootstrap=opts.n_bootstrap, seed=opts.seed,
                                level=opts.ci_level, source=str(args.path),
                                starts=workflows.starts_subset(laws.chinchilla(), opts.n_starts))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import backtest, laws, predict
-from analysis.cli import _Parser, run_command
+from analysis.cli import Parser, run_command
 from analysis.workflows import starts_subset
 
 CSV_ALIASES = {"Model Size": "n_params", "Training FLOP": "flops"}  # Epoch's digitised points
@@ -78,7 +78,7 @@ def backtest_main(argv: list[str]) -> int:
 
 
 def _backtest(argv) -> int:
-    p = _Parser(prog="scaling backtest", description="rollout backtest of a scaling law")
+    p = Parser(prog="scaling backtest", description="rollout backtest of a scaling law")
     p.add_argument("path")
     p.add_argument("--law", required=True, choices=backtest.LAWS)
     p.add_argument("--out", type=pathlib.Path)
@@ -139,7 +139,7 @@ def forecast_main(argv: list[str], *, make_config=None, hash_config=None, git_sh
 
 def _forecast(argv, make_config, hash_config, git_sha) -> int:
     from analysis import forecast
-    p = _Parser(prog="scaling forecast", description="pre-register a forecast at a larger budget")
+    p = Parser(prog="scaling forecast", description="pre-register a forecast at a larger budget")
     p.add_argument("path")
     p.add_argument("--target-flops", required=True, type=_positive, metavar="C")
     p.add_argument("--law", choices=backtest.OPTIMUM_LAWS, default="chinchilla")
@@ -181,7 +181,7 @@ def score_main(argv: list[str]) -> int:
 
 def _score(argv) -> int:
     from analysis import forecast
-    p = _Parser(prog="scaling score", description="score a forecast against the measured run")
+    p = Parser(prog="scaling score", description="score a forecast against the measured run")
     p.add_argument("forecast", type=pathlib.Path)
     p.add_argument("runs", help="run dir, sweep dir or CSV holding the run at the target budget")
     args = p.parse_args(argv)

@@ -13,17 +13,17 @@ import argparse
 import pathlib
 import sys
 
-from analysis.cli import PAPERS, _Parser, _ci_str, _output_dir, _plain_warnings, _print_fit
+from analysis.cli import PAPERS, Parser, ci_str, output_dir, plain_warnings, print_fit
 
 
 def main(argv: list[str]) -> int:
     """`scaling reproduce PAPER|all [--data PATH] [--out DIR]`."""
-    with _plain_warnings():
+    with plain_warnings():
         return _reproduce_main(argv)
 
 
 def _reproduce_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="scaling reproduce", description="reproduce a paper's fits from its data")
+    p = Parser(prog="scaling reproduce", description="reproduce a paper's fits from its data")
     p.add_argument("paper", choices=(*PAPERS, "all"), help="which reproduction; all: every one "
                    "and the fitting benchmark into --out with index.md and index.html (a gallery)")
     p.add_argument("--data", type=pathlib.Path,
@@ -49,7 +49,7 @@ def _reproduce_main(argv: list[str]) -> int:
         data = args.data or pathlib.Path("..") / "shared" / "data" / PAPERS[args.paper]
         if data.is_file() and data.stat().st_size == 0:  # a missing file: the paper's loader says where it is
             raise ValueError(f"--data {data} is an empty file; give the paper's CSV ({PAPERS[args.paper]})")
-        with _output_dir(out):
+        with output_dir(out):
             s = _REPRODUCE[args.paper](data, out, options)
     except (ValueError, OSError) as e:
         print(f"scaling reproduce: error: {e}", file=sys.stderr)
@@ -64,7 +64,7 @@ def _gallery(data_dir: pathlib.Path, out: pathlib.Path) -> int:
     from analysis import gallery
     if not data_dir.is_dir():
         raise ValueError(f"--data {data_dir}: give the directory holding the papers' data files")
-    with _output_dir(out):
+    with output_dir(out):
         times = gallery.build(data_dir, out, lambda p, d, o, opt: _REPRODUCE[p](d / PAPERS[p], o, opt))
     print("; ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(f"wrote {out / 'index.md'} and {out / 'index.html'}")
@@ -89,7 +89,7 @@ def _print_chinchilla(s) -> None:
     h2 = reproduce.HOFFMANN_2022_TABLE2["approach_2"]
     kind = reproduce.HOFFMANN_2022_TABLE2_CI_KIND
     print(f"\nApproach 2 on {s['approach2_points_used']} points on Hoffmann's isoFLOP budgets: "
-          f"a = {a2.a:.3f}{_ci_str((a2.ci or {}).get('a'), a2.ci_level)}, b = {a2.b:.3f}; "
+          f"a = {a2.a:.3f}{ci_str((a2.ci or {}).get('a'), a2.ci_level)}, b = {a2.b:.3f}; "
           f"Hoffmann et al. Table 2: a = {h2['a']} ({kind} {h2['a_ci'][0]}, {h2['a_ci'][1]}), "
           f"b = {h2['b']} ({kind} {h2['b_ci'][0]}, {h2['b_ci'][1]})")
     for w in s["fit"].warnings + a2.warnings:
@@ -116,7 +116,7 @@ def _print_muennighoff(s) -> None:
           f"{s['published_objective']:>12.6g}")
     for k in ("R_D*", "R_N*"):
         if ours.ci:
-            print(f"  ours {k} = {ours.params[k]:.4g}{_ci_str(ours.ci[k], ours.ci_level)} "
+            print(f"  ours {k} = {ours.params[k]:.4g}{ci_str(ours.ci[k], ours.ci_level)} "
                   f"({len(ours.boot_theta)} resamples over runs)")
     print(f"  profile over a {len(prof.r_d)}x{len(prof.r_n)} (R_D*, R_N*) grid: within "
           f"{100 * prof.rel:g}% of the best objective, R_D* spans {prof.r_d_range[0]:.3g}-"
@@ -139,7 +139,7 @@ def _print_bnsl(s) -> None:
           f"log y (theirs: least squares on log(y + 1))")
     for name, f in s["fit_objs"].items():
         print(f"{name}:")
-        _print_fit(f)
+        print_fit(f)
         sc = s["scores"][name]
         print(f"  RMSLE held-out {sc['rmsle_extrapolate']:.4g} (fit rows {sc['rmsle_fit']:.4g}); "
               f"predicted {', '.join(f'{p:.4g}' for p in sc['pred_extrapolate'])} vs measured "

@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 
 from scaling.loss import cross_entropy
-from scaling.model import lm_loss
+from scaling.model import lm_loss, nll_sums
 from scaling.optim import decay_mask, make_schedule, mup_lr_multipliers, scale_by_tree
 
 # The member scalars that can be vmapped inputs: (config section, key).
@@ -129,10 +129,8 @@ def make_packed_step(config, graphdef, params_one, steps: int, scalars: dict[str
         return {"params": params, "opt_state": opt_state, "alive": alive, "step": state["step"] + 1}, out
 
     def eval_one(params, inputs_BT, targets_BT, weights_BT):
-        logits_BTV = nnx.merge(graphdef, params)(inputs_BT)
-        nll_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(
-            logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-        return jnp.sum(nll_BT * weights_BT), jnp.sum(weights_BT)
+        model = nnx.merge(graphdef, params)  # the unpacked eval's sums (chunked: no full logits)
+        return nll_sums(model, model.features(inputs_BT), targets_BT, weights_BT)
 
     def eval_step(params_K, inputs_BT, targets_BT, weights_BT):
         return over_members(eval_one, (params_K,), (inputs_BT, targets_BT, weights_BT))

@@ -11,7 +11,6 @@ run's contract in its own run directory.
 import dataclasses
 import math
 import pathlib
-import subprocess
 import time
 
 import jax
@@ -23,7 +22,7 @@ from scaling import accounting, branch, data, distributed, memory, rundir, shard
 from scaling import config as cfg_lib
 from scaling.checkpoint import Checkpointer
 from scaling.metrics import MetricsWriter, Progress
-from scaling.provenance import provenance
+from scaling.provenance import git_state, provenance, versions
 from scaling.trainer import Trainer
 
 
@@ -202,7 +201,7 @@ def record_failure(run_dir: pathlib.Path, config, e: Exception) -> None:
     then the run stays unfinished, which is just as true."""
     try:
         rundir.write_result(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                      "config_hash": cfg_lib.config_hash(config), "git_sha": git_sha()})
+                                      "config_hash": cfg_lib.config_hash(config), "git_sha": git_state()[0]})
     except rundir.DiskFullError:
         pass  # the error being raised is what the user needs to see
 
@@ -271,7 +270,7 @@ def finish(run: Run, tokens_per_s: float, mfu: float | None) -> dict:
         "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                                     "mlp", "tie_embeddings", "qk_norm", "compute_dtype")},
         "budget": config.meta.budget or None, "seed": config.seed, "data_seed": config.data.seed, "num_devices": int(run.mesh.devices.size),
-        "process_count": jax.process_count(), "versions": versions(), "git_sha": git_sha(),
+        "process_count": jax.process_count(), "versions": versions(), "git_sha": git_state()[0],
         "metrics_lost": list(host.metrics_lost), **provenance(run),
         "memory": run.memory, "peak_bytes_measured": peak_bytes_measured(run.mesh),
         **({"branch": branch.record(config, run.tokens_per_step, run.fpt["train"])} if run.trunk_dir else {}),
@@ -284,23 +283,3 @@ def peak_bytes_measured(mesh) -> int | None:
     stats = [d.memory_stats() for d in mesh.devices.flat if d.process_index == jax.process_index()]
     peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
     return max(peaks) if peaks else None
-
-
-def git_sha() -> str | None:
-    """This checkout's commit (result.json's git_sha); None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict:
-    """The training stack's package versions (result.json's versions)."""
-    import flax
-    import grain
-    import orbax.checkpoint as ocp
-
-    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "orbax": getattr(ocp, "__version__", "?"), "grain": getattr(grain, "__version__", "?")}
