@@ -175,12 +175,14 @@ def write_fit_file(path, laws: dict[str, PowerLaw], optima: list[dict], source: 
                              [_finite(o) for o in optima], source)
 
 
-def fit_source(sweep_dir, df, command: str) -> dict:
-    """The fit file's provenance: the sweep directory as given, the sweep file its sweep.json names
-    ("" when it has none), the number of runs fitted (rows of `df`) and the command line."""
+def fit_source(sweep_dirs, df, command: str) -> dict:
+    """The fit file's provenance: the sweep directories as given, the sweep files their sweep.json
+    name ("" when none; several joined by " + ", in the order given), the number of runs fitted
+    (rows of `df`) and the command line."""
     from scaling import rundir
-    manifest = rundir.read_manifest(sweep_dir) or {}
-    return {"sweep_dir": str(sweep_dir), "sweep_file": str(manifest.get("source", "")),
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, pathlib.Path)) else list(sweep_dirs)
+    files = [str((rundir.read_manifest(d) or {}).get("source", "")) for d in dirs]
+    return {"sweep_dir": " + ".join(str(d) for d in dirs), "sweep_file": " + ".join(files),
             "n_runs": int(len(df)), "command": command}
 
 
@@ -200,13 +202,21 @@ def _finite(d: dict) -> dict:
 GROUP_XS = {"flops": "budget", "n_params": "n_params"}  # law's x -> the table column that groups runs
 
 
-def sweep_table(path, *, on_error: str = "warn"):
-    """analysis.results.load(path) plus each run's Adam LR (`lr`) and batch (`batch_size`, sequences)
-    from its config.json; runs that failed (e.g. diverged at too high an LR) are skipped, with the
-    results loader's warning."""
+def sweep_table(paths, *, on_error: str = "warn"):
+    """analysis.results.load of each sweep directory in `paths` (one path or several: e.g. a grid and
+    its extensions, planned as separate sweeps) plus each run's Adam LR (`lr`) and batch
+    (`batch_size`, sequences) from its config.json; runs that failed (e.g. diverged at too high an
+    LR) are skipped, with the results loader's warning. A run found in two directories (the same
+    run id) is refused: its loss would count twice."""
+    import pandas as pd
     from analysis import results
     from scaling import rundir
-    df = results.load(path, on_error=on_error)
+    paths = [paths] if isinstance(paths, (str, pathlib.Path)) else list(paths)
+    df = pd.concat([results.load(p, on_error=on_error) for p in paths], ignore_index=True)
+    ids = pd.Series([pathlib.Path(d).name for d in df["run_dir"]])
+    if ids.duplicated().any():
+        dup = ids[ids.duplicated()].iloc[0]
+        raise HparamFitError(f"run {dup} is in more than one of {', '.join(map(str, paths))}: give each run once")
     configs = [rundir.read_json_object(pathlib.Path(d) / rundir.CONFIG) or {} for d in df["run_dir"]]
     df["lr"] = [c.get("optim", {}).get("lr") for c in configs]
     df["batch_size"] = [c.get("train", {}).get("batch_size") for c in configs]

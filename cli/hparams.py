@@ -21,7 +21,8 @@ def _fmt_ci(lo, hi) -> str:
 
 def _fit(argv) -> int:
     p = argparse.ArgumentParser(prog="scaling hparams-fit", description=__doc__.splitlines()[0])
-    p.add_argument("path", help="a sweep directory of an LR x batch sweep")
+    p.add_argument("paths", nargs="+", metavar="path",
+                   help="sweep directories of LR x batch sweeps, fitted together (e.g. a grid and its extensions)")
     p.add_argument("--x", choices=("flops", "n_params"), default="flops",
                    help="group runs by budget C (isoflop sweeps) or by model size N")
     p.add_argument("--level", type=float, default=0.9, help="interval level (default 0.9)")
@@ -30,7 +31,7 @@ def _fit(argv) -> int:
     if not 0 < args.level < 1:
         raise ValueError(f"--level={args.level}: must be in (0, 1)")
     from analysis import hparams
-    df = hparams.sweep_table(args.path)
+    df = hparams.sweep_table(args.paths)
     laws, rows = hparams.fit_table(df, x=args.x, level=args.level)
     col = hparams.GROUP_XS[args.x]
     print(f"per-group optima ({args.level:.0%} intervals; EDGE = best at the grid's end, not extrapolated):")
@@ -54,9 +55,9 @@ def _fit(argv) -> int:
             print(f"warning: {doubt}")
     if not laws:
         raise ValueError("no law could be fitted (see above); widen the grids or add groups")
-    command = (f"scaling hparams-fit {args.path}" + (f" --x {args.x}" if args.x != "flops" else "")
+    command = (f"scaling hparams-fit {' '.join(args.paths)}" + (f" --x {args.x}" if args.x != "flops" else "")
                + (f" --level {args.level:g}" if args.level != 0.9 else "") + f" --out {args.out}")
-    digest = hparams.write_fit_file(args.out, laws, rows, hparams.fit_source(args.path, df, command))
+    digest = hparams.write_fit_file(args.out, laws, rows, hparams.fit_source(args.paths, df, command))
     print(f"wrote {args.out} (sha256 {digest[:8]})")
     return 0
 

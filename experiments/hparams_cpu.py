@@ -34,9 +34,9 @@ import ml_collections
 
 
 def get_config(variant: str = ""):
-    if variant not in ("", "batch1"):
-        raise ValueError(f"variant {variant!r}: hparams_cpu has '' (the 96-run grid) and 'batch1' (batch 1 at the "
-                         "two largest budgets)")
+    if variant not in ("", "batch1", "large"):
+        raise ValueError(f"variant {variant!r}: hparams_cpu has '' (the 96-run grid), 'batch1' (batch 1 at the "
+                         "two largest budgets) and 'large' (batch 1-8 at 2e11 and 4e11)")
     c = ml_collections.ConfigDict()
     c.data = dict(seq_len=64)
     c.train = dict(batch_size=16, eval_tokens=32_768, log_every=25)
@@ -66,4 +66,8 @@ def get_config(variant: str = ""):
         s.budgets = (5e10, 1e11)
         p.lr_multipliers = (1.0, 2.0, 4.0)
         p.batch_multipliers = (0.0625,)
+    if variant == "large":  # two budgets beyond the grid, where B* may leave the floor: batch 1-8, LR 3e-3..1.2e-2
+        s.budgets = (2e11, 4e11)
+        p.lr_multipliers = (1.0, 2.0, 4.0)
+        p.batch_multipliers = (0.0625, 0.125, 0.25, 0.5)
     return c

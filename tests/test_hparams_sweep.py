@@ -87,6 +87,28 @@ def test_fit_table_recovers_a_known_lr_law_from_a_synthetic_sweep():
     assert all(g["lr"]["edge"] == "" for g in groups if "lr" in g)
 
 
+def _synthetic_sweep(root, sweep_file: str, eta_exp: float, b_star) -> list:
+    """The sweep's run directories under `root` with losses from a known law: a parabola in ln LR
+    around eta*(C) = 3e-3 (C/5e10)^eta_exp and in ln batch around b_star(C) sequences."""
+    import json
+
+    from launch import local
+    from scaling import config as cfg_lib
+
+    specs = sweep.expand(sweep.load_sweep(sweep_file))
+    local.write_manifest(root, specs, sweep_file)
+    for s in specs:
+        eta, bstar = 3e-3 * (s.budget / 5e10) ** eta_exp, b_star(s.budget)
+        loss = 2.0 + 0.05 * math.log(s.config.optim.lr / eta) ** 2 + 0.03 * math.log(s.config.train.batch_size / bstar) ** 2
+        run = root / "runs" / s.run_id
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(s.config.to_dict()))
+        (run / "result.json").write_text(json.dumps({
+            "status": "ok", "n_params": s.n_params, "tokens": s.tokens, "final_eval_loss": loss,
+            "final_train_loss": loss, "config_hash": cfg_lib.config_hash(s.config), "budget": s.budget}))
+    return specs
+
+
 def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     # The loop on synthetic runs: the LR x batch sweep's run directories (losses from a known
     # eta*(C) = 3e-3 (C/5e10)^-0.2 and B*(C) = 6 (C/5e10)^0.5, inside the 2..16 grid) -> `scaling
@@ -95,21 +117,9 @@ def test_sweep_dir_to_fit_file_to_sweep_rules(tmp_path, capsys):
     import json
 
     from cli import hparams as hp_cli
-    from launch import local
-    from scaling import config as cfg_lib
 
-    specs = sweep.expand(sweep.load_sweep(HP_SWEEP))
     root = tmp_path / "sweep"
-    local.write_manifest(root, specs, HP_SWEEP)
-    for s in specs:
-        eta, bstar = 3e-3 * (s.budget / 5e10) ** -0.2, 6 * (s.budget / 5e10) ** 0.5
-        loss = 2.0 + 0.05 * math.log(s.config.optim.lr / eta) ** 2 + 0.03 * math.log(s.config.train.batch_size / bstar) ** 2
-        run = root / "runs" / s.run_id
-        run.mkdir(parents=True)
-        (run / "config.json").write_text(json.dumps(s.config.to_dict()))
-        (run / "result.json").write_text(json.dumps({
-            "status": "ok", "n_params": s.n_params, "tokens": s.tokens, "final_eval_loss": loss,
-            "final_train_loss": loss, "config_hash": cfg_lib.config_hash(s.config), "budget": s.budget}))
+    specs = _synthetic_sweep(root, HP_SWEEP, eta_exp=-0.2, b_star=lambda c: 6 * (c / 5e10) ** 0.5)
     out = tmp_path / "fit.json"
     assert hp_cli.fit_main([str(root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -162,3 +172,31 @@ def test_tuned_demo_plans_the_demos_points_with_the_committed_fit_files_laws(mon
             assert t.config.train.batch_size == h.config.train.batch_size
         assert f"fit{sha[:8]}" in t.run_id
         assert t.hp_source == f"lr fit:{sha[:8]}, B " + (f"fit:{sha[:8]}" if has_b else "rule")
+
+
+def test_a_grid_and_its_extension_are_fitted_together(tmp_path, capsys):
+    # The CPU study's grid (4 budgets, batch 2-16) and its 'large' extension (2e11, 4e11; batch 1-8)
+    # are two sweeps: `hparams-fit A B` fits their union. Losses from a known law whose B* sits at
+    # 2 (C/1e11)^0.6 sequences: on the grid's floor at the small budgets (EDGE), interior above.
+    import json
+
+    from cli import hparams as hp_cli
+
+    law = dict(eta_exp=-0.2, b_star=lambda c: 2 * (c / 1e11) ** 0.6)
+    grid, large = tmp_path / "grid", tmp_path / "large"
+    n = len(_synthetic_sweep(grid, HP_SWEEP, **law)) + len(_synthetic_sweep(large, HP_SWEEP + ":large", **law))
+    out = tmp_path / "fit.json"
+    assert hp_cli.fit_main([str(grid), str(large), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["source"] == {"sweep_dir": f"{grid} + {large}", "sweep_file": f"{HP_SWEEP} + {HP_SWEEP}:large",
+                             "n_runs": n, "command": f"scaling hparams-fit {grid} {large} --out {out}"}
+    budgets = sorted(o["budget"] for o in doc["optima"])
+    assert budgets == [1.25e10, 2.5e10, 5e10, 1e11, 2e11, 4e11]
+    b_law = doc["laws"]["batch_size_vs_flops"]  # from the budgets where B* is inside the grid
+    assert b_law["exponent"] == pytest.approx(0.6, abs=1e-6) and b_law["coef"] * 1e11 ** 0.6 == pytest.approx(2, rel=1e-6)
+    edges = {o["budget"]: o["batch_size"]["edge"] for o in doc["optima"]}
+    assert edges[1.25e10] == edges[2.5e10] == "low" and edges[2e11] == edges[4e11] == ""
+    capsys.readouterr()
+    # a run in both directories would count twice: refused in one line
+    assert hp_cli.fit_main([str(grid), str(grid), "--out", str(tmp_path / "x.json")]) == 2
+    assert "is in more than one of" in capsys.readouterr().err
