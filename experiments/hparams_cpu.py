@@ -22,6 +22,12 @@ Result (held-out loss, nats/token): the best batch is the grid's smallest, 2 seq
 2`, 6 runs, ~5 min: batch 1 at LR 3e-3, 6e-3, 1.2e-2 at the two largest budgets) probes below: batch 1
 beats batch 2 at 5e10 (1.806 vs 1.830) and loses at 1e11 (1.684 vs 1.679), so B* is about 1-2
 sequences there, with no fitted trend (a full batch-1 column, ~15 min, was not run).
+Variant 'large' (`scaling sweep experiments/hparams_cpu.py:large --parallel 2`, 24 runs, 14.1 min wall on
+the otherwise idle 2-core machine: batch 1, 2, 4, 8 x LR 3e-3, 6e-3, 1.2e-2 at 2e11 and 4e11) finds B*
+off the floor: with all three sweeps (`scaling hparams-fit sweeps/hparams_cpu sweeps/hparams_cpu-batch1
+sweeps/hparams_cpu-large --out experiments/hparams_cpu_fit_all.json`, 126 runs) B* = 1.33, 2.76, 4.01
+sequences at 1e11, 2e11, 4e11 (90% intervals 0.23-7.6, 2.22-3.44, 3.74-4.31) and B*(C) = 2.4e-9 C^0.80,
+exponent 90% t interval -0.14..+1.74 (3 budgets, 1 dof).
 The optimal LR at batch 2 is 5.9e-3, 7.2e-3, 6.5e-3 at 2.5e10, 5e10, 1e11 (90% delta-method intervals
 4.7e-3..7.3e-3, 4.6e-3..1.1e-2, 2.2e-3..1.9e-2); at 1.25e10 the best LR is the grid's largest (2.4e-2,
 EDGE; that budget's curve is noisy: 2.37, 2.47, 2.37, 2.32 from 3e-3 up), so it is left out. eta*(C) =

@@ -96,3 +96,22 @@ def test_format_1_files_without_source_are_still_read_and_a_source_is_required_t
     old.write_text(json.dumps({"kind": "hparam_laws", "format": 3, "laws": {}, "optima": []}))
     with pytest.raises(ValueError, match="not a hyperparameter fit file"):
         hparam_file.read(old)
+
+
+def test_laws_per_model_size_group_runs_by_n_params():
+    # --x n_params: runs grouped by N (a grid sweep over shapes), eta*(N) = 2e-2 (N/1e6)^-0.5 with
+    # B* = 8 sequences at every N. The table's per-N optima are the synthetic minima (parabolas in
+    # ln LR and ln B through 6 and 4 grid points: fitted exactly), so the law's exponent is -0.5.
+    import pandas as pd
+    rows = []
+    for n in (1e6, 4e6, 1.6e7):
+        eta = 2e-2 * (n / 1e6) ** -0.5
+        for lr in np.geomspace(1e-3, 1e-1, 6):
+            for b in (2, 4, 8, 16, 32):
+                loss = 2.0 + 0.05 * math.log(lr / eta) ** 2 + 0.03 * math.log(b / 8) ** 2
+                rows.append({"n_params": n, "budget": None, "lr": lr, "batch_size": b, "loss": loss})
+    laws, groups = hparams.fit_table(pd.DataFrame(rows), x="n_params")
+    assert [g["n_params"] for g in groups] == [1e6, 4e6, 1.6e7]
+    assert laws["lr_vs_n_params"].exponent == pytest.approx(-0.5, abs=1e-6)
+    assert laws["lr_vs_n_params"].coef * 1e6 ** -0.5 == pytest.approx(2e-2, rel=1e-6)
+    assert laws["batch_size_vs_n_params"].exponent == pytest.approx(0.0, abs=1e-6)

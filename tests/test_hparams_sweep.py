@@ -200,3 +200,26 @@ def test_a_grid_and_its_extension_are_fitted_together(tmp_path, capsys):
     # a run in both directories would count twice: refused in one line
     assert hp_cli.fit_main([str(grid), str(grid), "--out", str(tmp_path / "x.json")]) == 2
     assert "is in more than one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fit_file", ["experiments/hparams_cpu_fit.json", "experiments/hparams_cpu_fit_all.json"])
+def test_committed_fit_files_laws_are_the_lines_through_their_own_optima(fit_file):
+    # The shipped fit files (the CPU study: the 96-run grid; and it with its batch-1 and 'large'
+    # extensions) are read back, and each law is recomputed independently from the file's interior
+    # optima: numpy's least-squares line in log-log, and its slope's t interval from the residuals.
+    import json
+
+    import scipy.stats
+
+    doc = json.loads(open(fit_file).read())
+    for name, law in doc["laws"].items():
+        y = law["y_name"]
+        pts = [(o["budget"], o[y]["best"]) for o in doc["optima"] if o.get(y) and not o[y]["edge"]]
+        assert len(pts) == law["n_groups"], name
+        u, v = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+        slope, icpt = np.polyfit(u, v, 1)
+        assert law["exponent"] == pytest.approx(slope, rel=1e-9) and law["coef"] == pytest.approx(math.exp(icpt), rel=1e-9)
+        dof = len(pts) - 2
+        se = math.sqrt(np.sum((v - (icpt + slope * u)) ** 2) / dof / np.sum((u - u.mean()) ** 2))
+        half = scipy.stats.t.ppf(0.5 + law["level"] / 2, dof) * se
+        assert law["exponent_ci"] == pytest.approx([slope - half, slope + half], rel=1e-6)
