@@ -1,8 +1,8 @@
 """Where XLA:CPU loses the causal attention forward: its GEMMs and softmax passes at the step's shapes.
 
-    python benchmarks/attention_gemm.py                     # d512xL8's heads: B16 T256 H8 K64
+    python benchmarks/attention_gemm.py                     # d512xL8's heads: B16 T256 H8 K64, + torch's kernel
     python benchmarks/attention_gemm.py --heads 4           # d256xL4's
-    python benchmarks/attention_gemm.py --torch-python /tmp/torchenv/bin/python   # + torch's fused kernel
+    python benchmarks/attention_gemm.py --torch-python PYTHON     # torch from another environment
 
 benchmarks/vs_torch.py --components finds our attention core's forward the one component far
 behind torch's (F.scaled_dot_product_attention, a fused blockwise CPU kernel). This splits ours
@@ -30,6 +30,8 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.vs_torch import DEFAULT_ENV  # noqa: E402  (the torch environment vs_torch.py creates)
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 SETTINGS = {"YNN dot fusions (project default)": f"{YNN}=LIBRARY_FUSION_TYPE_DOT", "XLA's own dots": f"{YNN}="}
 
@@ -100,7 +102,8 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--torch-python", help="interpreter of a torch environment (benchmarks/vs_torch.py makes one)")
+    p.add_argument("--torch-python", default=str(DEFAULT_ENV / "bin" / "python"),
+                   help="interpreter of a torch environment (default: the one benchmarks/vs_torch.py creates)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     shape = (args.batch, args.seq, args.heads, args.head_dim)
@@ -122,7 +125,9 @@ def main(argv=None):
             peak = res[label]["square 1024 matmul"][1]
             cells.append(f"{ms:>7.1f} {rate or 0:>8.1f} {(rate or 0) / peak:>7.2f}" if rate else f"{ms:>7.1f} {'':>8} {'':>7}")
         print(f"{name:>31} " + " ".join(cells))
-    if args.torch_python:
+    if not pathlib.Path(args.torch_python).exists():
+        print(f"torch: {args.torch_python} not found (run benchmarks/vs_torch.py once to create it): not compared")
+    else:
         print(f"torch F.scaled_dot_product_attention forward (fused, causal): "
               f"{torch_sdpa_ms(args.torch_python, *shape, args.steps):.1f} ms")
 
