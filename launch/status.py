@@ -65,7 +65,16 @@ def sweep_status(sweep_dir) -> list[dict]:
 
 
 def status_table(sweep_dir) -> str:
-    rows = sweep_status(sweep_dir)
+    """The table of the sweep's runs and a count per state; then, for a branched sweep, the same for
+    its WSD trunks (SWEEP/trunks: the shared warmup + stable phases the branches start from)."""
+    table = _table(sweep_status(sweep_dir))
+    trunks = rundir.trunks_dir(sweep_dir)
+    if (trunks / rundir.RUNS).is_dir():
+        table += f"\n\ntrunks ({trunks}: each branch above restores its trunk's checkpoint):\n" + _table(sweep_status(trunks))
+    return table
+
+
+def _table(rows: list[dict]) -> str:
     counts = collections.Counter(r["state"] for r in rows)
     head = ("run_id", "state", "tries", "step", "note")
     table = [head] + [(r["run_id"], r["state"], str(r["attempts"]),

@@ -230,3 +230,12 @@ def test_each_branch_goes_to_the_warm_worker_that_ran_its_trunk(tmp_path, corpus
     assert len(set(trunk_pid.values())) == 2
     for b in plan.branches:
         assert rundir.read_result(rundir.run_dir_of(tmp_path / "sw", b.run_id))["pid"] == trunk_pid[b.shape], b.run_id
+
+
+def test_status_lists_the_branches_then_their_trunks(both):
+    # `scaling status SWEEP` of a branched sweep: its points, then the trunks they branch from
+    _, plan, _, br, _ = both
+    table = local.status_table(br)
+    points, trunks = table.split("\n\ntrunks (")
+    assert all(b.run_id in points for b in plan.branches) and "2 done" in points
+    assert plan.trunks[0].spec.run_id in trunks and "1 done, 0 running, 0 failed, 0 pending (of 1)" in trunks
