@@ -27,7 +27,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,20 +35,11 @@ YNN = "--xla_cpu_experimental_ynn_fusion_type"
 SETTINGS = {"YNN dot fusions (project default)": f"{YNN}=LIBRARY_FUSION_TYPE_DOT", "XLA's own dots": f"{YNN}="}
 
 
-def timed_ms(fn, steps: int) -> float:
-    import jax
-    jax.block_until_ready(fn())
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return 1e3 * (time.perf_counter() - t0) / steps
-
-
 def measure(B: int, T: int, H: int, K: int, steps: int) -> dict:
     """{piece: (ms, GFLOP/s)} in this process (its XLA_FLAGS as set by the parent)."""
     import jax
     import jax.numpy as jnp
+    from benchmarks.components import timed
     from scaling import attention
 
     ks = jax.random.split(jax.random.key(0), 4)
@@ -81,7 +71,7 @@ def measure(B: int, T: int, H: int, K: int, steps: int) -> dict:
     }
     out = {}
     for name, (fn, xs, flops) in pieces.items():
-        ms = timed_ms(lambda: fn(*xs), steps)
+        ms = 1e3 * timed(lambda: fn(*xs), steps)
         out[name] = (ms, flops / ms / 1e6 if flops else None)
     return out
 

@@ -258,6 +258,7 @@ def finish(run: Run, tokens_per_s: float, mfu: float | None) -> dict:
     seq_len = config.data.seq_len
     tokens = run.steps * run.tokens_per_step
     flops = accounting.run_flops(m, seq_len, tokens)
+    prov = provenance(run)  # probes git once: git_sha below is its prov_git_sha
     return {
         "status": "ok", "error": None, "config_hash": cfg_lib.config_hash(config), "step": run.steps,
         "tokens": tokens, "n_params": run.counts["total"], "n_params_nonembed": run.counts["nonembedding"],
@@ -270,8 +271,8 @@ def finish(run: Run, tokens_per_s: float, mfu: float | None) -> dict:
         "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                                     "mlp", "tie_embeddings", "qk_norm", "compute_dtype")},
         "budget": config.meta.budget or None, "seed": config.seed, "data_seed": config.data.seed, "num_devices": int(run.mesh.devices.size),
-        "process_count": jax.process_count(), "versions": versions(), "git_sha": git_state()[0],
-        "metrics_lost": list(host.metrics_lost), **provenance(run),
+        "process_count": jax.process_count(), "versions": versions(), "git_sha": prov["prov_git_sha"],
+        "metrics_lost": list(host.metrics_lost), **prov,
         "memory": run.memory, "peak_bytes_measured": peak_bytes_measured(run.mesh),
         **({"branch": branch.record(config, run.tokens_per_step, run.fpt["train"])} if run.trunk_dir else {}),
     }
