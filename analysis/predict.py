@@ -5,10 +5,11 @@ The model (everything in log space, where the fits are made):
     log L_obs(x) = log L_pred(θ; x) + ε,    ε ~ N(0, σ²)   (run-to-run noise of one run)
 
 Parameter uncertainty is the bootstrap distribution of the fit: θ_b, b = 1..B, refits on
-resamples (with replacement) of the fitted points. Run-to-run noise σ is the pooled
-within-group standard deviation of log loss over runs that share (N, D) but differ in seed,
-when the table has such replicates ("replicate seeds"); otherwise the residual scatter of the
-fit, sqrt(Σ r² / (n − P)) with r = log L_obs − log L_pred(θ̂) ("fit residuals"). The two are
+resamples (with replacement) of the fitted points. Run-to-run noise σ is the residual scatter of
+the fit, sqrt(Σ r² / (n − P)) with r = log L_obs − log L_pred(θ̂) ("fit residuals"), or the pooled
+within-group standard deviation of log loss over runs that share (N, D) but differ in seed
+("replicate seeds") when the table has such replicates and it is the larger (residuals wider than
+the seeds' scatter are the law's misfit, which a forecast inherits). The two are
 combined by sampling: for each θ_b draw M values of ε, form log L_pred(θ_b; x) + ε, and take
 the central `level` percentiles of the B·M samples ("prediction interval (bootstrap + noise)").
 
@@ -56,31 +57,54 @@ class Noise:
     sigma: float
     """standard deviation of log loss (dimensionless: a relative error of the loss)"""
     source: str
-    """'replicate seeds' (pooled within-group variance) or 'fit residuals'"""
+    """where sigma comes from: 'replicate seeds' (pooled within-group variance) or 'fit residuals'"""
     dof: int
     """degrees of freedom of the estimate"""
+    replicate_sigma: float | None = None
+    """the replicate seeds' pooled sigma when the table has replicates (also when the residuals' larger
+    sigma is the one used); None without replicates"""
+    replicate_dof: int = 0
+    """its degrees of freedom (sum over (N, D) groups of seeds - 1)"""
+
+
+def _replicate_noise(table) -> tuple[float, int] | None:
+    """(pooled within-group sd of log loss, dof) over runs sharing (n_params, tokens) and each with its own
+    seed (runs at one (N, D) with one seed differ in something else, e.g. the LR: not replicates);
+    None with fewer than 2 dof."""
+    if "seed" not in table.columns or not table["seed"].notna().any():
+        return None
+    logl = np.log(table["loss"].to_numpy(dtype=float))
+    ss, dof = 0.0, 0
+    for _, grp in table.assign(_l=logl).groupby(["n_params", "tokens"]):
+        g = grp["_l"]
+        if len(g) >= 2 and grp["seed"].nunique() == len(g):
+            ss += float(np.sum((g - g.mean()) ** 2))
+            dof += len(g) - 1
+    return (float(np.sqrt(ss / dof)), dof) if dof >= 2 else None
 
 
 def estimate_noise(table, log_resid=None, n_fit_params: int = 0) -> Noise:
-    """σ from replicate seeds (same n_params, tokens; >= 2 seeds) if any, else fit residuals."""
-    if "seed" in table.columns and table["seed"].notna().any():
-        logl = np.log(table["loss"].to_numpy(dtype=float))
-        groups = table.assign(_l=logl).groupby(["n_params", "tokens"])["_l"]
-        ss, dof = 0.0, 0
-        for _, g in groups:
-            if len(g) >= 2:
-                ss += float(np.sum((g - g.mean()) ** 2))
-                dof += len(g) - 1
-        if dof >= 2:
-            return Noise(sigma=float(np.sqrt(ss / dof)), source="replicate seeds", dof=dof)
-    if log_resid is None:
+    """σ of one run's log loss. From replicate seeds (same n_params, tokens; >= 2 seeds) when the table
+    has them, from the fit residuals when it does not; with both, the larger: residuals wider than the
+    seeds' scatter are the law's misfit, which a prediction from the law inherits, and residuals
+    narrower than it come from a fit that follows its points' noise."""
+    rep = _replicate_noise(table)
+    res = None
+    if log_resid is not None:
+        r = np.asarray(log_resid, dtype=float)
+        dof = len(r) - n_fit_params
+        if dof < 1:
+            if rep is None:
+                raise ValueError(f"{len(r)} points cannot estimate the noise of a {n_fit_params}-"
+                                 f"parameter fit (need more points than parameters)")
+        else:
+            res = (float(np.sqrt(np.sum(r * r) / dof)), dof)
+    if rep is None and res is None:
         raise ValueError("no replicate seeds in the table and no fit residuals given")
-    r = np.asarray(log_resid, dtype=float)
-    dof = len(r) - n_fit_params
-    if dof < 1:
-        raise ValueError(f"{len(r)} points cannot estimate the noise of a {n_fit_params}-"
-                         f"parameter fit (need more points than parameters)")
-    return Noise(sigma=float(np.sqrt(np.sum(r * r) / dof)), source="fit residuals", dof=dof)
+    rep_kw = dict(replicate_sigma=rep[0], replicate_dof=rep[1]) if rep else {}
+    if res is not None and (rep is None or res[0] > rep[0]):
+        return Noise(sigma=res[0], source="fit residuals", dof=res[1], **rep_kw)
+    return Noise(sigma=rep[0], source="replicate seeds", dof=rep[1], **rep_kw)
 
 
 @dataclasses.dataclass

@@ -272,6 +272,8 @@ def _one_variable(df, var, law, name, options, out) -> WorkflowResult:
     else:
         col = {"D": "tokens", "C": "flops" if "flops" in df.columns else "flops_6nd"}[var]
     x, loss = df[col].to_numpy(dtype=float), df.loss.to_numpy(dtype=float)
+    if not len(x):
+        raise ValueError(f"{name}: no runs to fit")
     if var == "C":
         c_f, l_f = kaplanlib.frontier(x, loss)
         keep, how = np.flatnonzero(np.isin(x, c_f) & np.isin(loss, l_f)), "on the compute frontier"

@@ -1,17 +1,20 @@
 """The demo's points executed the old way and the new way, side by side in one invocation.
 
-    python benchmarks/demo_wall.py                 # the demo's 3 smallest budgets (13 points), ~5 min on 2 cores
-    python benchmarks/demo_wall.py --budgets 10    # all 49 points (the old way alone takes ~15 min)
+    python benchmarks/demo_wall.py                 # the demo's 3 smallest budgets (22 runs), ~8 min on 2 cores
+    python benchmarks/demo_wall.py --budgets 1     # its smallest budget (7 runs), ~3 min
+    python benchmarks/demo_wall.py --budgets 10    # all 64 runs (the old way alone takes ~25 min)
 
 The same (N, D) points of experiments/demo_cpu.py (its K smallest budgets) run twice, each time in a
 fresh sweep directory with a fresh JAX compilation cache and `--parallel` runs at once:
   old : one standalone WSD run per point, from step 0, one `python -m scaling train` process per run
         (the runner before warm workers; what `sweep.branches = False` and --process-per-run do);
-  new : one WSD trunk per shape, then a cooldown branch per point (sweep.branches), on warm workers.
-Reported: the wall seconds of each, seconds per (N, D) point and their ratio, the exact training FLOPs
-each executed, and the largest |difference| between a point's final eval loss both ways (0 expected:
-a branch is bit-identical to the standalone run of its D on CPU). Packing is not used: the demo has
-no runs that differ only in seed or optimizer scalars (see benchmarks/packing.py for what it gives).
+  new : one WSD trunk per shape and seed, then a cooldown branch per point (sweep.branches), on warm
+        workers, the seed replicates of the smallest shapes packed (sweep.pack_size: their trunks one
+        job, their branches at one D one job).
+Reported: the wall seconds of each, seconds per run and their ratio, the exact training FLOPs each
+executed, and the largest |difference| between a run's final eval loss both ways (a branch is
+bit-identical to the standalone run of its D on CPU; a packed member equals its unpacked run to
+float32 rounding, rtol 1e-5: tests/test_packed_train.py).
 Timings on a shared machine are noisy: compare the two rows of one invocation.
 """
 import argparse
@@ -63,24 +66,25 @@ def main(argv=None) -> int:
     executed = sum(t.executed_flops for t in bplan.trunks)
     alone = sum(t.standalone_flops for t in bplan.trunks)
     print(f"{len(specs)} points of {args.config} (budgets {', '.join(f'{c:.3g}' for c in cfg.sweep.budgets)}), "
-          f"{len(bplan.trunks)} shapes, --parallel {args.parallel}", flush=True)
+          f"{len(bplan.trunks)} trunks, pack size {cfg.sweep.pack_size}, --parallel {args.parallel}", flush=True)
     with tempfile.TemporaryDirectory(prefix="demo_wall-") as tmp:
         work = pathlib.Path(tmp)
         old = timed(work, "old", lambda: local.LocalBackend(work / "old", parallel=args.parallel, warm=False)
                     .run(specs))
         print(f"old: {old:.1f}s", flush=True)
         new = timed(work, "new", lambda: branches.run_planned(
-            bplan, bplan.branches, work / "new", lambda d: local.LocalBackend(d, parallel=args.parallel, warm=True),
+            bplan, bplan.branches, work / "new", lambda d: local.LocalBackend(d, parallel=args.parallel, warm=True,
+                                                                   pack_size=cfg.sweep.pack_size),
             args.config, say=lambda line: None))
         print(f"new: {new:.1f}s", flush=True)
         diff = max(abs(a - b) for a, b in zip(final_losses(work / "old", specs),
                                               final_losses(work / "new", bplan.branches)))
     n = len(specs)
-    print(f"\n{'way':<44} {'wall s':>8} {'s / point':>10} {'exact train FLOPs':>18}")
-    print(f"{'old: a run per point, a process per run':<44} {old:>8.1f} {old / n:>10.2f} {alone:>18.3g}")
-    print(f"{'new: trunks + cooldown branches, warm workers':<44} {new:>8.1f} {new / n:>10.2f} {executed:>18.3g}")
-    print(f"\n{n} points: {old / new:.2f}x fewer wall-seconds per point ({alone / executed:.2f}x fewer FLOPs); "
-          f"largest |final eval loss difference| between a point's two runs: {diff:.3g} nats/token")
+    print(f"\n{'way':<52} {'wall s':>8} {'s / run':>8} {'exact train FLOPs':>18}")
+    print(f"{'old: a run per point, a process per run':<52} {old:>8.1f} {old / n:>8.2f} {alone:>18.3g}")
+    print(f"{'new: trunks + cooldown branches, packs, warm workers':<52} {new:>8.1f} {new / n:>8.2f} {executed:>18.3g}")
+    print(f"\n{n} runs: {old / new:.2f}x fewer wall-seconds per run ({alone / executed:.2f}x fewer FLOPs); "
+          f"largest |final eval loss difference| between a run's two executions: {diff:.3g} nats/token")
     return 0
 
 

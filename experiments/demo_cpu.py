@@ -17,16 +17,22 @@ repetition). That leaves 49 (N, D) points, 4 to 6 shapes per budget. Every run u
 (30 warmup steps, constant LR 3e-3, then a 1-sqrt cooldown over the last 20% of its steps), so the
 runs of one shape differ only in where their cooldown starts: the sweep trains one trunk per shape
 (warmup + constant LR, 7 trunks) and branches each point's cooldown from the trunk's checkpoint at
-that point (sweep.branches; bit-identical to a standalone WSD run of that D, tested), which executes
-4.8e12 exact training FLOPs instead of 1.13e13 for one run per point (2.35x fewer; the plan prints
-it per trunk). Runs go to warm worker processes (imports and compilation cache once per worker).
-The 49 points feed the parametric fit (Approach 3), the isoFLOP parabolas (Approach 2), the largest
-budget is held out for the extrapolation check, the data-rich runs (>= 20 tokens per parameter) give
-Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts sweep.forecast_flops =
-1.6e12 (4x the largest budget) from all 49 points, writes the forecast, and only then runs the ladder
-shape nearest the predicted N* on D* tokens (one standalone WSD run) and scores the forecast. (8x, as
-'classic' does, puts D* near 6M tokens for a ~100k-parameter model: a 5.5-minute run that would take
-the demo past its 15 minutes.)
+that point (sweep.branches; bit-identical to a standalone WSD run of that D, tested). The smallest
+shape (L1 d8, 3.9k parameters, where a run costs seconds) also runs with init seeds 1, 2, 3
+(sweep.replicate_seeds; same data order): its 5 points x 3 = 15 more runs, 64 in all, which measure
+the run-to-run noise the forecast's prediction interval needs (the larger of it and the fit's
+residual scatter is used). The replicates are packed with seed 0 (sweep.pack_size = 4: the shape's
+4 trunks are one job, and so are its 4 branches at one D; members equal their unpacked runs to
+float32 rounding, tested), so the sweep runs 10 trunks as 7 jobs and 64 branches as 49. Branches
+execute 5.5e12 exact training FLOPs instead of 1.29e13 for one run per point (2.34x fewer; the plan
+prints it per trunk). Runs go to warm worker processes (imports and compilation cache once
+per worker). The 64 runs (49 points) feed the parametric fit (Approach 3), the isoFLOP parabolas
+(Approach 2), the largest budget is held out for the extrapolation check, the data-rich runs (>= 20
+tokens per parameter) give Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts
+sweep.forecast_flops = 1.6e12 (4x the largest budget) from all 64 runs, writes the forecast, and only
+then runs the ladder shape nearest the predicted N* on D* tokens (one standalone WSD run) and scores
+the forecast. (8x, as 'classic' does, puts D* near 6M tokens for a ~100k-parameter model: a 5.5-minute
+run that would take the demo past its 15 minutes.)
 Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8 and
 L3 d24. Eval: 65,536 held-out tokens (1024 windows spread over the held-out documents) every 2000 steps
 and at the end. MFU is against the matmul peak the trainer measures on the host at start-up
@@ -66,6 +72,7 @@ def get_config(variant: str = ""):
     t.eval_tokens = 65_536  # 1024 windows spread over the held-out documents: ~0.01 nats of noise
     t.log_every = 25
     c.checkpoint = dict(every_steps=200)
+    c.mesh = dict(num_devices=1)  # one device per run, as a CPU host has (a pack trains on one device)
     c.optim = dict(warmup_steps=10)  # replaced per run by sweep.rules.warmup_fraction
 
     c.sweep = s = ml_collections.ConfigDict()
@@ -108,6 +115,9 @@ def _branched(c):
     c.train.eval_every = 2000  # steps; a branch's final step is always evaluated
     s = c.sweep
     s.branches = True
+    s.replicate_seeds = (1, 2, 3)  # init-seed replicates of the smallest shape (L1 d8, 3.9k parameters)...
+    s.replicate_max_params = 5e3
+    s.pack_size = 4  # ...packed with seed 0: one trunk job and one job per branch point for 4 seeds
     s.forecast_flops = 1.6e12  # 4x the largest budget
     s.budgets = tuple(float(f"{5e10 * 2 ** (k / 3):.3g}") for k in range(10))  # 5e10 .. 4e11, 3 per doubling
     s.shapes.explicit = ((1, 8), (3, 24))  # a 3.9k-parameter model (>= 20 tokens/param for L(N)) and L3 d24

@@ -90,7 +90,8 @@ def plan(specs: list[RunSpec]) -> BranchPlan:
     for members in groups.values():
         points = [cfg_lib.branch_step(s.config.optim, s.steps) for s in members]
         tcfg = branch.trunk_config(members[0].config, points)
-        trunk = _spec(members[0], tcfg, f"trunk-{members[0].shape.replace(' ', '-')}")
+        seed = f"-s{members[0].seed}" if members[0].seed else ""  # seed 0's trunk ids predate seed replicates
+        trunk = _spec(members[0], tcfg, f"trunk-{members[0].shape.replace(' ', '-')}{seed}")
         fpt = accounting.flops_per_token(tcfg.model, tcfg.data.seq_len)["train"]
         ids = []
         for s in members:

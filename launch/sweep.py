@@ -79,7 +79,10 @@ def sweep_defaults() -> ml_collections.ConfigDict:
 
     kind: 'grid' (shapes x tokens) | 'isoflop' (budgets x shapes). budgets: C in FLOPs (isoflop).
     flop_convention: '6nd' (D = C / (6 N_total)) | 'exact' (D = C / exact train FLOPs per token).
-    tokens: D values (grid). seeds: replicates. tokens_per_param: (lo, hi) filter on D / N_total, ()
+    tokens: D values (grid). seeds: replicates of every point. replicate_seeds: more seeds for the
+    shapes of at most replicate_max_params total parameters only (cheap replicates of the small end,
+    where a pack trains them together; run ids end in -s<seed>; a seed also in seeds runs once).
+    tokens_per_param: (lo, hi) filter on D / N_total, ()
     = keep all. min_steps: drop points with fewer optimizer steps.
     shapes: n_targets (target N, of kind n_kind 'total' | 'nonembed'), aspect (d_model = aspect *
     n_layers), head_dim (fixed; n_heads = d_model / head_dim), gqa_group (n_kv_heads = n_heads /
@@ -104,6 +107,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
     s.flop_convention = "6nd"
     s.tokens = ()
     s.seeds = (0,)
+    s.replicate_seeds = ()
+    s.replicate_max_params = 0.0
     s.tokens_per_param = ()
     s.min_steps = 1
     s.shapes = h = ml_collections.ConfigDict()
@@ -163,6 +168,9 @@ def sweep_problems(sw) -> list[str]:
                         "0 or 1: no packing)")
     if not sw.seeds:
         problems.append("sweep.seeds is empty; give at least one seed, e.g. (0,)")
+    if sw.replicate_seeds and not sw.replicate_max_params > 0:
+        problems.append(f"sweep.replicate_seeds={tuple(sw.replicate_seeds)} needs sweep.replicate_max_params > 0 "
+                        "(the largest total N that gets them)")
     if sw.kind == "grid" and not sw.tokens:
         problems.append("sweep.kind='grid' needs sweep.tokens (token counts D), e.g. (1e6, 2e6, 4e6)")
     if sw.kind == "isoflop":
@@ -357,10 +365,13 @@ def expand(cfg, dropped: list | None = None) -> list[RunSpec]:
                                + (f" (C={budget:.3g})" if budget else "")
                                + f": D/N={ratio:.3g} outside sweep.tokens_per_param=({lo}, {hi})")
             continue
-        for seed in sw.seeds:
+        small = counts["total"] <= sw.replicate_max_params  # replicate seeds already in sweep.seeds run once
+        replicates = tuple(s for s in sw.replicate_seeds if s not in sw.seeds) if small else ()
+        for seed in (*sw.seeds, *replicates):
             run = _wrap_full(base, m)
             _hparams(run, counts, tokens_raw, sw.rules)
             for variant, source, tag in hparams.variants(run, sw, counts, tokens_raw, budget):
+                tag = "-".join(filter(None, [tag, f"s{seed}" if seed in replicates else ""]))
                 spec = _finish(variant, tokens_raw, budget, seed, sw.rules, sw.min_steps, dropped, tag, source)
                 if spec is not None:
                     specs.append(spec)

@@ -2,7 +2,9 @@
 
 Runs that differ only in per-member scalars — the init seed, the data order, the optimizer's scalars
 and the init scale (PACKED_KEYS) — run the same program on differently valued inputs, so k of them can
-be one jitted step over arrays with a leading member axis. Everything else (shape, batch, steps,
+be one jitted step over arrays with a leading member axis. WSD branches (scaling/branch.py) at one
+branch point may also differ in their trunk (train.branch.trunk: where a member's state comes from,
+e.g. the trunks of seed replicates), not in the branch step. Everything else (shape, batch, steps,
 schedule kind, corpus, dtype, execution keys) must be equal: `pack_key` is that equality, the one
 place the runner and the packed trainer agree on what may share a pack.
 """
@@ -23,6 +25,7 @@ def _shared_part(config) -> dict:
     d = {k: v for k, v in config.to_dict().items() if k not in _IGNORED_SECTIONS}
     for section, key in PACKED_KEYS:
         (d.get(section, {}) if section else d).pop(key, None)
+    (d.get("train", {}).get("branch") or {}).pop("trunk", None)  # each member restores its own trunk
     return d
 
 

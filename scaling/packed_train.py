@@ -5,7 +5,8 @@ one jitted vmapped step (scaling/packed_step.py). Each member keeps the unpacked
 its own run directory (scaling/rundir.py): config.json first, the same metrics rows, result.json
 last; and its checkpoints are the unpacked trainer's, in its own checkpoints/ (params, its own
 optimizer chain's state, step, data iterator, HostState): a killed pack resumes, and a member could
-even resume unpacked with `scaling train`.
+even resume unpacked with `scaling train`. A WSD branch member (scaling/branch.py) starts from its
+own trunk's checkpoint at the branch point, as unpacked; trunks keep their branch points.
 
 Each member's batch stream is its unpacked run's (its own data.seed; one shared batch when every
 member has the same data.seed). A member whose loss is NaN/inf is recorded failed as the unpacked
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from scaling import accounting, data, packed, rundir, sharding, tracking
+from scaling import accounting, branch, data, packed, rundir, sharding, tracking
 from scaling import config as cfg_lib
 from scaling import packed_step as ps
 from scaling.checkpoint import CheckpointError, Checkpointer, abstract_of
@@ -64,7 +65,7 @@ def check_pack(configs, run_dirs) -> None:
     dup = next((d for d in dirs if dirs.count(d) > 1), None)
     if dup is not None:
         raise cfg_lib.ConfigError(f"run directory {dup} is given for two members of the pack")
-    free = ", ".join(".".join(filter(None, k)) for k in packed.PACKED_KEYS)
+    free = ", ".join([".".join(filter(None, k)) for k in packed.PACKED_KEYS] + ["train.branch.trunk"])
     for i, c in enumerate(configs[1:], 1):
         diff = packed.differing_keys(configs[0], c)
         if diff:
@@ -169,10 +170,12 @@ def _setup(configs, run_dirs, progress: Progress, members: list, loop: str | Non
             state=None, data_iter=iters[0 if shared else i], data_info=loaders[c.data.seed][1], eval_set=[],
             rows=slice(0, batch),
             ckpt=Checkpointer(c.checkpoint.dir or d / rundir.CHECKPOINTS, every_steps=c.checkpoint.every_steps,
-                              keep=c.checkpoint.keep, async_save=c.checkpoint.async_save),
+                              keep=c.checkpoint.keep, async_save=c.checkpoint.async_save,
+                              keep_steps=tuple(c.checkpoint.keep_steps)),
             writer=MetricsWriter(d, view=tracking.run_view(c, d, peak, peak_source(c, mesh.devices.flat[0]))),
             host=None, start=0, steps=steps, tokens_per_step=batch * seq_len, counts=accounting.param_counts(m_cfg),
-            fpt=accounting.flops_per_token(m_cfg, seq_len), peak=peak, memory=mem, t_segment=t_segment, index=i))
+            fpt=accounting.flops_per_token(m_cfg, seq_len), peak=peak, memory=mem, t_segment=t_segment, index=i,
+            trunk_dir=rundir.branch_trunk_dir(d, c.train.branch.trunk) if c.train.branch.trunk else None))
     fresh = [init_member(m) for m in members]
     start, states = _resume(members, [f[1] for f in fresh], progress)
     if start == 0:  # a restore that was then dropped may have moved an iterator: start them afresh
@@ -206,22 +209,28 @@ def init_member(m: _Member) -> tuple:
 
 
 def _resume(members: list, fresh: list, progress: Progress) -> tuple[int, list]:
-    """(start step, member states): every member from its newest checkpoint that restores, then all at
+    """(start step, member states): every member from its newest checkpoint that restores (a branch
+    without one of its own: its trunk's checkpoint at the branch point, scaling/branch.py), then all at
     the oldest of those steps (a pack killed while saving its members' checkpoints left some a save
     behind); metrics rows newer than the start are dropped, as in an unpacked resume."""
     restored = [m.ckpt.restore_latest(abstract_of(f), m.data_iter, log=progress.message)
                 for m, f in zip(members, fresh)]
+    restored = [_from_trunk(m, f) if r is None and m.trunk_dir is not None else r
+                for m, f, r in zip(members, fresh, restored)]
     start = min(r[0] if r else 0 for r in restored)
-    states = []
+    states, branched = [], 0
     for m, f, r in zip(members, fresh, restored):
         if r is not None and r[0] != start:
             if start == 0:
                 r = None
-            elif start not in m.ckpt.all_steps():
+            elif start in m.ckpt.all_steps():
+                r = (start, *m.ckpt.restore(start, abstract_of(f), m.data_iter))
+            elif m.trunk_dir is not None and start == m.config.train.branch.step:
+                r = _from_trunk(m, f)  # the pack restarts at the branch point: this member too
+            else:
                 raise CheckpointError(f"{m.run_dir}: no checkpoint at step {start}, where the pack's other members "
                                       f"resume (it has {m.ckpt.all_steps()}); rerun this member alone or afresh")
-            else:
-                r = (start, *m.ckpt.restore(start, abstract_of(f), m.data_iter))
+        branched += bool(r is not None and r[2].get(branch.FROM_TRUNK))
         states.append(f if r is None else r[1])
         m.host = HostState() if r is None else HostState.from_meta(r[2])
         m.start = start
@@ -229,13 +238,25 @@ def _resume(members: list, fresh: list, progress: Progress) -> tuple[int, list]:
         for note in lost:
             progress.message(f"warning: {note}")
         m.host.metrics_lost += lost
-    if start:
-        progress.message(f"resumed {len(members)} members from their checkpoints at step {start}")
-    else:
+    if branched:
+        progress.message(f"{branched} members branched from their trunks at step {start}")
+    if start and branched < len(members):
+        progress.message(f"resumed {len(members) - branched} members from their checkpoints at step {start}")
+    elif not start:
         c = members[0].counts
         progress.message(f"{len(members)} members of {c['total']:,} params, {members[0].steps} steps x "
                          f"{members[0].tokens_per_step:,} tokens, one vmapped step")
     return start, states
+
+
+def _from_trunk(m: _Member, fresh: dict) -> tuple:
+    """(b, state, meta) of a branch member's first start: its trunk's checkpoint at the branch point,
+    with the trunk's metrics rows up to it written to the member's metrics file (as unpacked)."""
+    b, state, meta = branch.restore(m.config, m.trunk_dir, abstract_of(fresh), m.data_iter)
+    m.writer.truncate_after(0)  # rows of an earlier start that stopped before its first checkpoint
+    for row in branch.trunk_rows(m.config, m.trunk_dir):
+        m.writer.write(row)
+    return b, state, {**meta, branch.FROM_TRUNK: True}
 
 
 def _loop(pack: _Pack, stop_after_steps: int | None) -> None:

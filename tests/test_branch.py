@@ -239,3 +239,53 @@ def test_status_lists_the_branches_then_their_trunks(both):
     points, trunks = table.split("\n\ntrunks (")
     assert all(b.run_id in points for b in plan.branches) and "2 done" in points
     assert plan.trunks[0].spec.run_id in trunks and "1 done, 0 running, 0 failed, 0 pending (of 1)" in trunks
+
+
+def test_seed_replicates_train_as_packed_trunks_and_packed_branches(both, tmp_path):
+    """Two seeds: their trunks are one pack (stopped between the branch points and resumed), their
+    branches at each D another (members restore their own trunks). The packed trunk keeps its branch
+    points; each branch equals the standalone unpacked WSD run of its seed and D to the packed
+    trainer's rtol (1e-5: vmapped sums reordered, tests/test_packed_train.py), the seed-0 ones against
+    `both`'s reference runs, seed 1 against its own standalone runs trained here."""
+    from launch import packs
+    from scaling.packed_train import train_pack
+
+    specs, _, ref, *_ = both
+    cfg = sweep.load_sweep(_sweep_file(tmp_path / "grid.py", specs[0].config.data.cache_dir))
+    cfg.sweep.seeds = (0, 1)
+    plan = branches.plan(sweep.expand(cfg))
+    assert len(plan.trunks) == 2 and len(plan.branches) == 4
+    (trunk_pack,) = packs.group([t.spec for t in plan.trunks], 4)  # the trunks differ only in seed
+    branch_packs = packs.group(plan.branches, 4)  # per D, the two seeds' branches (their trunks differ)
+    assert sorted(len(p) for p in branch_packs) == [2, 2]
+    assert all(len({b.config.train.branch.trunk for b in p}) == 2 for p in branch_packs)
+    br = tmp_path / "br"
+    tdirs = [rundir.trunk_dir(br, t.run_id) for t in trunk_pack]
+    stopped = train_pack([t.config for t in trunk_pack], tdirs, stop_after_steps=19, verbose=False)
+    assert [r["status"] for r in stopped] == ["stopped", "stopped"]
+    train_pack([t.config for t in trunk_pack], tdirs, verbose=False)
+    for d in tdirs:
+        kept = {int(p.name) for p in branch.trunk_checkpoints(d).iterdir() if p.name.isdigit()}
+        assert {16, 22} <= kept
+    for p in branch_packs:
+        train_pack([b.config for b in p], [rundir.run_dir_of(br, b.run_id) for b in p], verbose=False)
+    for b in plan.branches:
+        seed = b.config.seed
+        standalone = next(s for s in specs if s.tokens == b.tokens)
+        want = rundir.run_dir_of(ref, standalone.run_id)
+        if seed == 1:
+            c = ml_collections.ConfigDict(standalone.config.to_dict())
+            c.seed = 1
+            want = tmp_path / f"standalone-{b.tokens}"
+            train(cfg_lib.resolve(c), want, verbose=False)
+        got = rundir.run_dir_of(br, b.run_id)
+        a, r = _rows(got), _rows(want)
+        assert [(x["split"], x["step"]) for x in a] == [(x["split"], x["step"]) for x in r]
+        for x, y in zip(a, r):
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), (b.run_id, x["step"])
+        res = rundir.read_result(got)
+        assert res["pack_size"] == 2 and res["branch"]["step"] == b.config.train.branch.step
+        assert res["final_eval_loss"] == pytest.approx(rundir.read_result(want)["final_eval_loss"], rel=1e-5)
+    losses = {b.config.seed: rundir.read_result(rundir.run_dir_of(br, b.run_id))["final_eval_loss"]
+              for b in plan.branches if b.tokens == specs[0].tokens}
+    assert abs(losses[0] - losses[1]) > 1e-4  # the seeds really differ

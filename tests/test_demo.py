@@ -26,6 +26,7 @@ def get_config():
     c.optim.warmup_steps = 2  # the demo's 30 would not fit these 10-40-step runs
     c.sweep.forecast_flops = {forecast}
     c.sweep.branches = {branches}
+    c.sweep.replicate_seeds = ()  # 9 points, one run each (packed replicates: test_branch, test_packed_sweep)
     return c
 """
 

@@ -132,9 +132,10 @@ def test_sweep_takes_overrides_variants_and_flagfiles(tmp_path, capsys):
 
     plain = plan_rows(str(DEMO))
     flagfile = tmp_path / "sweep.flags"
-    flagfile.write_text(f"--config {DEMO}\n--config.sweep.seeds (0,1)   # two replicates\n")
+    flagfile.write_text(f"--config {DEMO}\n--config.sweep.seeds (0,1)   # two replicates\n"
+                        "--config.sweep.replicate_seeds ()\n")
     doubled = plan_rows("--flagfile", str(flagfile))
-    assert len(doubled) == 2 * len(plain)
+    assert len(doubled) == 2 * len([r for r in plain if "-s" not in r.split()[0]])  # every point twice
     # a tracker override reaches every run and leaves the run ids (the runs' identities) as they were
     assert plan_rows(str(DEMO), "--config.track.wandb", "true") == plain
     cfg = sweep.load_sweep(DEMO)

@@ -167,3 +167,15 @@ def test_kaplan_loss_interval_brackets_the_power_law():
     p = predict.loss_interval(s, {"N": [1e10]}, level=0.9)
     assert p.lo[0] < (8.8e13 / 1e10) ** 0.076 < p.hi[0]
     assert p.noise.source == "fit residuals" and p.n_bootstrap == 100
+
+
+def test_with_replicates_and_residuals_the_larger_noise_is_used_and_both_recorded():
+    t = pd.DataFrame({"n_params": [1, 1, 1, 2, 2], "tokens": [5, 5, 5, 7, 7],
+                      "seed": [0, 1, 2, 0, 1], "loss": np.exp([0.0, 0.1, 0.2, 1.0, 1.3])})
+    seeds = np.sqrt(0.065 / 3)  # as in the test above
+    wide = predict.estimate_noise(t, log_resid=np.full(5, 0.5), n_fit_params=1)  # sqrt(5 * 0.25 / 4)
+    assert wide.source == "fit residuals" and wide.sigma == pytest.approx(np.sqrt(1.25 / 4)) and wide.dof == 4
+    assert wide.replicate_sigma == pytest.approx(seeds) and wide.replicate_dof == 3
+    narrow = predict.estimate_noise(t, log_resid=np.full(5, 0.01), n_fit_params=1)
+    assert narrow.source == "replicate seeds" and narrow.sigma == pytest.approx(seeds) and narrow.dof == 3
+    assert predict.estimate_noise(t.assign(seed=0), log_resid=np.full(5, 0.01), n_fit_params=1).replicate_sigma is None

@@ -59,6 +59,22 @@ def test_ids_are_stable_across_processes():
     assert out.stdout.split() == [s.run_id for s in sweep.expand(tiny_sweep())]
 
 
+def test_replicate_seeds_go_to_the_small_shapes_only_and_keep_the_other_ids():
+    base = sweep.expand(tiny_sweep())
+    c = tiny_sweep()
+    c.sweep.replicate_seeds, c.sweep.replicate_max_params = (1, 2), 50e3  # between the two shapes
+    specs = sweep.expand(c)
+    small = [s for s in base if s.n_params <= 50e3]
+    assert 0 < len(small) < len(base)
+    assert len(specs) == len(base) + 2 * len(small)
+    assert {s.run_id for s in base} <= {s.run_id for s in specs}  # seed 0's runs keep their ids
+    extra = [s for s in specs if s.seed != 0]
+    assert sorted((s.n_params, s.tokens, s.seed) for s in extra) == sorted(
+        (s.n_params, s.tokens, k) for s in small for k in (1, 2))
+    for s in extra:
+        assert s.config.seed == s.seed and f"-s{s.seed}-" in s.run_id
+
+
 def test_ids_change_when_the_config_changes():
     base = {s.run_id for s in sweep.expand(tiny_sweep())}
     c = tiny_sweep()
@@ -151,6 +167,7 @@ def test_filters_report_dropped_points():
     ("flop_convention", "6n", "sweep.flop_convention='6n'"),
     ("budgets", (), "needs sweep.budgets"),
     ("seeds", (), "sweep.seeds is empty"),
+    ("replicate_seeds", (1,), "needs sweep.replicate_max_params > 0"),
 ])
 def test_bad_sweep_values_are_named(key, value, match):
     c = tiny_sweep()
@@ -332,7 +349,7 @@ def test_planning_the_demo_sweep_imports_no_jax():
     code = ("import sys\nfrom cli.main import main\nrc = main(['sweep', 'experiments/demo_cpu.py', '--dry-run'])\n"
             "print('RC', rc, 'JAX', 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert "49 runs" in out.stdout and "WSD branches: 49 points from 7 trunks" in out.stdout
+    assert "64 runs" in out.stdout and "WSD branches: 64 points from 10 trunks" in out.stdout
     assert out.stdout.strip().endswith("RC 0 JAX False"), out.stdout + out.stderr
 
 
