@@ -162,7 +162,7 @@ def _forecast(argv, make_config, hash_config, git_sha) -> int:
         iv = o[k]
         print(f"  {k}* = {iv['value']:.4g} {unit}  {iv['level']:.0%} {iv['kind']}: "
               f"({iv['lo']:.4g}, {iv['hi']:.4g})")
-    print(f"  noise: sigma(log L) = {o['noise']['sigma']:.3g} from {o['noise']['source']}")
+    print(f"  noise: {predict.describe_noise(o['noise'])}")
     if o["note"]:
         print(f"warning: {o['note']}")
     print(f"wrote {args.out}")

@@ -28,7 +28,7 @@ the parabola minima (a pure power law: it has no floor, so it overestimates the 
 loss far beyond the data). D*(C) = C / (6 N*(C)). Bootstrap: resample points within budgets;
 resamples where a budget loses its interior minimum are counted as failed, never hidden.
 
-Public API: `Noise`, `estimate_noise`, `Interval`, `Prediction`, `Optimum`, `LawSamples`,
+Public API: `Noise`, `estimate_noise`, `describe_noise`, `Interval`, `Prediction`, `Optimum`, `LawSamples`,
 `columns`, `fit_masks`, `loss_interval`, `chinchilla_optimum`, `Approach2Fit`,
 `approach2_fit`, `approach2_optimum`.
 """
@@ -65,6 +65,14 @@ class Noise:
     sigma is the one used); None without replicates"""
     replicate_dof: int = 0
     """its degrees of freedom (sum over (N, D) groups of seeds - 1)"""
+
+
+def describe_noise(noise: dict) -> str:
+    """'σ(log L) = 0.0145 from fit residuals (replicate seeds: 0.0119, 15 dof)' for a Noise as a dict (asdict)."""
+    text = f"σ(log L) = {noise['sigma']:.3g} from {noise['source']}"
+    if noise.get("replicate_sigma") is not None and noise["source"] != "replicate seeds":
+        text += f" (replicate seeds: {noise['replicate_sigma']:.3g}, {noise['replicate_dof']} dof)"
+    return text
 
 
 def _replicate_noise(table) -> tuple[float, int] | None:

@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from analysis import extrapolation, render, results, workflows
+from analysis import extrapolation, predict, render, results, workflows
 
 RUN_COLUMNS = (  # (results column, header, format)
     ("run_id", "run", "{}"),
@@ -118,8 +118,7 @@ def forecast_section(forecast_path, inputs) -> tuple[list, list[str], dict]:
                     f"{o['N']['hi']:.3g}), D* = {o['D']['value']:.3g} tokens ({o['D']['lo']:.3g} – "
                     f"{o['D']['hi']:.3g}), L* = {o['L']['value']:.4f} nats/token ({o['L']['lo']:.4f} – "
                     f"{o['L']['hi']:.4f}); {o['N']['level']:.0%} intervals ({o['N']['kind']} for N*, D*; "
-                    f"{o['L']['kind']} for L*, noise σ(log L) = {o['noise']['sigma']:.3g} from "
-                    f"{o['noise']['source']}). The file is frozen (`{path}`, inputs sha256 "
+                    f"{o['L']['kind']} for L*, noise {predict.describe_noise(o['noise'])}). The file is frozen (`{path}`, inputs sha256 "
                     f"{doc['inputs']['sha256'][:12]}…, verified unchanged before scoring)."
                     + (f" Note: {o['note']}." if o.get("note") else "")),
               ("p", "The run made from it: the sweep's ladder shape nearest N* with D = D* under the sweep's "
@@ -299,8 +298,7 @@ def build(sweep_dir, *, plan_text: str = "", n_bootstrap: int = 200, n_starts: i
         blocks.append(("p", f"Approach 3 refitted on budgets {', '.join(f'{b:.1e}' for b in ex['fit_budgets'])} "
                             f"only, then asked for the losses of the held-out largest budget "
                             f"C = {ex['held_out_budget']:.1e}, each run at its own N and D "
-                            f"({ex['level']:.0%} {ex['kind']}; noise σ(log L) = {ex['noise']['sigma']:.3g} from "
-                            f"{ex['noise']['source']}):"))
+                            f"({ex['level']:.0%} {ex['kind']}; noise {predict.describe_noise(ex['noise'])}):"))
         blocks.append(("table", ["run", "N", "D", "measured", "predicted", f"{ex['level']:.0%} interval",
                                  "error", "inside"],
                        [[r["run_id"], f"{r['n_params']:,}", f"{r['tokens']:,}", f"{r['measured']:.4f}",

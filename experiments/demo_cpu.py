@@ -22,8 +22,8 @@ shape (L1 d8, 3.9k parameters, where a run costs seconds) also runs with init se
 (sweep.replicate_seeds; same data order): its 5 points x 3 = 15 more runs, 64 in all, which measure
 the run-to-run noise the forecast's prediction interval needs (the larger of it and the fit's
 residual scatter is used). The replicates are packed with seed 0 (sweep.pack_size = 4: the shape's
-4 trunks are one job, and so are its 4 branches at one D; members equal their unpacked runs to
-float32 rounding, tested), so the sweep runs 10 trunks as 7 jobs and 64 branches as 49. Branches
+4 trunks are one job, and so are its 4 branches at one D; each member equals its unpacked run bit
+for bit, tested), so the sweep runs 10 trunks as 7 jobs and 64 branches as 49. Branches
 execute 5.5e12 exact training FLOPs instead of 1.29e13 for one run per point (2.34x fewer; the plan
 prints it per trunk). Runs go to warm worker processes (imports and compilation cache once
 per worker). The 64 runs (49 points) feed the parametric fit (Approach 3), the isoFLOP parabolas

@@ -185,7 +185,7 @@ def _setup(configs, run_dirs, progress: Progress, members: list, loop: str | Non
     graphdef = fresh[0][0]
     scalars = ps.varying_scalars(configs)
     loop = loop or ("map" if mesh.devices.flat[0].platform == "cpu" else "vmap")
-    step = ps.make_packed_step(c0, graphdef, fresh[0][1]["params"], steps, scalars, batch_per_member=not shared,
+    step = ps.make_packed_step(configs, graphdef, fresh[0][1]["params"], steps, scalars, batch_per_member=not shared,
                                loop=loop)
     state = {"params": ps.stack([s["params"] for s in states]),
              "opt_state": ps.stack([ps.retree(s["opt_state"], step.opt_treedef) for s in states]),

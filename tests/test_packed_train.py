@@ -109,6 +109,26 @@ def test_members_equal_their_unpacked_runs_and_a_diverging_member_fails_alone(me
     assert [r.get("wall_time_s") for r in again] == [r.get("wall_time_s") for r in results]
 
 
+def test_members_differing_in_seed_data_order_init_scale_or_lr_equal_their_runs_bit_for_bit(members, references,
+                                                                                           small, tmp_path):
+    """On CPU ("map") each member runs the unpacked step's arithmetic: its forward, backward and update
+    inside the loop over members, its schedule computed on the host as the unpacked trainer does. So a
+    pack whose members differ only in seed, data order, init scale or lr reproduces each member's
+    unpacked run exactly (the scalars that enter the optimizer as traced values, b1/b2/eps/weight decay/
+    clip/z-loss, are only float-close: the test above). Exactness matters beyond the rtol: over
+    thousands of steps, rounding differences of 1 ulp grow into final losses as far apart as two seeds'."""
+    a = members[0]
+    c = member_config(small, **{"seed": 3, "data.seed": 1, "optim.lr": 6e-3, "model.init_std": 0.03})
+    ref_c = tmp_path / "ref_c"
+    train(c, ref_c, verbose=False)
+    dirs = [tmp_path / "a", tmp_path / "c"]
+    train_pack([a, c], dirs, verbose=False)
+    for got, want in zip(dirs, (references[0], ref_c)):
+        _assert_equal_runs(got, want, rtol=0)
+        assert [{k: r[k] for k in FIELDS if k in r} for r in _rows(got)] == \
+               [{k: r[k] for k in FIELDS if k in r} for r in _rows(want)]
+
+
 def test_pack_stopped_mid_run_resumes_to_the_same_losses(members, references, tmp_path, capsys):
     """Through the CLI: stop after step 6 (checkpoints saved, as a kill after them), a member finishes
     unpacked from its own checkpoint (same format), then the rerun pack finishes the other one."""
@@ -198,7 +218,7 @@ def test_vmap_and_per_member_batches_match_the_member_loop(members):
     x, y = (rng.integers(0, 256, (2, 8, 32)).astype(np.int32) for _ in range(2))  # (inputs, targets) each
 
     def losses(loop, per_member, batches):
-        step = ps.make_packed_step(configs[0], graphdef, states[0][0], 12, ps.varying_scalars(configs),
+        step = ps.make_packed_step(configs, graphdef, states[0][0], 12, ps.varying_scalars(configs),
                                    batch_per_member=per_member, loop=loop)
         state = {"params": ps.stack([p for p, _ in states]),
                  "opt_state": ps.stack([ps.retree(o, step.opt_treedef) for _, o in states]),
@@ -214,3 +234,22 @@ def test_vmap_and_per_member_batches_match_the_member_loop(members):
     np.testing.assert_allclose(own[:, 0], shared_x[:, 0], rtol=RTOL)
     np.testing.assert_allclose(own[:, 1], shared_y[:, 1], rtol=RTOL)
     assert abs(shared_x[-1, 1] - shared_y[-1, 1]) > 1e3 * RTOL  # the batches matter
+
+
+def test_packs_of_one_shape_at_other_lengths_share_one_compiled_step(members, tmp_path, monkeypatch):
+    """The schedule is a traced input (scaling/packed_step.py), so a second pack of the same members'
+    shape and scalars at another length traces nothing new in this process."""
+    import collections
+
+    from scaling import packed_step, trainer
+
+    monkeypatch.setattr(packed_step, "_PROGRAMS", collections.OrderedDict())  # this process compiled none yet
+    configs = [member_config(c, **{"train.tokens": c.train.tokens // 2}) for c in members[:2]]
+    before = trainer.trace_counts["packed_train_step"]
+    train_pack(configs, [tmp_path / "a0", tmp_path / "a1"], verbose=False)
+    assert trainer.trace_counts["packed_train_step"] == before + 1
+    before += 1
+    configs = [member_config(c, **{"train.tokens": c.train.tokens // 2 + 8 * c.train.batch_size * c.data.seq_len})
+               for c in members[:2]]
+    train_pack(configs, [tmp_path / "b0", tmp_path / "b1"], verbose=False)
+    assert trainer.trace_counts["packed_train_step"] == before

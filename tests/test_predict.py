@@ -1,5 +1,6 @@
 """Prediction intervals: calibration on synthetic isoFLOP sweeps from a known law, noise
 sources, optimum intervals, Approach 2."""
+import dataclasses
 import functools
 import warnings
 
@@ -179,3 +180,7 @@ def test_with_replicates_and_residuals_the_larger_noise_is_used_and_both_recorde
     narrow = predict.estimate_noise(t, log_resid=np.full(5, 0.01), n_fit_params=1)
     assert narrow.source == "replicate seeds" and narrow.sigma == pytest.approx(seeds) and narrow.dof == 3
     assert predict.estimate_noise(t.assign(seed=0), log_resid=np.full(5, 0.01), n_fit_params=1).replicate_sigma is None
+    # what reports print: the replicate sigma beside the residuals' when both exist
+    assert predict.describe_noise(dataclasses.asdict(wide)) == \
+        f"σ(log L) = {wide.sigma:.3g} from fit residuals (replicate seeds: {seeds:.3g}, 3 dof)"
+    assert predict.describe_noise(dataclasses.asdict(narrow)) == f"σ(log L) = {seeds:.3g} from replicate seeds"
