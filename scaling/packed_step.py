@@ -15,9 +15,10 @@ seed, data order, init scale or lr reproduces its unpacked run bit for bit (test
 Scalars that enter the optimizer as traced values (b1, b2, eps, weight decay, clip norm, z-loss: the
 unpacked step folds them as constants), and vmap's batched matmuls and reductions, change the rounding:
 equal per step to float32 rounding (rtol 1e-5; ~1e-7 measured), but not over a long run: with the
-optimizer vmapped, a 1-ulp difference in the first update grew to final eval losses 0.0006-0.049
-nats/token apart after 2,100 steps of the demo's L1 d8 (the seed-to-seed spread there: sd 0.026),
-the usual sensitivity of training to rounding. Hence the exact "map" path on CPU.
+optimizer vmapped, a 1-ulp difference in the first update grew (1e-9 at step 75, 1e-3 at step 125,
+as the model left the unigram plateau) to final eval losses 0.0006-0.049 nats/token apart after 2,100
+steps of the demo's L1 d8, more than its exact runs of four init seeds differ (σ(log L) = 0.0033).
+Hence the exact "map" path on CPU.
 
 Members with differing train.z_loss compute their loss from the full logits (the fused chunked loss
 of model.loss_chunk takes z_loss as a compile-time constant): the same sums in another order.
