@@ -13,8 +13,8 @@ fresh sweep directory with a fresh JAX compilation cache and `--parallel` runs a
         job, their branches at one D one job).
 Reported: the wall seconds of each, seconds per run and their ratio, the exact training FLOPs each
 executed, and the largest |difference| between a run's final eval loss both ways (a branch is
-bit-identical to the standalone run of its D on CPU, and so is a packed seed replicate, in one
-process: tests/test_branch.py, tests/test_packed_train.py; between these processes, measured: 4.1e-8).
+bit-identical to the standalone run of its D on CPU: 0; a packed seed replicate runs its unpacked
+arithmetic: measured <= 4.1e-8 nats/token; the runs that differ are named).
 Timings on a shared machine are noisy: compare the two rows of one invocation.
 """
 import argparse
@@ -77,14 +77,17 @@ def main(argv=None) -> int:
                                                                    pack_size=cfg.sweep.pack_size),
             args.config, say=lambda line: None))
         print(f"new: {new:.1f}s", flush=True)
-        diff = max(abs(a - b) for a, b in zip(final_losses(work / "old", specs),
-                                              final_losses(work / "new", bplan.branches)))
+        diffs = [(abs(a - b), s.run_id) for a, b, s in zip(final_losses(work / "old", specs),
+                                                            final_losses(work / "new", bplan.branches), specs)]
+        diff, worst = max(diffs)
+        differing = [r for d, r in diffs if d > 0]
     n = len(specs)
     print(f"\n{'way':<52} {'wall s':>8} {'s / run':>8} {'exact train FLOPs':>18}")
     print(f"{'old: a run per point, a process per run':<52} {old:>8.1f} {old / n:>8.2f} {alone:>18.3g}")
     print(f"{'new: trunks + cooldown branches, packs, warm workers':<52} {new:>8.1f} {new / n:>8.2f} {executed:>18.3g}")
     print(f"\n{n} runs: {old / new:.2f}x fewer wall-seconds per run ({alone / executed:.2f}x fewer FLOPs); "
-          f"largest |final eval loss difference| between a run's two executions: {diff:.3g} nats/token")
+          f"largest |final eval loss difference| between a run's two executions: {diff:.3g} nats/token"
+          + (f" ({worst}; {len(differing)} of {n} runs differ: {' '.join(differing)})" if differing else ""))
     return 0
 
 

@@ -20,19 +20,19 @@ runs of one shape differ only in where their cooldown starts: the sweep trains o
 that point (sweep.branches; bit-identical to a standalone WSD run of that D, tested). The smallest
 shape (L1 d8, 3.9k parameters, where a run costs seconds) also runs with init seeds 1, 2, 3
 (sweep.replicate_seeds; same data order): its 5 points x 3 = 15 more runs, 64 in all, which measure
-the run-to-run noise the forecast's prediction interval needs (the larger of it and the fit's
-residual scatter is used). The replicates are packed with seed 0 (sweep.pack_size = 4: the shape's
-4 trunks are one job, and so are its 4 branches at one D; each member equals its unpacked run bit
-for bit, tested), so the sweep runs 10 trunks as 7 jobs and 64 branches as 49. Branches
-execute 5.5e12 exact training FLOPs instead of 1.29e13 for one run per point (2.34x fewer; the plan
-prints it per trunk). Runs go to warm worker processes (imports and compilation cache once
-per worker). The 64 runs (49 points) feed the parametric fit (Approach 3), the isoFLOP parabolas
-(Approach 2), the largest budget is held out for the extrapolation check, the data-rich runs (>= 20
-tokens per parameter) give Kaplan's L(N), and the compute frontier L(C). Then `scaling demo` forecasts
-sweep.forecast_flops = 1.6e12 (4x the largest budget) from all 64 runs, writes the forecast, and only
-then runs the ladder shape nearest the predicted N* on D* tokens (one standalone WSD run) and scores
-the forecast. (8x, as 'classic' does, puts D* near 6M tokens for a ~100k-parameter model: a 5.5-minute
-run that would take the demo past its 15 minutes.)
+the run-to-run noise the forecast's prediction interval needs (the larger of it and the fit's residual
+scatter is used). The replicates are packed with seed 0 (sweep.pack_size = 4: the shape's 4 trunks are
+one job, and so are its 4 branches at one D; a member runs its unpacked run's arithmetic: equal to <=
+4.1e-8 nats/token in final loss, benchmarks/demo_wall.py), so the sweep runs 10 trunks as 7 jobs and
+64 branches as 49. Branches execute 5.5e12 exact training FLOPs instead of 1.29e13 for one run per
+point (2.34x fewer; the plan prints it per trunk). Runs go to warm worker processes (imports and
+compilation cache once per worker). The 64 runs (49 points) feed the parametric fit (Approach 3), the
+isoFLOP parabolas (Approach 2), the largest budget is held out for the extrapolation check, the
+data-rich runs (>= 20 tokens per parameter) give Kaplan's L(N), and the compute frontier L(C). Then
+`scaling demo` forecasts sweep.forecast_flops = 1.6e12 (4x the largest budget) from all 64 runs,
+writes the forecast, and only then runs the ladder shape nearest the predicted N* on D* tokens (one
+standalone WSD run) and scores the forecast. (8x, as 'classic' does, puts D* near 6M tokens for a
+~100k-parameter model: a 5.5-minute run that would take the demo past its 15 minutes.)
 Shapes: d_model = 12 * n_layers rounded to a multiple of head_dim 8 (L1 d16 .. L5 d64), plus L1 d8 and
 L3 d24. Eval: 65,536 held-out tokens (1024 windows spread over the held-out documents) every 2000 steps
 and at the end. MFU is against the matmul peak the trainer measures on the host at start-up
