@@ -12,9 +12,8 @@ unpacked programs).
 Numerics. With loop "map" (CPU) each member's forward, backward and optimizer update run inside the
 loop over members as the unpacked step runs them, so a member that differs from the others only in
 seed, data order, init scale or lr reproduces its unpacked run bit for bit over the tests' runs
-(tests/test_packed_train.py, tests/test_branch.py); over thousands of steps rare 1-ulp differences
-still appear, late (first at steps 775-1375 of the demo's L1 d8), and stay at <= 4.1e-8 nats/token in
-final loss (benchmarks/demo_wall.py).
+(tests/test_packed_train.py, tests/test_branch.py); over the demo's thousands of steps small
+differences still appear, <= 4.1e-8 nats/token in final loss (benchmarks/demo_wall.py; op not traced).
 Scalars that enter the optimizer as traced values (b1, b2, eps, weight decay, clip norm, z-loss: the
 unpacked step folds them as constants), and vmap's batched matmuls and reductions, change the rounding:
 equal per step to float32 rounding (rtol 1e-5; ~1e-7 measured), but not over a long run: with the
