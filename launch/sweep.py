@@ -366,7 +366,7 @@ def expand(cfg, dropped: list | None = None) -> list[RunSpec]:
                                + f": D/N={ratio:.3g} outside sweep.tokens_per_param=({lo}, {hi})")
             continue
         small = counts["total"] <= sw.replicate_max_params  # replicate seeds already in sweep.seeds run once
-        replicates = tuple(s for s in sw.replicate_seeds if s not in sw.seeds) if small else ()
+        replicates = tuple(k for k in sw.replicate_seeds if k not in sw.seeds) if small else ()
         for seed in (*sw.seeds, *replicates):
             run = _wrap_full(base, m)
             _hparams(run, counts, tokens_raw, sw.rules)

@@ -53,7 +53,7 @@ from flax import nnx
 from scaling.loss import cross_entropy
 from scaling.model import lm_loss, nll_sums
 from scaling.optim import decay_mask, lr_at, mup_lr_multipliers, scale_by_tree, schedule_args
-from scaling.trainer import MAX_PROGRAMS, SCHEDULE_KEYS, trace_counts
+from scaling.trainer import SCHEDULE_KEYS, cached_program, trace_counts
 
 # The member scalars that can be vmapped inputs: (config section, key).
 SCALARS = (("optim", "lr"), ("optim", "b1"), ("optim", "b2"), ("optim", "eps"),
@@ -133,12 +133,8 @@ def make_packed_step(configs, graphdef, params_one, steps: int, scalars: dict[st
     [B, T] batch shared by every member. `scalars`: varying_scalars(configs). loop: "vmap" | "map"."""
     config = configs[0]
     key = program_key(config, scalars, batch_per_member, loop)
-    program = _PROGRAMS.get(key)
-    if program is None:
-        program = _PROGRAMS[key] = _build_program(config, graphdef, params_one, scalars, batch_per_member, loop)
-        while len(_PROGRAMS) > MAX_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
-    _PROGRAMS.move_to_end(key)
+    program = cached_program(_PROGRAMS, key, lambda: _build_program(config, graphdef, params_one, scalars,
+                                                                     batch_per_member, loop))
     schedule = stack([schedule_args(c.optim, steps) for c in configs])  # [K] per field
     scalars_K = {k: jnp.asarray(v) for k, v in scalars.items()}
     return PackedStep(step_fn=lambda state, inputs, targets: program.train_step(state, schedule, scalars_K,
@@ -185,7 +181,7 @@ def _build_program(config, graphdef, params_one, scalars, batch_per_member: bool
             grads, loss = over_members(member_grads, (params, scalars_K, inputs, targets), ())
         else:
             grads, loss = over_members(member_grads, (params, scalars_K), (inputs, targets))
-        # the update per member too: in "map" the very arithmetic of the unpacked step (bit for bit on CPU)
+        # the update per member too: in "map" the unpacked step's own arithmetic (see Numerics above)
         params, opt_state, alive, out = over_members(
             member_update, (params, state["opt_state"], state["alive"], scalars_K, schedule, grads, loss),
             (state["step"],))

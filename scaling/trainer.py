@@ -61,6 +61,18 @@ def program_key(config, mesh, rules) -> str:
                                 list(mesh.devices.shape)], "rules": rules}, sort_keys=True, default=repr)
 
 
+def cached_program(cache: collections.OrderedDict, key: str, build: Callable):
+    """cache[key], built by build() when absent; the least recently used beyond MAX_PROGRAMS dropped.
+    The one program cache policy of the unpacked and the packed trainer (scaling/packed_step.py)."""
+    program = cache.get(key)
+    if program is None:
+        program = cache[key] = build()
+        while len(cache) > MAX_PROGRAMS:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return program
+
+
 def make_trainer(config, mesh, rules, steps: int) -> Trainer:
     """Model, optimizer state and jitted steps with explicit in/out shardings (the modern pjit) for a
     run of `steps` steps; the steps come from the process's cache when a run of the same program built them."""
@@ -72,12 +84,7 @@ def make_trainer(config, mesh, rules, steps: int) -> Trainer:
     model = build_model(m, config.seed, mesh, rules, **model_kwargs)
     graphdef, params = nnx.split(model)
     key = program_key(config, mesh, rules)
-    program = _PROGRAMS.get(key)
-    if program is None:
-        program = _PROGRAMS[key] = _build_program(config, mesh, graphdef, params)
-        while len(_PROGRAMS) > MAX_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
-    _PROGRAMS.move_to_end(key)
+    program = cached_program(_PROGRAMS, key, lambda: _build_program(config, mesh, graphdef, params))
     state = {"params": params, "opt_state": program.init_opt(params),
              "step": jax.device_put(jnp.zeros((), jnp.int32), program.repl)}
     # this run's schedule: traced inputs of the shared step, bound here (placed once, replicated)
